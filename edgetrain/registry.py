@@ -1,0 +1,120 @@
+"""A small registry: ``register`` under a string name, ``create(name, **kw)``, ``list(pattern)``.
+
+Registries are how the CLI and YAML recipes name things (data sets, models, optimizers,
+callbacks). An entry is any callable; its keyword arguments are checked against its
+signature so that a typo in a recipe gives one precise line instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import inspect
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+from edgetrain.errors import ConfigError, UnknownNameError
+
+__all__ = ["Registry", "RegistryEntry"]
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class RegistryEntry(Generic[T]):
+    """One registered callable with its name and free-form metadata."""
+
+    name: str
+    fn: Callable[..., T]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def summary(self) -> str:
+        """First line of the entry's docstring."""
+        doc = inspect.getdoc(self.fn) or ""
+        return doc.splitlines()[0] if doc else ""
+
+
+class Registry(Generic[T]):
+    """Maps names to factories.
+
+    Example:
+        >>> MODELS = Registry("model")
+        >>> @MODELS.register("tiny")
+        ... def tiny(num_classes: int = 10): ...
+        >>> MODELS.names()
+        ['tiny']
+    """
+
+    def __init__(self, kind: str, prefix_sep: str | None = None) -> None:
+        self.kind = kind
+        # With a separator (":" for "ucr:GunPoint"), "ucr:<anything>" resolves to "ucr".
+        self.prefix_sep = prefix_sep
+        self._entries: dict[str, RegistryEntry[T]] = {}
+
+    def register(self, name: str, **meta: Any) -> Callable[[Callable[..., T]], Callable[..., T]]:
+        """Decorator registering ``fn`` under ``name``; ``meta`` is kept with the entry."""
+
+        def deco(fn: Callable[..., T]) -> Callable[..., T]:
+            if name in self._entries:
+                raise ValueError(f"{self.kind} '{name}' is registered twice")
+            self._entries[name] = RegistryEntry(name, fn, dict(meta))
+            return fn
+
+        return deco
+
+    def names(self, pattern: str = "*") -> list[str]:
+        """Sorted names matching a shell-style ``pattern``."""
+        return sorted(n for n in self._entries if fnmatch.fnmatch(n, pattern))
+
+    def __contains__(self, name: object) -> bool:
+        try:
+            self.entry(str(name))
+        except UnknownNameError:
+            return False
+        return True
+
+    def __iter__(self) -> Iterator[RegistryEntry[T]]:
+        return iter(self._entries[n] for n in self.names())
+
+    def entry(self, name: str) -> RegistryEntry[T]:
+        """The entry for ``name``; raises :class:`UnknownNameError` listing valid names."""
+        if name in self._entries:
+            return self._entries[name]
+        if self.prefix_sep and self.prefix_sep in name:
+            head = name.split(self.prefix_sep, 1)[0]
+            if head in self._entries and self._entries[head].meta.get("parametric"):
+                return self._entries[head]
+        choices = ", ".join(self._display_names())
+        raise UnknownNameError(f"unknown {self.kind} '{name}'; choose one of: {choices}")
+
+    def _display_names(self) -> list[str]:
+        return [
+            f"{n}{self.prefix_sep}<name>" if self._entries[n].meta.get("parametric") else n
+            for n in self.names()
+        ]
+
+    def create(self, name: str, **kwargs: Any) -> T:
+        """Build the entry ``name`` with ``kwargs`` after checking them against its signature."""
+        entry = self.entry(name)
+        if self.prefix_sep and name != entry.name:
+            kwargs = {"variant": name.split(self.prefix_sep, 1)[1], **kwargs}
+        check_kwargs(entry.fn, kwargs, f"{self.kind} '{name}'")
+        return entry.fn(**kwargs)
+
+
+def check_kwargs(fn: Callable[..., Any], kwargs: dict[str, Any], what: str) -> None:
+    """Raise :class:`ConfigError` when ``kwargs`` holds a name ``fn`` does not accept."""
+    sig = inspect.signature(fn)
+    params = sig.parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    accepted = [
+        n
+        for n, p in params.items()
+        if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    ]
+    for key in kwargs:
+        if key not in accepted:
+            valid = ", ".join(accepted) or "none"
+            raise ConfigError(f"{what} has no option '{key}'; valid options: {valid}")
