@@ -103,8 +103,13 @@ class Registry(Generic[T]):
         return entry.fn(**kwargs)
 
 
-def check_kwargs(fn: Callable[..., Any], kwargs: dict[str, Any], what: str) -> None:
-    """Raise :class:`ConfigError` when ``kwargs`` holds a name ``fn`` does not accept."""
+def check_kwargs(
+    fn: Callable[..., Any], kwargs: dict[str, Any], what: str, reserved: tuple[str, ...] = ()
+) -> None:
+    """Raise :class:`ConfigError` when ``kwargs`` holds a name ``fn`` does not accept.
+
+    ``reserved`` names are filled by the caller (``split``, ``params``), never by users.
+    """
     sig = inspect.signature(fn)
     params = sig.parameters
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
@@ -113,6 +118,7 @@ def check_kwargs(fn: Callable[..., Any], kwargs: dict[str, Any], what: str) -> N
         n
         for n, p in params.items()
         if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+        and n not in reserved
     ]
     for key in kwargs:
         if key not in accepted:

@@ -10,7 +10,12 @@ Example:
 
 from __future__ import annotations
 
+from edgetrain.data import cifar as _cifar  # noqa: F401
 from edgetrain.data import digits as _digits  # noqa: F401  (registers entries)
+from edgetrain.data import image_folder as _image_folder  # noqa: F401
+from edgetrain.data import keywords as _keywords  # noqa: F401
+from edgetrain.data import speech_commands as _speech_commands  # noqa: F401
+from edgetrain.data import ucr as _ucr  # noqa: F401
 from edgetrain.data.base import SPLITS, ArrayDataset, DatasetInfo, cache_dir
 from edgetrain.data.registry import DATASETS, create, describe, list_datasets
 from edgetrain.data.transforms import (
@@ -21,6 +26,7 @@ from edgetrain.data.transforms import (
     build_augmentation,
     rotate180_invert,
 )
+from edgetrain.data.ucr import ucr_names
 
 __all__ = [
     "DATASETS",
@@ -37,4 +43,5 @@ __all__ = [
     "describe",
     "list_datasets",
     "rotate180_invert",
+    "ucr_names",
 ]

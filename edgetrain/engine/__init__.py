@@ -1,0 +1,54 @@
+"""The training engine: :class:`Trainer`, :class:`Callback`, checkpoints, run directories.
+
+Example:
+    >>> from edgetrain.engine import Trainer, Callback
+    >>> class PrintLoss(Callback):
+    ...     def on_epoch_end(self, trainer, model):
+    ...         print(trainer.state.last_record["train_loss"])
+"""
+
+from __future__ import annotations
+
+from edgetrain.engine.callback import Callback
+from edgetrain.engine.callbacks import (
+    CALLBACKS,
+    Checkpointer,
+    EarlyStopping,
+    MetricsLogger,
+    ProgressBar,
+)
+from edgetrain.engine.checkpoint import atomic_save, load_checkpoint, load_model_weights
+from edgetrain.engine.config import RunConfig, load_config
+from edgetrain.engine.evaluate import evaluate
+from edgetrain.engine.optim import OPTIMIZERS, SCHEDULERS, build_optimizer, build_scheduler
+from edgetrain.engine.run import RunResult, build_trainer, resume_run, start_run
+from edgetrain.engine.rundir import RunDirectory
+from edgetrain.engine.state import TrainState
+from edgetrain.engine.trainer import Trainer, select_device
+
+__all__ = [
+    "CALLBACKS",
+    "OPTIMIZERS",
+    "SCHEDULERS",
+    "Callback",
+    "Checkpointer",
+    "EarlyStopping",
+    "MetricsLogger",
+    "ProgressBar",
+    "RunConfig",
+    "RunDirectory",
+    "RunResult",
+    "TrainState",
+    "Trainer",
+    "atomic_save",
+    "build_optimizer",
+    "build_scheduler",
+    "build_trainer",
+    "evaluate",
+    "load_checkpoint",
+    "load_config",
+    "load_model_weights",
+    "resume_run",
+    "select_device",
+    "start_run",
+]

@@ -1,0 +1,11 @@
+"""Built-in callbacks: metrics logging, checkpoints, progress, early stopping."""
+
+from __future__ import annotations
+
+from edgetrain.engine.callbacks.checkpointer import Checkpointer
+from edgetrain.engine.callbacks.early_stopping import EarlyStopping
+from edgetrain.engine.callbacks.metrics_logger import MetricsLogger
+from edgetrain.engine.callbacks.progress import ProgressBar
+from edgetrain.engine.callbacks.registry import CALLBACKS
+
+__all__ = ["CALLBACKS", "Checkpointer", "EarlyStopping", "MetricsLogger", "ProgressBar"]

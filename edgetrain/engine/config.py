@@ -1,0 +1,275 @@
+"""Run configuration: a validated YAML recipe plus command-line overrides.
+
+A recipe names registry entries only (data set, model, optimizer, scheduler,
+callbacks); every option is checked against the entry's signature, so a typo gives one
+line naming the key and the valid choices.
+
+Example recipe::
+
+    name: digits-pretrain
+    epochs: 10
+    data: {name: digits-32, options: {channels: 1}, batch_size: 64}
+    model: {name: vgg_small, options: {in_channels: 1, num_classes: 10}}
+    optimizer: {name: sgd, lr: 0.05, momentum: 0.9}
+    scheduler: {name: onecycle}
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from edgetrain.data import DATASETS, SHIFTS
+from edgetrain.data.transforms import AUGMENTATIONS
+from edgetrain.engine.callbacks.registry import CALLBACKS
+from edgetrain.engine.optim import OPTIMIZERS, SCHEDULERS
+from edgetrain.errors import ConfigError, EdgetrainError
+from edgetrain.models import MODELS
+from edgetrain.registry import Registry, check_kwargs
+
+__all__ = [
+    "DataConfig",
+    "ModelConfig",
+    "NamedConfig",
+    "RunConfig",
+    "apply_overrides",
+    "load_config",
+]
+
+
+def _check_registered(registry: Registry[Any], name: str) -> str:
+    registry.entry(name)  # raises UnknownNameError listing the choices
+    return name
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class NamedConfig(BaseModel):
+    """``{name: <registry key>, <option>: <value>, ...}`` for optimizers, schedulers, callbacks."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+def _named(registry: Registry[Any], value: NamedConfig, skip: tuple[str, ...] = ()) -> NamedConfig:
+    entry = registry.entry(value.name)
+    check_kwargs(
+        entry.fn, {k: None for k in skip} | value.options, f"{registry.kind} '{value.name}'"
+    )
+    return value
+
+
+class DataConfig(_Strict):
+    """Which data set, how it is shifted/augmented and batched."""
+
+    name: str
+    options: dict[str, Any] = Field(default_factory=dict)
+    train_split: str = "train"
+    eval_split: str = "test"
+    shift: str | None = None
+    augment: list[str | dict[str, Any]] = Field(default_factory=list)
+    batch_size: int = Field(64, ge=1)
+    eval_batch_size: int = Field(256, ge=1)
+    num_workers: int = Field(0, ge=0)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return _check_registered(DATASETS, v)
+
+    @field_validator("shift")
+    @classmethod
+    def _shift(cls, v: str | None) -> str | None:
+        return v if v is None else _check_registered(SHIFTS, v)
+
+    @field_validator("augment")
+    @classmethod
+    def _augment(cls, v: list[str | dict[str, Any]]) -> list[str | dict[str, Any]]:
+        for item in v:
+            if isinstance(item, str):
+                _check_registered(AUGMENTATIONS, item)
+            else:
+                options = dict(item)
+                if "name" not in options:
+                    raise ValueError("each augment entry needs a 'name'")
+                entry = AUGMENTATIONS.entry(options.pop("name"))
+                check_kwargs(entry.fn, options, f"augmentation '{entry.name}'")
+        return v
+
+    @model_validator(mode="after")
+    def _options(self) -> DataConfig:
+        entry = DATASETS.entry(self.name)
+        check_kwargs(entry.fn, self.options, f"data set '{self.name}'", reserved=("split",))
+        return self
+
+
+class ModelConfig(_Strict):
+    """Which model, optional initial weights, and layers to freeze."""
+
+    name: str
+    options: dict[str, Any] = Field(default_factory=dict)
+    init_from: str | None = None
+    init_exclude: list[str] = Field(default_factory=list)
+    freeze: list[str] = Field(default_factory=list)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return _check_registered(MODELS, v)
+
+    @model_validator(mode="after")
+    def _options(self) -> ModelConfig:
+        check_kwargs(MODELS.entry(self.name).fn, self.options, f"model '{self.name}'")
+        return self
+
+
+class RunConfig(_Strict):
+    """A whole training run, as written to ``config.yaml`` in the run directory."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.@-]*$")
+    epochs: int = Field(ge=1)
+    seed: int = 0
+    deterministic: bool = False
+    device: str = "auto"
+    data: DataConfig
+    model: ModelConfig
+    optimizer: NamedConfig = Field(default_factory=lambda: NamedConfig(name="sgd", lr=0.01))
+    scheduler: NamedConfig | None = None
+    callbacks: list[NamedConfig] = Field(default_factory=list)
+    checkpoint_every: int = Field(1, ge=1)
+
+    @field_validator("optimizer")
+    @classmethod
+    def _optimizer(cls, v: NamedConfig) -> NamedConfig:
+        return _named(OPTIMIZERS, v, skip=("params",))
+
+    @field_validator("scheduler")
+    @classmethod
+    def _scheduler(cls, v: NamedConfig | None) -> NamedConfig | None:
+        return v if v is None else _named(SCHEDULERS, v)
+
+    @field_validator("callbacks")
+    @classmethod
+    def _callbacks(cls, v: list[NamedConfig]) -> list[NamedConfig]:
+        return [_named(CALLBACKS, c) for c in v]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for ``config.yaml`` (fully resolved: defaults written out)."""
+        return self.model_dump(mode="json")
+
+
+def _format_error(exc: ValidationError) -> str:
+    err = exc.errors(include_url=False)[0]
+    loc = ".".join(str(p) for p in err["loc"])
+    if err["type"] == "extra_forbidden":
+        parent = err["loc"][:-1]
+        fields = _fields_at(parent)
+        where = ".".join(str(p) for p in parent) or "the top level"
+        return f"unknown key '{err['loc'][-1]}' in {where}; valid keys: {', '.join(fields)}"
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "missing":
+        return f"missing required key '{loc}'"
+    if err["type"] == "value_error" or not loc:
+        return f"{loc}: {msg}" if loc else msg
+    return f"{loc}: {msg} (got {err.get('input')!r})"
+
+
+def _fields_at(path: tuple[Any, ...]) -> list[str]:
+    model: type[BaseModel] = RunConfig
+    for part in path:
+        if isinstance(part, int):
+            continue
+        annotation = model.model_fields[str(part)].annotation
+        sub = next(
+            (
+                a
+                for a in getattr(annotation, "__args__", (annotation,))
+                if isinstance(a, type) and issubclass(a, BaseModel)
+            ),
+            None,
+        )
+        if sub is None:
+            break
+        model = sub
+    return list(model.model_fields)
+
+
+def _set_path(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for key in keys[:-1]:
+        child = node.get(key)
+        if child is None:
+            child = node[key] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {dotted}: '{key}' is not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+def apply_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``key.sub=value`` overrides (values parsed as YAML) to a config tree."""
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override '{item}' must look like key.sub=value")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            value = raw
+        _set_path(tree, key.strip(), value)
+    return tree
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping with one-line errors for missing or malformed files."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file '{p}' not found; pass a YAML recipe (see recipes/)")
+    try:
+        tree = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "malformed YAML"
+        raise ConfigError(f"{p}: invalid YAML{where}: {problem}") from exc
+    if not isinstance(tree, dict):
+        raise ConfigError(
+            f"{p}: a recipe must be a YAML mapping (key: value), not {type(tree).__name__}"
+        )
+    return tree
+
+
+def load_config(
+    source: str | Path | dict[str, Any], overrides: list[str] | None = None, **typed: Any
+) -> RunConfig:
+    """Validate a recipe (path or dict) with overrides into a :class:`RunConfig`.
+
+    Args:
+        source: a YAML path or an already-parsed mapping.
+        overrides: ``["optimizer.lr=0.01", ...]``.
+        **typed: typed overrides from CLI options (``epochs=3``); ``None`` values are ignored.
+
+    Raises:
+        ConfigError: one line naming the bad key or value and the valid choices.
+    """
+    tree = dict(source) if isinstance(source, dict) else read_yaml(source)
+    apply_overrides(tree, list(overrides or []))
+    for key, value in typed.items():
+        if value is not None:
+            _set_path(tree, key, value)
+    try:
+        return RunConfig.model_validate(tree)
+    except ValidationError as exc:
+        raise ConfigError(_format_error(exc)) from None
+    except EdgetrainError as exc:
+        raise ConfigError(str(exc)) from None

@@ -1,0 +1,358 @@
+"""The :class:`Trainer`: a plain supervised training loop with callback hooks.
+
+The loop knows nothing of any technique: freezing schedules, pruning, regularisers and
+LR controllers reach it only through :class:`~edgetrain.engine.callback.Callback` hooks.
+It evaluates every epoch, writes the run directory through its default callbacks
+(metrics, checkpoints, progress) and resumes an interrupted run exactly.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.optim import lr_scheduler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
+
+from edgetrain.engine.callback import Callback
+from edgetrain.engine.callbacks import Checkpointer, MetricsLogger, ProgressBar
+from edgetrain.engine.checkpoint import FORMAT, load_checkpoint, load_model_weights
+from edgetrain.engine.distributed import DistInfo, all_reduce_sum, init_distributed
+from edgetrain.engine.evaluate import accumulate_topk, evaluate
+from edgetrain.engine.optim import scheduler_interval
+from edgetrain.engine.rundir import RunDirectory
+from edgetrain.engine.seeding import epoch_seed, seed_everything, set_deterministic
+from edgetrain.engine.state import TrainState
+from edgetrain.errors import CheckpointError
+
+__all__ = ["Trainer", "select_device"]
+
+OptimizerLike = torch.optim.Optimizer | Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
+
+
+def select_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` picks CUDA when available, else CPU; other values pass through."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+class Trainer:
+    """Train a model on a data set with per-epoch evaluation.
+
+    Args:
+        model: the network.
+        data: training data: a ``Dataset`` of ``(input, target)`` or a ready ``DataLoader``.
+        val_data: evaluation data (``Dataset`` or ``DataLoader``), evaluated every epoch.
+        optimizer: an optimizer over ``model``'s parameters, or a factory taking the
+            parameters; default SGD with lr 0.01 and momentum 0.9.
+        scheduler: an LR scheduler or a factory taking the optimizer. One-cycle steps every
+            batch, plateau on the validation loss, others every epoch.
+        loss_fn: defaults to cross-entropy.
+        batch_size: training batch size (1 is fine); ``eval_batch_size`` for evaluation.
+        callbacks: technique callbacks, called in order before the default ones.
+        run_dir: folder to write (metrics, checkpoints, summary); ``None`` writes nothing.
+        device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:1"`` ...
+        seed: run seed; epoch ``e`` reseeds every generator from ``(seed, e)``.
+        deterministic: ask torch for deterministic kernels.
+        progress: show a rich progress bar.
+        checkpoint_every: epochs between ``last.pt`` checkpoints.
+        monitor: metric deciding the best epoch (``val_top1``, mode max).
+        architecture: a plain-data description of the model stored in checkpoints
+            (e.g. ``{"name": "vgg_small", "options": {...}}``) so runs reload alone.
+
+    Example:
+        >>> from edgetrain import data, models
+        >>> from edgetrain.engine import Trainer
+        >>> net = models.create("vgg_small", in_channels=1)
+        >>> trainer = Trainer(net, data.create("digits-32", "train"),
+        ...                   val_data=data.create("digits-32", "test"), progress=False)
+        >>> trainer.fit(1).epoch  # doctest: +SKIP
+        1
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        data: Dataset | DataLoader,
+        *,
+        val_data: Dataset | DataLoader | None = None,
+        optimizer: OptimizerLike | None = None,
+        scheduler: Any = None,
+        loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+        batch_size: int = 64,
+        eval_batch_size: int = 256,
+        num_workers: int = 0,
+        callbacks: Sequence[Callback] = (),
+        run_dir: str | Path | RunDirectory | None = None,
+        device: str | torch.device = "auto",
+        seed: int = 0,
+        deterministic: bool = False,
+        progress: bool = True,
+        checkpoint_every: int = 1,
+        monitor: str = "val_top1",
+        architecture: dict[str, Any] | None = None,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.device = select_device(device)
+        self.dist: DistInfo = init_distributed(self.device)
+        if self.dist.enabled and self.device.type == "cuda":
+            self.device = torch.device("cuda", self.dist.local_rank)
+        self.seed, self.deterministic = seed, deterministic
+        if deterministic:
+            set_deterministic(True)
+        seed_everything(seed)
+        self.model = model.to(self.device)
+        self.loss_fn = loss_fn or nn.CrossEntropyLoss()
+        self.batch_size, self.eval_batch_size, self.num_workers = (
+            batch_size,
+            eval_batch_size,
+            num_workers,
+        )
+        self.architecture = architecture
+        self.state = TrainState()
+        self._loader_generator = torch.Generator()
+        self.train_loader = self._make_train_loader(data)
+        self.val_loader = self._make_val_loader(val_data) if val_data is not None else None
+        self.optimizer = self._make_optimizer(optimizer)
+        self.scheduler = (
+            scheduler(self.optimizer)
+            if callable(scheduler)
+            and not isinstance(scheduler, lr_scheduler.LRScheduler | lr_scheduler.ReduceLROnPlateau)
+            else scheduler
+        )
+        self._forward_model = self._wrap(self.model)
+        self.checkpoint_every, self.monitor = checkpoint_every, monitor
+        self.callbacks: list[Callback] = list(callbacks)
+        if progress and self.is_main:
+            self.callbacks.append(ProgressBar())
+        self.run_dir: RunDirectory | None = None
+        if run_dir is not None:
+            self.attach_run_dir(run_dir)
+        self._record: dict[str, Any] = {}
+
+    # ----------------------------------------------------------------- set-up helpers
+    @property
+    def is_main(self) -> bool:
+        """True on the process that writes files (rank 0, or the only process)."""
+        return self.dist.is_main
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return len(self.train_loader)
+
+    def _make_train_loader(self, data: Dataset | DataLoader) -> DataLoader:
+        if isinstance(data, DataLoader):
+            return data
+        sampler = None
+        if self.dist.enabled:
+            sampler = DistributedSampler(
+                data,
+                num_replicas=self.dist.world_size,
+                rank=self.dist.rank,
+                shuffle=True,
+                seed=self.seed,
+            )
+        return DataLoader(
+            data,
+            batch_size=self.batch_size,
+            shuffle=sampler is None,
+            sampler=sampler,
+            generator=self._loader_generator if sampler is None else None,
+            num_workers=self.num_workers,
+            pin_memory=self.device.type == "cuda",
+            drop_last=False,
+        )
+
+    def _make_val_loader(self, data: Dataset | DataLoader) -> DataLoader:
+        if isinstance(data, DataLoader):
+            return data
+        if self.dist.enabled:  # exact sharding without padding; counts are summed
+            data = Subset(data, range(self.dist.rank, len(data), self.dist.world_size))
+        return DataLoader(
+            data, batch_size=self.eval_batch_size, shuffle=False, num_workers=self.num_workers
+        )
+
+    def _make_optimizer(self, optimizer: OptimizerLike | None) -> torch.optim.Optimizer:
+        if optimizer is None:
+            return torch.optim.SGD(self.model.parameters(), lr=0.01, momentum=0.9)
+        if isinstance(optimizer, torch.optim.Optimizer):
+            return optimizer
+        return optimizer(self.model.parameters())
+
+    def _wrap(self, model: nn.Module) -> nn.Module:
+        if not self.dist.enabled:
+            return model
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+    def attach_run_dir(self, run_dir: str | Path | RunDirectory) -> RunDirectory:
+        """Write metrics, summary and checkpoints to ``run_dir`` (on rank 0 only)."""
+        self.run_dir = run_dir if isinstance(run_dir, RunDirectory) else RunDirectory(run_dir)
+        if self.is_main:
+            self.run_dir.create()
+            writers: list[Callback] = [
+                MetricsLogger(self.run_dir, monitor=self.monitor),
+                Checkpointer(self.run_dir, every=self.checkpoint_every, monitor=self.monitor),
+            ]
+            # Writers run after the technique callbacks and before the progress bar.
+            bars = [cb for cb in self.callbacks if isinstance(cb, ProgressBar)]
+            others = [cb for cb in self.callbacks if not isinstance(cb, ProgressBar)]
+            self.callbacks = [*others, *writers, *bars]
+        return self.run_dir
+
+    def replace_model(self, model: nn.Module) -> None:
+        """Swap in a rebuilt model (pruned or grown), re-wrapping it for DDP if needed."""
+        self.model = model.to(self.device)
+        self._forward_model = self._wrap(self.model)
+
+    def log(self, **values: float) -> None:
+        """Add values to the current epoch's metrics record (callbacks use this)."""
+        self._record.update(values)
+
+    # ------------------------------------------------------------------------ loop
+    def fit(self, epochs: int) -> TrainState:
+        """Train until ``epochs`` epochs have finished in total (counting resumed ones).
+
+        Returns:
+            The :class:`TrainState` with one metrics record per epoch.
+        """
+        self.state.max_epochs = epochs
+        self.state.stop_requested = False
+        self._call("on_fit_start")
+        try:
+            while self.state.epoch < epochs and not self.state.stop_requested:
+                self._run_epoch()
+        except BaseException as error:
+            for cb in self.callbacks:
+                cb.on_exception(self, self.model, error)
+            raise
+        self._call("on_fit_end")
+        return self.state
+
+    def _call(self, hook: str, *args: Any) -> None:
+        for cb in self.callbacks:
+            getattr(cb, hook)(self, self.model, *args)
+
+    def _run_epoch(self) -> None:
+        epoch = self.state.epoch
+        seed = epoch_seed(self.seed, epoch)
+        seed_everything(seed)
+        self._loader_generator.manual_seed(seed)
+        if isinstance(getattr(self.train_loader, "sampler", None), DistributedSampler):
+            self.train_loader.sampler.set_epoch(epoch)
+        self._record = {}
+        self.model.train()
+        self._call("on_epoch_start")
+        started = time.perf_counter()
+        step_scheduler = self.scheduler is not None and scheduler_interval(self.scheduler) == "step"
+        callbacks = self.callbacks
+        model, fmodel = self.model, self._forward_model
+        optimizer, device = self.optimizer, self.device
+        totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss*n, correct, n
+        lr_start = optimizer.param_groups[0]["lr"]
+        for index, batch in enumerate(self.train_loader):
+            for cb in callbacks:
+                cb.on_batch_start(self, model, batch, index)
+            inputs, targets = batch
+            inputs = inputs.to(device, non_blocking=True)
+            targets = targets.to(device, non_blocking=True)
+            for cb in callbacks:
+                cb.before_forward(self, model, inputs)
+            outputs = fmodel(inputs)
+            loss = self.loss_fn(outputs, targets)
+            for cb in callbacks:
+                new_loss = cb.on_loss(self, model, loss)
+                if new_loss is not None:
+                    loss = new_loss
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            for cb in callbacks:
+                cb.after_backward(self, model)
+            for cb in callbacks:
+                cb.before_optimizer_step(self, model, optimizer)
+            optimizer.step()
+            if step_scheduler:
+                self.scheduler.step()
+            self.state.global_step += 1
+            with torch.no_grad():
+                n = targets.shape[0]
+                (correct,) = accumulate_topk(outputs.detach(), targets, (1,))
+                totals += torch.stack(
+                    [
+                        loss.detach().double() * n,
+                        correct.double(),
+                        torch.tensor(float(n), dtype=torch.float64, device=device),
+                    ]
+                )
+            for cb in callbacks:
+                cb.on_batch_end(self, model, outputs, loss)
+        all_reduce_sum(totals)
+        loss_sum, correct, n = totals.tolist()
+        train_seconds = time.perf_counter() - started
+        record: dict[str, Any] = {
+            "epoch": epoch + 1,
+            "step": self.state.global_step,
+            "train_loss": loss_sum / max(n, 1.0),
+            "train_top1": 100.0 * correct / max(n, 1.0),
+            "lr": lr_start,
+            "batch_size": self.batch_size,
+            "epoch_time": train_seconds,
+        }
+        if self.val_loader is not None:
+            metrics = evaluate(
+                self._forward_model,
+                self.val_loader,
+                self.loss_fn,
+                device,
+                reduce=all_reduce_sum if self.dist.enabled else None,
+            )
+            record.update({f"val_{k}": v for k, v in metrics.items()})
+            self._call("on_validation_end", {f"val_{k}": v for k, v in metrics.items()})
+        if self.scheduler is not None and not step_scheduler:
+            if isinstance(self.scheduler, lr_scheduler.ReduceLROnPlateau):
+                self.scheduler.step(record.get("val_loss", record["train_loss"]))
+            else:
+                self.scheduler.step()
+        record.update(self._record)
+        record["eval_time"] = time.perf_counter() - started - train_seconds
+        self.state.epoch += 1
+        self.state.history.append(record)
+        self._call("on_epoch_end")
+
+    # ------------------------------------------------------------------ checkpoints
+    def checkpoint_state(self) -> dict[str, Any]:
+        """Everything needed to resume: model, optimizer, scheduler, callbacks, progress."""
+        return {
+            "format": FORMAT,
+            "architecture": self.architecture,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "callbacks": {cb.state_key: cb.state_dict() for cb in self.callbacks},
+            "trainer": {**self.state.state_dict(), "seed": self.seed},
+        }
+
+    def load_checkpoint(self, path: str | Path) -> None:
+        """Restore a checkpoint written by this Trainer so that ``fit`` continues the run."""
+        ckpt = load_checkpoint(path, map_location=self.device)
+        load_model_weights(self.model, ckpt["model"], str(path))
+        try:
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+            if self.scheduler is not None and ckpt.get("scheduler") is not None:
+                self.scheduler.load_state_dict(ckpt["scheduler"])
+        except (ValueError, KeyError) as exc:
+            raise CheckpointError(
+                f"checkpoint '{path}' holds optimizer/scheduler state of another "
+                f"configuration ({exc}); resume with the run's own config.yaml"
+            ) from exc
+        states = ckpt.get("callbacks", {})
+        for cb in self.callbacks:
+            if cb.state_key in states:
+                cb.load_state_dict(states[cb.state_key])
+        self.state.load_state_dict(ckpt["trainer"])

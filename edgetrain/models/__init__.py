@@ -1,0 +1,35 @@
+"""The model zoo: small nets for edge devices, a parametric CIFAR ResNet, layer ordering.
+
+Example:
+    >>> from edgetrain import models
+    >>> net = models.create("vgg_small", in_channels=3, num_classes=10)
+    >>> sum(p.numel() for p in net.parameters())
+    82330
+"""
+
+from __future__ import annotations
+
+from edgetrain.models import resnet as _resnet  # noqa: F401  (registers entries)
+from edgetrain.models import small as _small  # noqa: F401
+from edgetrain.models import vgg as _vgg  # noqa: F401
+from edgetrain.models.layers import (
+    WEIGHT_LAYER_TYPES,
+    ZooModel,
+    freeze,
+    init_weights,
+    parameter_layers,
+    select_modules,
+)
+from edgetrain.models.registry import MODELS, create, list_models
+
+__all__ = [
+    "MODELS",
+    "WEIGHT_LAYER_TYPES",
+    "ZooModel",
+    "create",
+    "freeze",
+    "init_weights",
+    "list_models",
+    "parameter_layers",
+    "select_modules",
+]
