@@ -1,0 +1,55 @@
+"""The ``edgetrain`` command line: one module per sub-command, each thin.
+
+Every command parses its options, calls the library and prints; bad input gives one
+red line and exit status 2.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from edgetrain import __version__
+from edgetrain.cli import data as _data
+from edgetrain.cli.demo import demo_command
+from edgetrain.cli.models import models_command
+from edgetrain.cli.report import report_command
+from edgetrain.cli.train import train_command
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="edgetrain",
+    help="Train, fine-tune and compress neural networks for devices with little compute, "
+    "energy and memory.",
+    no_args_is_help=True,
+    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    rich_markup_mode="rich",
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"edgetrain {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version."
+    ),
+) -> None:
+    """Train, fine-tune and compress neural networks for small devices."""
+
+
+app.command("demo")(demo_command)
+app.command("train")(train_command)
+app.command("report")(report_command)
+app.add_typer(_data.app, name="data")
+app.command("models")(models_command)
+
+
+def main() -> None:
+    """Entry point of the ``edgetrain`` console script."""
+    app()

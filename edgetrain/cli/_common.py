@@ -1,0 +1,63 @@
+"""Shared pieces of the CLI: consoles, error handling (exit 2), ``key=value`` options."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import typer
+import yaml
+from rich.console import Console
+
+from edgetrain.errors import EdgetrainError
+
+__all__ = [
+    "EXIT_BAD_INPUT",
+    "EXIT_INTERRUPTED",
+    "console",
+    "err_console",
+    "handle_errors",
+    "parse_options",
+]
+
+EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
+
+console = Console()
+err_console = Console(stderr=True)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def fail(message: str, code: int = EXIT_BAD_INPUT) -> typer.Exit:
+    """Print one error line to stderr and return the Exit to raise."""
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    return typer.Exit(code)
+
+
+def handle_errors(fn: F) -> F:
+    """Turn user errors into one red line and exit status 2 (keeps the signature for typer)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except EdgetrainError as exc:
+            raise fail(str(exc)) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def parse_options(items: list[str] | None, flag: str = "--option") -> dict[str, Any]:
+    """``["channels=3", "words=[yes,no]"]`` -> ``{"channels": 3, "words": ["yes", "no"]}``."""
+    options: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise EdgetrainError(f"{flag} '{item}' must look like key=value")
+        try:
+            options[key] = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            options[key] = raw
+    return options

@@ -1,0 +1,37 @@
+"""``edgetrain models``: list the model zoo."""
+
+from __future__ import annotations
+
+import typer
+from rich.table import Table
+
+from edgetrain import models as zoo
+from edgetrain.cli._common import console, handle_errors
+
+
+@handle_errors
+def models_command(
+    pattern: str = typer.Argument("*", help="Shell pattern on model names, e.g. 'resnet*'."),
+) -> None:
+    """List the model zoo with parameters and input shapes.
+
+    Example: edgetrain models 'resnet*'
+    """
+    table = Table(title="edgetrain model zoo")
+    for col, justify in (
+        ("name", "left"),
+        ("params", "right"),
+        ("input", "left"),
+        ("layers", "right"),
+        ("description", "left"),
+    ):
+        table.add_column(col, justify=justify)
+    for entry in zoo.MODELS:
+        if entry.name not in zoo.list_models(pattern):
+            continue
+        model = zoo.create(entry.name, device="meta")
+        params = sum(p.numel() for p in model.parameters())
+        shape = "x".join(map(str, getattr(model, "input_shape", ())))
+        layers = len(zoo.parameter_layers(model))
+        table.add_row(entry.name, f"{params:,}", shape, str(layers), entry.summary)
+    console.print(table)

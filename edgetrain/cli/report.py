@@ -1,0 +1,24 @@
+"""``edgetrain report``: plots and an HTML page regenerated from run directories."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from edgetrain.cli._common import console, handle_errors
+from edgetrain.report import build_report
+
+
+@handle_errors
+def report_command(
+    run_dirs: list[Path] = typer.Argument(..., help="One or more run directories."),
+    out: Path = typer.Option(None, "--out", "-o", help="HTML file to write."),
+    title: str = typer.Option(None, help="Page title."),
+) -> None:
+    """Regenerate plots and a self-contained HTML report from run directories.
+
+    Example: edgetrain report runs/digits-pretrain runs/digits-finetune --out runs/report.html
+    """
+    page = build_report(list(run_dirs), out, title)
+    console.print(f"[green]report:[/] {page}")

@@ -1,0 +1,113 @@
+"""``edgetrain train``: train from a recipe, or resume an interrupted run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from edgetrain.cli._common import EXIT_INTERRUPTED, console, err_console, fail, handle_errors
+from edgetrain.engine import load_config, resume_run, start_run
+from edgetrain.errors import ConfigError
+from edgetrain.recipes import list_recipes, recipe_path
+from edgetrain.report import build_report, load_run
+from edgetrain.report.html import summary_rows
+
+
+def resolve_recipe(config: str) -> Path:
+    """A recipe path, or the shipped recipe of that name (``digits-pretrain``)."""
+    path = Path(config)
+    if path.is_file():
+        return path
+    shipped = recipe_path(config)
+    if shipped is not None and not path.parent.parts:
+        return shipped
+    raise ConfigError(
+        f"config file '{config}' not found; pass a YAML path or a shipped recipe "
+        f"({', '.join(list_recipes())})"
+    )
+
+
+def print_runs(run_dirs: list[Path]) -> None:
+    """A rich table of finished runs (status, best and final accuracy, time)."""
+    from rich.table import Table
+
+    table = Table(title="runs")
+    header = [
+        "run",
+        "status",
+        "epochs",
+        "best val top-1 %",
+        "best epoch",
+        "final val top-1 %",
+        "params",
+        "time s",
+    ]
+    for h in header:
+        table.add_column(h, justify="left" if h in ("run", "status") else "right")
+    for row in summary_rows([load_run(p) for p in run_dirs]):
+        table.add_row(
+            *[
+                f"{c:.2f}" if isinstance(c, float) else f"{c:,}" if isinstance(c, int) else str(c)
+                for c in row
+            ]
+        )
+    console.print(table)
+
+
+@handle_errors
+def train_command(
+    config: str = typer.Argument(
+        None, help="YAML recipe (path, or name of a shipped recipe); omit with --resume."
+    ),
+    set_: list[str] = typer.Option(
+        None, "--set", "-s", help="Override a config value: key.sub=value (repeatable)."
+    ),
+    epochs: int = typer.Option(None, min=1, help="Number of epochs (overrides the recipe)."),
+    seed: int = typer.Option(None, help="Random seed."),
+    name: str = typer.Option(None, help="Run name (the folder under --runs-dir)."),
+    device: str = typer.Option(None, help="auto, cpu, cuda, cuda:1 ..."),
+    runs_dir: Path = typer.Option(Path("runs"), help="Folder holding run directories."),
+    resume: Path = typer.Option(
+        None, help="Continue the interrupted run in this directory from its last epoch."
+    ),
+    overwrite: bool = typer.Option(False, help="Replace an existing run directory."),
+    progress: bool = typer.Option(True, help="Show a progress bar."),
+    report: bool = typer.Option(True, help="Write plots and report.html at the end."),
+) -> None:
+    """Train a model from a YAML recipe into runs/<name>/ (or resume a run).
+
+    Example: edgetrain train recipes/digits-pretrain.yaml --set optimizer.lr=0.01 --epochs 5
+    """
+    try:
+        if resume is not None:
+            if config is not None or set_:
+                raise ConfigError(
+                    "--resume continues a run with its own config.yaml; drop CONFIG and --set"
+                )
+            result = resume_run(resume, epochs=epochs, progress=progress)
+        else:
+            if config is None:
+                raise ConfigError("pass a recipe (e.g. recipes/digits-pretrain.yaml) or --resume")
+            cfg = load_config(
+                resolve_recipe(config),
+                list(set_ or []),
+                epochs=epochs,
+                seed=seed,
+                name=name,
+                device=device,
+            )
+            result = start_run(cfg, runs_dir, overwrite=overwrite, progress=progress)
+    except KeyboardInterrupt:
+        target = resume or (runs_dir / (name or "<name>"))
+        err_console.print(
+            f"[yellow]interrupted[/]: finished epochs are kept; continue with "
+            f"'edgetrain train --resume {target}'"
+        )
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    if result.summary.get("status") not in ("completed", "stopped"):
+        raise fail(f"run ended with status {result.summary.get('status')}", code=1)
+    print_runs([result.run_dir.path])
+    if report:
+        page = build_report([result.run_dir.path])
+        console.print(f"[green]run directory:[/] {result.run_dir.path}   [green]report:[/] {page}")

@@ -1,0 +1,60 @@
+"""Reports regenerated from run directories alone: plots (PNG) and one HTML page.
+
+Example:
+    >>> from edgetrain.report import build_report
+    >>> build_report(["runs/digits-pretrain"])  # doctest: +SKIP
+    PosixPath('runs/digits-pretrain/report.html')
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from edgetrain.engine.rundir import atomic_write_text
+from edgetrain.report.extract import RunRecord, load_run, load_runs, series
+from edgetrain.report.html import render_html, summary_rows
+from edgetrain.report.plots import plot_curves
+
+__all__ = [
+    "RunRecord",
+    "build_report",
+    "load_run",
+    "load_runs",
+    "plot_curves",
+    "render_html",
+    "series",
+    "summary_rows",
+]
+
+
+def build_report(
+    run_dirs: list[str | os.PathLike[str]],
+    out: str | os.PathLike[str] | None = None,
+    title: str | None = None,
+) -> Path:
+    """Regenerate plots and the HTML report of one or several runs.
+
+    Args:
+        run_dirs: run directories written by the Trainer.
+        out: HTML path. Default: ``<run>/report.html`` for one run, ``report.html`` in
+            the runs' common parent folder for several.
+        title: page title (default from the run names).
+
+    Returns:
+        The path of the HTML page. Each run's own curves go to ``<run>/plots/``;
+        overlays of several runs go to ``<out stem>_plots/`` beside the page.
+    """
+    runs = load_runs(list(run_dirs))
+    for run in runs:
+        plot_curves([run], run.path / "plots")
+    if len(runs) == 1:
+        page = Path(out) if out else runs[0].path / "report.html"
+        images = sorted((runs[0].path / "plots").glob("*.png"))
+    else:
+        parent = Path(os.path.commonpath([str(r.path.resolve()) for r in runs]))
+        page = Path(out) if out else parent / "report.html"
+        images = plot_curves(runs, page.with_name(f"{page.stem}_plots"))
+    name = title or ("edgetrain report: " + ", ".join(r.name for r in runs))
+    atomic_write_text(page, render_html(runs, images, name))
+    return page
