@@ -1,0 +1,48 @@
+# Two commands for a fresh machine (Python 3.11, pip and apt):
+#   make demo   installs everything and runs scenario 1 end to end
+#   make test   installs everything and runs the test suite
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# Extra pip arguments for torch, e.g. another index for another build.
+TORCH_PIP_ARGS ?=
+EXTRAS ?= dev,timeseries
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
+PYTEST_ARGS ?=
+
+.PHONY: install system demo test test-slow lint format bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check torch==2.13.0 $(TORCH_PIP_ARGS)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[$(EXTRAS)]'
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+system:
+	bash scripts/setup-system.sh
+
+install: $(STAMP) system
+
+demo: install
+	$(BIN)/edgetrain demo
+
+test: install
+	$(BIN)/ruff check edgetrain tests benchmarks
+	$(BIN)/pytest -m "not slow and not postgres and not gpu" $(PYTEST_ARGS)
+
+test-slow: install
+	$(BIN)/pytest -m "slow" $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check edgetrain tests benchmarks
+	$(BIN)/ruff format --check edgetrain tests benchmarks
+
+format: install
+	$(BIN)/ruff format edgetrain tests benchmarks
+
+bench: install
+	$(BIN)/python benchmarks/engine_overhead.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache

@@ -1,0 +1,220 @@
+"""End-to-end tests of each command through the CLI on real offline data."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from edgetrain.cli import app
+
+COMMANDS = ["demo", "train", "report", "data", "models"]
+
+
+def test_help_lists_every_command_with_a_purpose(cli):
+    out = cli("--help").output
+    for name in COMMANDS:
+        assert f" {name} " in out
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["demo"],
+        ["train"],
+        ["report"],
+        ["models"],
+        ["data", "list"],
+        ["data", "describe"],
+        ["data", "prepare"],
+    ],
+)
+def test_every_command_help_has_an_example(cli, args):
+    out = cli(*args, "--help").output
+    assert "Example: edgetrain" in out
+
+
+def test_registered_commands_match(cli):
+    names = {c.name for c in app.registered_commands} | {g.name for g in app.registered_groups}
+    assert names == set(COMMANDS)
+
+
+def test_models_lists_zoo_with_exact_param_counts(cli):
+    out = cli("models").output
+    for name in ("vgg_small", "vgg11_b", "kws_cnn", "fcn1d", "small_cnn", "resnet20", "resnet56"):
+        assert name in out
+    assert "82,330" in out  # vgg_small at 3x32x32, 10 classes
+    assert "resnet20" in cli("models", "resnet*").output
+    assert "vgg_small" not in cli("models", "resnet*").output
+
+
+def test_data_list_and_describe(cli):
+    out = cli("data", "list").output
+    for name in ("digits-32", "keywords-de@8k", "ucr:<name>", "cifar10", "speech-commands"):
+        assert name in out
+    out = cli("data", "describe", "digits-32", "--option", "channels=3").output
+    assert "3 x 32 x 32" in out and "1,437" in out and "360" in out
+    out = cli("data", "describe", "ucr:GunPoint").output
+    assert "1 x 150" in out and "50" in out and "150" in out
+
+
+def test_data_describe_unknown_name_is_one_line_exit_2(cli):
+    result = cli("data", "describe", "digitz", code=2)
+    lines = [ln for ln in result.output.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1
+    assert "unknown data set 'digitz'" in lines[0] and "digits-32" in lines[0]
+
+
+def test_data_describe_missing_folder_exit_2(cli, tmp_path):
+    result = cli("data", "describe", "cifar10", "-o", f"root={tmp_path / 'none'}", code=2)
+    assert "cifar-10-batches-py" in result.output
+
+
+@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
+def test_data_prepare_keywords_fills_cache(cli, monkeypatch, tmp_path):
+    monkeypatch.setenv("EDGETRAIN_CACHE", str(tmp_path / "cache"))
+    out = cli("data", "prepare", "keywords-de@8k", "-o", "utterances_per_word=2").output
+    assert "ready" in out
+    assert any((tmp_path / "cache").rglob("*"))
+
+
+def test_train_writes_a_complete_run_directory(cli, tiny_recipe, tmp_path):
+    cli("train", str(tiny_recipe), "--no-progress")
+    run = tmp_path / "runs" / "tiny"
+    for name in ("config.yaml", "metrics.jsonl", "summary.json", "report.html"):
+        assert (run / name).is_file(), name
+    assert (run / "checkpoints" / "last.pt").is_file()
+    assert (run / "plots" / "accuracy.png").is_file()
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["epoch"] for x in lines] == [1, 2]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["epochs_finished"] == 2
+    assert summary["best"]["val_top1"] > 30.0  # chance is 10 %
+    assert "data:image/png;base64," in (run / "report.html").read_text()
+
+
+def test_train_overrides_and_existing_run(cli, tiny_recipe, tmp_path):
+    cli(
+        "train",
+        str(tiny_recipe),
+        "--set",
+        "optimizer.lr=0.01",
+        "--epochs",
+        "1",
+        "--name",
+        "lr001",
+        "--no-progress",
+        "--no-report",
+    )
+    config = (tmp_path / "runs" / "lr001" / "config.yaml").read_text()
+    assert "lr: 0.01" in config and "epochs: 1" in config
+    result = cli("train", str(tiny_recipe), "--name", "lr001", "--no-progress", code=2)
+    assert "exists" in result.output and "--resume" in result.output
+    cli(
+        "train",
+        str(tiny_recipe),
+        "--name",
+        "lr001",
+        "--epochs",
+        "1",
+        "--overwrite",
+        "--no-progress",
+        "--no-report",
+    )
+
+
+def test_resume_continues_to_more_epochs(cli, tiny_recipe, tmp_path):
+    cli("train", str(tiny_recipe), "--epochs", "1", "--no-progress", "--no-report")
+    cli("train", "--resume", str(tmp_path / "runs" / "tiny"), "--epochs", "2", "--no-progress")
+    lines = (tmp_path / "runs" / "tiny" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["epoch"] for x in lines] == [1, 2]
+
+
+@pytest.mark.parametrize(
+    ("edit", "needle"),
+    [
+        ("optimizr: {name: sgd}\n", "unknown key 'optimizr'"),
+        ("scheduler: {name: stepp}\n", "unknown scheduler 'stepp'"),
+        ("callbacks: [{name: early-stopping, patiense: 2}]\n", "no option 'patiense'"),
+        ("seed: [1\n", "invalid YAML at line"),
+    ],
+)
+def test_bad_recipe_is_one_line_exit_2_and_writes_nothing(cli, tiny_recipe, tmp_path, edit, needle):
+    tiny_recipe.write_text(tiny_recipe.read_text() + edit)
+    result = cli("train", str(tiny_recipe), "--no-progress", code=2)
+    assert needle in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert not (tmp_path / "runs" / "tiny").exists()
+
+
+def test_bad_override_and_missing_recipe_exit_2(cli, tiny_recipe):
+    assert "lrr" in cli("train", str(tiny_recipe), "--set", "optimizer.lrr=1", code=2).output
+    assert "not found" in cli("train", "nope.yaml", code=2).output
+
+
+def test_corrupted_init_checkpoint_exit_2(cli, tiny_recipe, tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"PK\x03\x04 truncated")
+    result = cli("train", str(tiny_recipe), "--set", f"model.init_from={bad}", code=2)
+    assert "corrupted or truncated" in result.output
+
+
+def test_init_from_other_architecture_exit_2(cli, tiny_recipe, tmp_path):
+    cli("train", str(tiny_recipe), "--epochs", "1", "--no-progress", "--no-report")
+    result = cli(
+        "train",
+        str(tiny_recipe),
+        "--name",
+        "other",
+        "--set",
+        "model.name=small_cnn",
+        "--set",
+        f"model.init_from={tmp_path / 'runs' / 'tiny'}",
+        code=2,
+    )
+    assert "another architecture" in result.output
+
+
+def test_report_over_several_runs(cli, tiny_recipe, tmp_path):
+    cli("train", str(tiny_recipe), "--epochs", "1", "--no-progress", "--no-report")
+    cli("train", str(tiny_recipe), "--epochs", "1", "--name", "b", "--no-progress", "--no-report")
+    out = tmp_path / "cmp.html"
+    cli("report", str(tmp_path / "runs" / "tiny"), str(tmp_path / "runs" / "b"), "--out", str(out))
+    page = out.read_text()
+    assert page.count("data:image/png;base64,") == 2 and "tiny" in page and ">b<" in page
+    assert (tmp_path / "cmp_plots" / "loss.png").is_file()
+    assert "not a run directory" in cli("report", str(tmp_path), code=2).output
+
+
+def test_shipped_recipe_by_name_scenario_3(cli, tmp_path):
+    cli("train", "ucr-fcn1d", "--epochs", "1", "--no-progress", "--no-report")
+    line = json.loads((tmp_path / "runs" / "ucr-fcn1d" / "metrics.jsonl").read_text())
+    assert line["batch_size"] == 1 and line["step"] == 50 and line["val_samples"] == 150
+
+
+@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
+def test_keyword_transfer_recipes(cli, monkeypatch, tmp_path):
+    monkeypatch.setenv("EDGETRAIN_CACHE", str(tmp_path / "cache"))
+    few = [
+        "--set",
+        "data.options.utterances_per_word=4",
+        "--epochs",
+        "1",
+        "--no-progress",
+        "--no-report",
+    ]
+    cli("train", "keywords-pretrain", *few)
+    cli("train", "keywords-finetune", *few)
+    summary = json.loads((tmp_path / "runs" / "keywords-finetune" / "summary.json").read_text())
+    assert summary["status"] == "completed"
+
+
+def test_demo_quick(cli, tmp_path):
+    out = cli("demo", "--size", "quick", "--runs-dir", "demo", "--no-progress").output
+    assert "pretrain" in out and "fine-tune" in out and "no fine-tune" in out
+    assert (tmp_path / "demo" / "report.html").is_file()
+    ft = json.loads((tmp_path / "demo" / "digits-finetune" / "summary.json").read_text())
+    pre = json.loads((tmp_path / "demo" / "digits-pretrain" / "summary.json").read_text())
+    assert ft["trainable_params"] < pre["trainable_params"]  # conv1, conv2 frozen
+    assert "--size" in cli("demo", "--size", "huge", code=2).output
