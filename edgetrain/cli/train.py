@@ -6,7 +6,14 @@ from pathlib import Path
 
 import typer
 
-from edgetrain.cli._common import EXIT_INTERRUPTED, console, err_console, fail, handle_errors
+from edgetrain.cli._common import (
+    EXIT_INTERRUPTED,
+    console,
+    err_console,
+    fail,
+    handle_errors,
+    sigterm_as_interrupt,
+)
 from edgetrain.engine import load_config, resume_run, start_run
 from edgetrain.errors import ConfigError
 from edgetrain.recipes import list_recipes, recipe_path
@@ -79,27 +86,31 @@ def train_command(
 
     Example: edgetrain train recipes/digits-pretrain.yaml --set optimizer.lr=0.01 --epochs 5
     """
-    try:
-        if resume is not None:
-            if config is not None or set_:
-                raise ConfigError(
-                    "--resume continues a run with its own config.yaml; drop CONFIG and --set"
-                )
-            result = resume_run(resume, epochs=epochs, progress=progress)
-        else:
-            if config is None:
-                raise ConfigError("pass a recipe (e.g. recipes/digits-pretrain.yaml) or --resume")
-            cfg = load_config(
-                resolve_recipe(config),
-                list(set_ or []),
-                epochs=epochs,
-                seed=seed,
-                name=name,
-                device=device,
+    if resume is not None:
+        if config is not None or set_:
+            raise ConfigError(
+                "--resume continues a run with its own config.yaml; drop CONFIG and --set"
             )
-            result = start_run(cfg, runs_dir, overwrite=overwrite, progress=progress)
+        target = resume
+    else:
+        if config is None:
+            raise ConfigError("pass a recipe (e.g. recipes/digits-pretrain.yaml) or --resume")
+        cfg = load_config(
+            resolve_recipe(config),
+            list(set_ or []),
+            epochs=epochs,
+            seed=seed,
+            name=name,
+            device=device,
+        )
+        target = runs_dir / cfg.name
+    try:
+        with sigterm_as_interrupt():
+            if resume is not None:
+                result = resume_run(resume, epochs=epochs, progress=progress)
+            else:
+                result = start_run(cfg, runs_dir, overwrite=overwrite, progress=progress)
     except KeyboardInterrupt:
-        target = resume or (runs_dir / (name or "<name>"))
         err_console.print(
             f"[yellow]interrupted[/]: finished epochs are kept; continue with "
             f"'edgetrain train --resume {target}'"

@@ -218,3 +218,58 @@ def test_demo_quick(cli, tmp_path):
     pre = json.loads((tmp_path / "demo" / "digits-pretrain" / "summary.json").read_text())
     assert ft["trainable_params"] < pre["trainable_params"]  # conv1, conv2 frozen
     assert "--size" in cli("demo", "--size", "huge", code=2).output
+
+
+def test_killed_run_is_marked_interrupted_and_resumes(tmp_path, tiny_recipe):
+    """SIGTERM mid-run: finished epochs stay, status says interrupted, --resume completes."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    recipe = tiny_recipe.read_text().replace("epochs: 2", "epochs: 40")
+    tiny_recipe.write_text(recipe)
+    cmd = [
+        sys.executable,
+        "-m",
+        "edgetrain.cli",
+        "train",
+        str(tiny_recipe),
+        "--no-progress",
+        "--no-report",
+    ]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    metrics = tmp_path / "runs" / "tiny" / "metrics.jsonl"
+    deadline = time.time() + 60
+    while time.time() < deadline and (not metrics.is_file() or not metrics.read_text()):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert b"--resume" in err
+    summary = json.loads((tmp_path / "runs" / "tiny" / "summary.json").read_text())
+    assert summary["status"] == "interrupted"
+    done = summary["epochs_finished"]
+    assert 1 <= done < 40
+    env = {**os.environ}
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "edgetrain.cli",
+            "train",
+            "--resume",
+            "runs/tiny",
+            "--epochs",
+            str(done + 1),
+            "--no-progress",
+            "--no-report",
+        ],
+        cwd=tmp_path,
+        check=True,
+        env=env,
+        capture_output=True,
+    )
+    lines = [json.loads(x)["epoch"] for x in metrics.read_text().splitlines()]
+    assert lines == list(range(1, done + 2))
