@@ -9,9 +9,9 @@ from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import typer
-import yaml
 from rich.console import Console
 
+from edgetrain._yaml import YAMLError, safe_load
 from edgetrain.errors import EdgetrainError
 
 __all__ = [
@@ -59,8 +59,8 @@ def parse_options(items: list[str] | None, flag: str = "--option") -> dict[str, 
         if not sep or not key:
             raise EdgetrainError(f"{flag} '{item}' must look like key=value")
         try:
-            options[key] = yaml.safe_load(raw)
-        except yaml.YAMLError:
+            options[key] = safe_load(raw)
+        except YAMLError:
             options[key] = raw
     return options
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -60,21 +59,32 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
     try:
         obj = torch.load(p, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        raise CheckpointError(
-            f"checkpoint '{p}' holds objects other than tensors and plain data and was not "
-            "loaded (weights_only=True); re-save it as a state_dict"
-        ) from exc
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
-        raise CheckpointError(
-            f"checkpoint '{p}' is corrupted or truncated ({type(exc).__name__}); "
-            "use another checkpoint or re-run the epoch that wrote it"
-        ) from exc
+        if "Unsupported global" in str(exc) or "Unsupported class" in str(exc):
+            raise CheckpointError(
+                f"checkpoint '{p}' holds objects other than tensors and plain data and was "
+                "not loaded (weights_only=True); re-save it as a state_dict"
+            ) from exc
+        raise _corrupted(p, exc) from exc
+    except Exception as exc:  # torch's unpickler raises many types on damaged bytes
+        raise _corrupted(p, exc) from exc
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         raise CheckpointError(
             f"'{p}' is not an edgetrain checkpoint (expected format {FORMAT}); "
             "load plain state_dicts with torch.load"
         )
     return obj
+
+
+def _corrupted(path: Path, exc: BaseException) -> CheckpointError:
+    return CheckpointError(
+        f"checkpoint '{path}' is corrupted or truncated ({type(exc).__name__}); "
+        "use another checkpoint or re-run the epoch that wrote it"
+    )
+
+
+def _in_modules(key: str, modules: tuple[str, ...]) -> bool:
+    """Whether state key ``key`` belongs to one of the named modules (not a name prefix)."""
+    return any(key == m or key.startswith(m + ".") for m in modules)
 
 
 def load_model_weights(
@@ -89,13 +99,14 @@ def load_model_weights(
         model: the receiving model.
         state: a model ``state_dict``.
         source: where the state came from, for the error message.
-        exclude: module-name prefixes to leave untouched (e.g. a new classifier ``fc``).
+        exclude: names of modules to leave untouched (e.g. a new classifier ``fc``;
+            ``fc`` does not cover ``fc1``).
     """
     if exclude:
-        state = {k: v for k, v in state.items() if not k.startswith(exclude)}
+        state = {k: v for k, v in state.items() if not _in_modules(k, exclude)}
     own = model.state_dict()
     unexpected = sorted(set(state) - set(own))
-    missing = sorted(k for k in set(own) - set(state) if not k.startswith(exclude or ("\0",)))
+    missing = sorted(k for k in set(own) - set(state) if not _in_modules(k, exclude))
     mismatched = [
         f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
         for k in state

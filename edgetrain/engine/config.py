@@ -19,13 +19,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from edgetrain._yaml import YAMLError, safe_load
 from edgetrain.data import DATASETS, SHIFTS
 from edgetrain.data.transforms import AUGMENTATIONS
 from edgetrain.engine.callbacks.registry import CALLBACKS
-from edgetrain.engine.optim import OPTIMIZERS, SCHEDULERS
+from edgetrain.engine.optim import OPTIMIZERS, SCHEDULER_ARGS, SCHEDULERS
 from edgetrain.errors import ConfigError, EdgetrainError
 from edgetrain.models import MODELS
 from edgetrain.registry import Registry, check_kwargs
@@ -62,9 +62,7 @@ class NamedConfig(BaseModel):
 
 def _named(registry: Registry[Any], value: NamedConfig, skip: tuple[str, ...] = ()) -> NamedConfig:
     entry = registry.entry(value.name)
-    check_kwargs(
-        entry.fn, {k: None for k in skip} | value.options, f"{registry.kind} '{value.name}'"
-    )
+    check_kwargs(entry.fn, value.options, f"{registry.kind} '{value.name}'", reserved=skip)
     return value
 
 
@@ -147,6 +145,12 @@ class RunConfig(_Strict):
     callbacks: list[NamedConfig] = Field(default_factory=list)
     checkpoint_every: int = Field(1, ge=1)
 
+    @field_validator("optimizer", mode="before")
+    @classmethod
+    def _optimizer_default_name(cls, v: Any) -> Any:
+        # "--set optimizer.lr=0.5" on a recipe without an optimizer section tunes the default.
+        return {"name": "sgd", **v} if isinstance(v, dict) and "name" not in v else v
+
     @field_validator("optimizer")
     @classmethod
     def _optimizer(cls, v: NamedConfig) -> NamedConfig:
@@ -155,7 +159,7 @@ class RunConfig(_Strict):
     @field_validator("scheduler")
     @classmethod
     def _scheduler(cls, v: NamedConfig | None) -> NamedConfig | None:
-        return v if v is None else _named(SCHEDULERS, v)
+        return v if v is None else _named(SCHEDULERS, v, skip=SCHEDULER_ARGS)
 
     @field_validator("callbacks")
     @classmethod
@@ -223,8 +227,8 @@ def apply_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any
         if not sep or not key.strip():
             raise ConfigError(f"override '{item}' must look like key.sub=value")
         try:
-            value = yaml.safe_load(raw) if raw.strip() else None
-        except yaml.YAMLError:
+            value = safe_load(raw) if raw.strip() else None
+        except YAMLError:
             value = raw
         _set_path(tree, key.strip(), value)
     return tree
@@ -236,8 +240,8 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not p.is_file():
         raise ConfigError(f"config file '{p}' not found; pass a YAML recipe (see recipes/)")
     try:
-        tree = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
+        tree = safe_load(p.read_text(encoding="utf-8"))
+    except YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or "malformed YAML"

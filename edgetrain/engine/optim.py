@@ -25,6 +25,9 @@ __all__ = ["OPTIMIZERS", "SCHEDULERS", "build_optimizer", "build_scheduler", "sc
 OPTIMIZERS: Registry[torch.optim.Optimizer] = Registry("optimizer")
 SCHEDULERS: Registry[Any] = Registry("scheduler")
 
+# Arguments the engine passes to every scheduler factory; never user options.
+SCHEDULER_ARGS = ("optimizer", "epochs", "steps_per_epoch")
+
 Params = Iterable[torch.nn.Parameter] | Iterable[dict[str, Any]]
 
 
@@ -118,7 +121,7 @@ class _ExponentialFrom:
         return self.gamma ** max(0, epoch - self.start)
 
 
-@SCHEDULERS.register("cosine", interval="epoch")
+@SCHEDULERS.register("cosine", interval="epoch", length_dependent=True)
 def cosine(
     optimizer: torch.optim.Optimizer, epochs: int, steps_per_epoch: int, eta_min: float = 0.0
 ) -> lr_scheduler.CosineAnnealingLR:
@@ -147,7 +150,7 @@ def plateau(
     )
 
 
-@SCHEDULERS.register("onecycle", interval="step")
+@SCHEDULERS.register("onecycle", interval="step", length_dependent=True)
 def onecycle(
     optimizer: torch.optim.Optimizer,
     epochs: int,
@@ -186,7 +189,7 @@ def build_scheduler(
         entry.fn,
         options,
         f"scheduler '{name}'",
-        reserved=("optimizer", "epochs", "steps_per_epoch"),
+        reserved=SCHEDULER_ARGS,
     )
     return entry.fn(optimizer, epochs, steps_per_epoch, **options)
 

@@ -20,10 +20,10 @@ from edgetrain import models
 from edgetrain.engine.callbacks.registry import CALLBACKS
 from edgetrain.engine.checkpoint import load_checkpoint, load_model_weights, resolve_checkpoint
 from edgetrain.engine.config import RunConfig, load_config
-from edgetrain.engine.optim import build_optimizer, build_scheduler
+from edgetrain.engine.optim import SCHEDULERS, build_optimizer, build_scheduler
 from edgetrain.engine.rundir import RunDirectory
 from edgetrain.engine.trainer import Trainer
-from edgetrain.errors import EdgetrainError
+from edgetrain.errors import ConfigError, EdgetrainError
 
 __all__ = ["RunResult", "build_model", "build_trainer", "resume_run", "start_run"]
 
@@ -127,7 +127,14 @@ def resume_run(path: str | Path, epochs: int | None = None, progress: bool = Tru
     """Continue the run in ``path`` from its last finished epoch (same config, same seed)."""
     run_dir = RunDirectory(path)
     config = load_config(run_dir.read_config())
-    if epochs is not None:
+    if epochs is not None and epochs != config.epochs:
+        sched = config.scheduler
+        if sched is not None and SCHEDULERS.entry(sched.name).meta.get("length_dependent"):
+            raise ConfigError(
+                f"the '{sched.name}' schedule of '{run_dir.path}' was planned for "
+                f"{config.epochs} epochs and cannot be stretched to {epochs}; resume without "
+                "--epochs, or start a new run with model.init_from set to this run"
+            )
         config = load_config(config.to_dict(), epochs=epochs)
     last = run_dir.checkpoints / "last.pt"
     trainer = build_trainer(config, None, progress)

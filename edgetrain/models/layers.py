@@ -48,9 +48,7 @@ def parameter_layers(
     def record(name: str) -> None:
         order.setdefault(name, len(order))
 
-    handles = [
-        m.register_forward_pre_hook(lambda _m, _a, n=n: record(n)) for n, m in layers
-    ]
+    handles = [m.register_forward_pre_hook(lambda _m, _a, n=n: record(n)) for n, m in layers]
     meta_state = {
         k: torch.empty_like(v, device="meta")
         for k, v in [*model.named_parameters(), *model.named_buffers()]
@@ -59,9 +57,7 @@ def parameter_layers(
     try:
         model.eval()
         with torch.no_grad():
-            torch.func.functional_call(
-                model, meta_state, (torch.empty(1, *shape, device="meta"),)
-            )
+            torch.func.functional_call(model, meta_state, (torch.empty(1, *shape, device="meta"),))
     finally:
         model.train(was_training)
         for h in handles:

@@ -156,8 +156,15 @@ def resnet_cifar(
 ) -> CifarResNet:
     """Parametric CIFAR ResNet: stages, blocks, convs per block, widths, shortcut type."""
     return CifarResNet(
-        stages, blocks, layers_per_block, widths, bottleneck, shortcut,
-        in_channels, num_classes, input_size,
+        stages,
+        blocks,
+        layers_per_block,
+        widths,
+        bottleneck,
+        shortcut,
+        in_channels,
+        num_classes,
+        input_size,
     )
 
 
@@ -165,8 +172,9 @@ def _preset(depth: int, doc: str):  # noqa: ANN202 - returns a registered factor
     n = (depth - 2) // 6
 
     def factory(in_channels: int = 3, num_classes: int = 10, input_size: int = 32) -> CifarResNet:
-        return CifarResNet(3, (n, n, n), 2, (16, 32, 64), False, "conv1x1",
-                           in_channels, num_classes, input_size)
+        return CifarResNet(
+            3, (n, n, n), 2, (16, 32, 64), False, "conv1x1", in_channels, num_classes, input_size
+        )
 
     factory.__doc__ = doc
     factory.__name__ = f"resnet{depth}"

@@ -26,9 +26,7 @@ __all__ = ["FCN1d", "KWSCNN", "fcn1d", "kws_cnn", "small_cnn"]
 class KWSCNN(ZooModel):
     """conv 32 (valid) -> conv 64 (valid) -> maxpool 2 -> dropout -> linear 128 -> linear."""
 
-    def __init__(
-        self, in_channels: int = 1, num_classes: int = 8, input_size: int = 32
-    ) -> None:
+    def __init__(self, in_channels: int = 1, num_classes: int = 8, input_size: int = 32) -> None:
         super().__init__()
         self.input_shape = (in_channels, input_size, input_size)
         self.conv1 = nn.Conv2d(in_channels, 32, 3)

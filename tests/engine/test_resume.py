@@ -7,6 +7,7 @@ must all continue as if nothing had happened: weights bit for bit, metrics value
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,10 @@ def _assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor])
         assert torch.equal(a[k], b[k]), k
 
 
+def _momentum(trainer: Trainer) -> dict[str, torch.Tensor]:
+    return {str(i): s["momentum_buffer"] for i, s in enumerate(trainer.optimizer.state.values())}
+
+
 def _lines(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
@@ -76,18 +81,15 @@ def make_trainer(make_blobs, make_tiny_net):
 
 
 @pytest.fixture
-def reference(make_trainer, tmp_path: Path) -> dict[str, Trainer]:
-    """Uninterrupted runs, one per scheduler, built on first use."""
-    cache: dict[str, Trainer] = {}
+def reference(make_trainer, tmp_path: Path) -> Callable[[str], Trainer]:
+    """``reference(scheduler)``: the uninterrupted run of ``EPOCHS`` epochs."""
 
-    def get(scheduler: str) -> Trainer:
-        if scheduler not in cache:
-            trainer = make_trainer(tmp_path / f"reference-{scheduler}", scheduler)
-            trainer.fit(EPOCHS)
-            cache[scheduler] = trainer
-        return cache[scheduler]
+    def run(scheduler: str) -> Trainer:
+        trainer = make_trainer(tmp_path / f"reference-{scheduler}", scheduler)
+        trainer.fit(EPOCHS)
+        return trainer
 
-    return get
+    return run
 
 
 @pytest.mark.parametrize(("k", "scheduler"), [(1, "onecycle"), (3, "onecycle"), (2, "plateau")])
@@ -110,20 +112,13 @@ def test_ctrl_c_then_resume_matches_an_uninterrupted_run(
 
     full = reference(scheduler)
     _assert_same_weights(full.model.state_dict(), resumed.model.state_dict())
-    _assert_same_weights(
-        {str(i): t for i, t in enumerate(_momentum(full))},
-        {str(i): t for i, t in enumerate(_momentum(resumed))},
-    )
+    _assert_same_weights(_momentum(full), _momentum(resumed))
     assert _without_times(resumed.state.history) == _without_times(full.state.history)
     assert resumed.state.global_step == full.state.global_step == EPOCHS * 5
     logged = _lines(run / "metrics.jsonl")
     assert [r["epoch"] for r in logged] == list(range(1, EPOCHS + 1))
     assert _without_times(logged) == _without_times(full.state.history)
     assert json.loads((run / "summary.json").read_text())["status"] == "completed"
-
-
-def _momentum(trainer: Trainer) -> list[torch.Tensor]:
-    return [s["momentum_buffer"] for s in trainer.optimizer.state.values()]
 
 
 def test_fit_k_then_a_new_trainer_continues_to_n(make_trainer, reference, tmp_path: Path) -> None:
@@ -221,12 +216,26 @@ def test_start_run_interrupted_then_resume_run_matches_an_uninterrupted_run(
 
 
 def test_resume_run_can_extend_a_finished_run(tmp_path: Path) -> None:
-    config = _digits_config("short", epochs=1)
-    start_run(config, tmp_path, progress=False)
+    tree = _digits_config("short", epochs=1).to_dict()
+    tree["scheduler"] = {"name": "step", "step_size": 1, "gamma": 0.5}
+    start_run(load_config(tree), tmp_path, progress=False)
     result = resume_run(tmp_path / "short", epochs=2, progress=False)
     assert result.summary["status"] == "completed" and result.summary["epochs_finished"] == 2
     assert [r["epoch"] for r in _lines(tmp_path / "short" / "metrics.jsonl")] == [1, 2]
     assert load_config(tmp_path / "short" / "config.yaml").epochs == 2
+
+
+def test_extending_a_onecycle_run_continues_or_is_refused_in_one_line(tmp_path: Path) -> None:
+    from edgetrain.errors import EdgetrainError
+
+    tree = _digits_config("onecycle", epochs=2).to_dict()
+    tree["scheduler"] = {"name": "onecycle"}
+    start_run(load_config(tree), tmp_path, progress=False)
+    with pytest.raises(EdgetrainError, match="planned for 2 epochs") as error:
+        resume_run(tmp_path / "onecycle", epochs=3, progress=False)
+    assert "\n" not in str(error.value)
+    # resuming to the planned length is fine
+    assert resume_run(tmp_path / "onecycle", progress=False).summary["status"] == "completed"
 
 
 def test_start_run_refuses_to_overwrite_an_existing_run(tmp_path: Path) -> None:

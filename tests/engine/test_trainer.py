@@ -21,7 +21,9 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 def _mlp(in_features: int, num_classes: int, seed: int = 0) -> nn.Module:
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        return nn.Sequential(nn.Flatten(), nn.Linear(in_features, 16), nn.ReLU(), nn.Linear(16, num_classes))
+        return nn.Sequential(
+            nn.Flatten(), nn.Linear(in_features, 16), nn.ReLU(), nn.Linear(16, num_classes)
+        )
 
 
 def _sgd(lr: float, **kw: Any):  # noqa: ANN202 - an optimizer factory
@@ -135,7 +137,10 @@ def test_batch_size_below_one_is_refused(tiny_data, make_tiny_net) -> None:
 def test_hooks_are_called_in_the_documented_order(make_blobs, make_tiny_net) -> None:
     recorder = Recorder()
     trainer = _trainer(
-        make_tiny_net(), make_blobs(6), val_data=make_blobs(4, seed=1), batch_size=4,
+        make_tiny_net(),
+        make_blobs(6),
+        val_data=make_blobs(4, seed=1),
+        batch_size=4,
         callbacks=[recorder],
     )
     trainer.fit(2)
@@ -321,9 +326,7 @@ def test_plateau_scheduler_cuts_the_lr_when_the_validation_loss_stalls(make_blob
     def constant_loss(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return out.sum() * 0.0 + 1.0
 
-    lrs, _ = _lr_history(
-        make_blobs, "plateau", 6, loss_fn=constant_loss, patience=1, factor=0.5
-    )
+    lrs, _ = _lr_history(make_blobs, "plateau", 6, loss_fn=constant_loss, patience=1, factor=0.5)
     assert lrs == pytest.approx([0.1, 0.1, 0.1, 0.05, 0.05, 0.025])
 
 
@@ -347,9 +350,7 @@ def test_frozen_parameters_stay_unchanged(make_blobs) -> None:
     model = models.create("vgg_small", in_channels=1, num_classes=4, input_size=8)
     assert models.freeze(model, ["conv1", "re:conv[23]"]) == ["conv1", "conv2", "conv3"]
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    trainer = _trainer(
-        model, make_blobs(32), optimizer=_sgd(0.05, momentum=0.9, weight_decay=1e-3)
-    )
+    trainer = _trainer(model, make_blobs(32), optimizer=_sgd(0.05, momentum=0.9, weight_decay=1e-3))
     trainer.fit(2)
     for name, p in model.named_parameters():
         frozen = name.split(".")[0] in {"conv1", "conv2", "conv3"}

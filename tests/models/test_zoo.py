@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from torch import nn
@@ -108,7 +110,11 @@ def test_parameter_layers_follow_the_forward_not_the_registration() -> None:
             {"stages": 3, "blocks": [5, 5, 5], "widths": [16, 32, 64], "shortcut": "conv3x3"},
             487_386,
         ),
-        ("resnet_cifar", {"stages": 1, "blocks": [1], "widths": [16], "shortcut": "conv3x3"}, 5_306),
+        (
+            "resnet_cifar",
+            {"stages": 1, "blocks": [1], "widths": [16], "shortcut": "conv3x3"},
+            5_306,
+        ),
         # ResNet-32 with the parameter-free "option A" shortcuts of He et al.: the classic 0.46M.
         (
             "resnet_cifar",
@@ -151,13 +157,25 @@ def test_resnet_presets_use_1x1_shortcuts() -> None:
 
 # ------------------------------------------------------------------- resnet naming
 def test_resnet_module_names_follow_the_cifar_convention() -> None:
-    model = models.create("resnet_cifar", stages=1, blocks=[1], widths=[16], shortcut="conv3x3")
+    tiny = models.create("resnet_cifar", stages=1, blocks=[1], widths=[16], shortcut="conv3x3")
+    names = [n for n, m in tiny.named_modules() if list(m.parameters(recurse=False))]
+    # A block that keeps the shape has an identity shortcut (no module).
+    expected = ["conv1", "bn1", "layer1.0.conv1", "layer1.0.bn1", "layer1.0.conv2"]
+    assert names == [*expected, "layer1.0.bn2", "fc"]
+
+    model = models.create(
+        "resnet_cifar", stages=3, blocks=[5, 5, 5], widths=[16, 32, 64], shortcut="conv3x3"
+    )
+    pattern = re.compile(r"conv1|bn1|fc|layer[123]\.[0-4]\.(conv[12]|bn[12]|shortcut\.[01])")
     names = [n for n, m in model.named_modules() if list(m.parameters(recurse=False))]
-    assert names == ["conv1", "bn1", "layer1.0.conv1", "layer1.0.bn1"] + [
-        "layer1.0.conv2",
-        "layer1.0.bn2",
-        "fc",
-    ]  # a shape-keeping block has an identity shortcut
+    assert len(names) == 2 + 3 * 5 * 4 + 2 * 2 + 1
+    assert all(pattern.fullmatch(n) for n in names), names
+    assert [n for n in names if "shortcut" in n] == [
+        "layer2.0.shortcut.0",
+        "layer2.0.shortcut.1",
+        "layer3.0.shortcut.0",
+        "layer3.0.shortcut.1",
+    ]
 
 
 def test_resnet_parameter_layers_put_the_shortcut_after_the_block_convs() -> None:
