@@ -32,7 +32,7 @@ class RegistryEntry(Generic[T]):
     def summary(self) -> str:
         """First line of the entry's docstring."""
         doc = inspect.getdoc(self.fn) or ""
-        return doc.splitlines()[0] if doc else ""
+        return doc.splitlines()[0].replace("``", "") if doc else ""
 
 
 class Registry(Generic[T]):

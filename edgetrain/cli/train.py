@@ -18,7 +18,7 @@ from edgetrain.engine import load_config, resume_run, start_run
 from edgetrain.errors import ConfigError
 from edgetrain.recipes import list_recipes, recipe_path
 from edgetrain.report import build_report, load_run
-from edgetrain.report.html import summary_rows
+from edgetrain.report.html import SUMMARY_HEADER, summary_rows
 
 
 def resolve_recipe(config: str) -> Path:
@@ -40,17 +40,7 @@ def print_runs(run_dirs: list[Path]) -> None:
     from rich.table import Table
 
     table = Table(title="runs")
-    header = [
-        "run",
-        "status",
-        "epochs",
-        "best val top-1 %",
-        "best epoch",
-        "final val top-1 %",
-        "params",
-        "time s",
-    ]
-    for h in header:
+    for h in SUMMARY_HEADER:
         table.add_column(h, justify="left" if h in ("run", "status") else "right")
     for row in summary_rows([load_run(p) for p in run_dirs]):
         table.add_row(

@@ -21,7 +21,13 @@ from edgetrain.engine.checkpoint import atomic_save, load_checkpoint, load_model
 from edgetrain.engine.config import RunConfig, load_config
 from edgetrain.engine.evaluate import evaluate
 from edgetrain.engine.optim import OPTIMIZERS, SCHEDULERS, build_optimizer, build_scheduler
-from edgetrain.engine.run import RunResult, build_trainer, resume_run, start_run
+from edgetrain.engine.run import (
+    RunResult,
+    build_trainer,
+    load_trained_model,
+    resume_run,
+    start_run,
+)
 from edgetrain.engine.rundir import RunDirectory
 from edgetrain.engine.state import TrainState
 from edgetrain.engine.trainer import Trainer, select_device
@@ -47,6 +53,7 @@ __all__ = [
     "evaluate",
     "load_checkpoint",
     "load_config",
+    "load_trained_model",
     "load_model_weights",
     "resume_run",
     "select_device",

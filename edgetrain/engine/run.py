@@ -23,9 +23,16 @@ from edgetrain.engine.config import RunConfig, load_config
 from edgetrain.engine.optim import SCHEDULERS, build_optimizer, build_scheduler
 from edgetrain.engine.rundir import RunDirectory
 from edgetrain.engine.trainer import Trainer
-from edgetrain.errors import ConfigError, EdgetrainError
+from edgetrain.errors import CheckpointError, ConfigError, EdgetrainError
 
-__all__ = ["RunResult", "build_model", "build_trainer", "resume_run", "start_run"]
+__all__ = [
+    "RunResult",
+    "build_model",
+    "build_trainer",
+    "load_trained_model",
+    "resume_run",
+    "start_run",
+]
 
 
 @dataclass
@@ -145,3 +152,26 @@ def resume_run(path: str | Path, epochs: int | None = None, progress: bool = Tru
         run_dir.write_config(config.to_dict())
     trainer.fit(config.epochs)
     return RunResult(run_dir, config, run_dir.read_summary())
+
+
+def load_trained_model(path: str | Path, prefer: str = "best") -> torch.nn.Module:
+    """Rebuild a trained zoo model from a run directory (or checkpoint file) alone.
+
+    Args:
+        path: a run directory (``checkpoints/<prefer>.pt``, else ``last.pt``) or a file.
+        prefer: ``"best"`` or ``"last"``.
+
+    Example:
+        >>> model = load_trained_model("runs/digits-pretrain")  # doctest: +SKIP
+    """
+    file = resolve_checkpoint(path, prefer=prefer)
+    ckpt = load_checkpoint(file)
+    arch = ckpt.get("architecture") or {}
+    if "name" not in arch:
+        raise CheckpointError(
+            f"checkpoint '{file}' records no architecture; build the model yourself and "
+            "load its weights with edgetrain.engine.load_model_weights"
+        )
+    model = models.create(arch["name"], **arch.get("options", {}))
+    load_model_weights(model, ckpt["model"], str(file))
+    return model.eval()

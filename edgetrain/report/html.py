@@ -12,7 +12,7 @@ import yaml
 
 from edgetrain.report.extract import RunRecord
 
-__all__ = ["render_html", "summary_rows"]
+__all__ = ["SUMMARY_HEADER", "render_html", "summary_rows"]
 
 _STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:2rem auto;max-width:1100px;
@@ -39,6 +39,18 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{_fmt(c)}</td>" for c in r) + "</tr>" for r in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+SUMMARY_HEADER = [
+    "run",
+    "status",
+    "epochs",
+    "best val top-1 %",
+    "best epoch",
+    "final val top-1 %",
+    "params",
+    "train+eval s",
+]
 
 
 def summary_rows(runs: Sequence[RunRecord]) -> list[list[Any]]:
@@ -74,19 +86,7 @@ def render_html(runs: Sequence[RunRecord], images: Sequence[Path], title: str) -
         f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head><body>",
         f"<h1>{html.escape(title)}</h1>",
         "<h2>Runs</h2>",
-        _table(
-            [
-                "run",
-                "status",
-                "epochs",
-                "best val top-1 %",
-                "best epoch",
-                "final val top-1 %",
-                "params",
-                "train+eval s",
-            ],
-            summary_rows(runs),
-        ),
+        _table(SUMMARY_HEADER, summary_rows(runs)),
     ]
     if images:
         parts.append("<h2>Curves</h2>")

@@ -247,3 +247,16 @@ def test_start_run_refuses_to_overwrite_an_existing_run(tmp_path: Path) -> None:
         start_run(_digits_config("taken"), tmp_path, progress=False)
     assert "\n" not in str(info.value)
     assert (tmp_path / "taken" / "metrics.jsonl").read_text() == "{}\n"
+
+
+def test_load_trained_model_rebuilds_from_the_run_directory_alone(tmp_path: Path) -> None:
+    from edgetrain.engine import load_trained_model
+    from edgetrain.engine.checkpoint import load_checkpoint
+
+    start_run(_digits_config("reload", epochs=1), tmp_path, progress=False)
+    model = load_trained_model(tmp_path / "reload")
+    saved = load_checkpoint(tmp_path / "reload" / "checkpoints" / "best.pt")["model"]
+    assert not model.training
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, saved[key])
+    assert model(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
