@@ -15,7 +15,8 @@ from edgetrain.errors import ConfigError
 from edgetrain.recipes import recipe_path
 from edgetrain.report import build_report, load_run
 
-SIZES = {"quick": (2, 2), "default": (10, 8), "full": (30, 20)}
+# Epochs (pretrain, fine-tune) per size; None keeps the recipe's (full: its full: section).
+SIZES = {"quick": (2, 2), "default": (None, None), "full": (None, None)}
 
 
 def _shifted_accuracy(finetune_cfg: RunConfig) -> float:
@@ -52,10 +53,14 @@ def demo_command(
         f"{info.split_sizes['train']} train / {info.split_sizes['test']} test; "
         "target domain: rotated 180 degrees and inverted"
     )
-    pre_cfg = load_config(recipe_path("digits-pretrain"), epochs=pre_epochs)
+    big = size == "full"
+    pre_cfg = load_config(recipe_path("digits-pretrain"), full=big, epochs=pre_epochs)
     pre_dir = runs_dir / pre_cfg.name
     ft_cfg = load_config(
-        recipe_path("digits-finetune"), epochs=ft_epochs, **{"model.init_from": str(pre_dir)}
+        recipe_path("digits-finetune"),
+        full=big,
+        epochs=ft_epochs,
+        **{"model.init_from": str(pre_dir)},
     )
     ft_dir = runs_dir / ft_cfg.name
 
@@ -68,7 +73,7 @@ def demo_command(
         (
             "pretrain on digits",
             pre_cfg.data.name,
-            pre_epochs,
+            pre_cfg.epochs,
             pre.summary["trainable_params"],
             pre.metrics[-1]["val_top1"],
             pre_time,
@@ -87,7 +92,7 @@ def demo_command(
         (
             f"fine-tune ({frozen} frozen)",
             "rotate180-invert",
-            ft_epochs,
+            ft_cfg.epochs,
             ft.summary["trainable_params"],
             ft.metrics[-1]["val_top1"],
             ft_time,

@@ -68,6 +68,9 @@ def train_command(
     resume: Path = typer.Option(
         None, help="Continue the interrupted run in this directory from its last epoch."
     ),
+    full: bool = typer.Option(
+        False, help="Apply the recipe's 'full:' section (longer run, more data)."
+    ),
     overwrite: bool = typer.Option(False, help="Replace an existing run directory."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
     report: bool = typer.Option(True, help="Write plots and report.html at the end."),
@@ -88,6 +91,7 @@ def train_command(
         cfg = load_config(
             resolve_recipe(config),
             list(set_ or []),
+            full=full,
             epochs=epochs,
             seed=seed,
             name=name,

@@ -16,6 +16,7 @@ Example recipe::
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -144,6 +145,7 @@ class RunConfig(_Strict):
     scheduler: NamedConfig | None = None
     callbacks: list[NamedConfig] = Field(default_factory=list)
     checkpoint_every: int = Field(1, ge=1)
+    full: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("optimizer", mode="before")
     @classmethod
@@ -254,19 +256,31 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def load_config(
-    source: str | Path | dict[str, Any], overrides: list[str] | None = None, **typed: Any
+    source: str | Path | dict[str, Any],
+    overrides: list[str] | None = None,
+    *,
+    full: bool = False,
+    **typed: Any,
 ) -> RunConfig:
     """Validate a recipe (path or dict) with overrides into a :class:`RunConfig`.
 
     Args:
-        source: a YAML path or an already-parsed mapping.
+        source: a YAML path or an already-parsed mapping (not modified).
         overrides: ``["optimizer.lr=0.01", ...]``.
+        full: apply the recipe's ``full:`` section (``dotted.key: value`` pairs), the
+            long version of a scenario for users with more time or a GPU.
         **typed: typed overrides from CLI options (``epochs=3``); ``None`` values are ignored.
 
     Raises:
         ConfigError: one line naming the bad key or value and the valid choices.
     """
-    tree = dict(source) if isinstance(source, dict) else read_yaml(source)
+    tree = copy.deepcopy(source) if isinstance(source, dict) else read_yaml(source)
+    if full:
+        sizes = tree.get("full")
+        if not isinstance(sizes, dict) or not sizes:
+            raise ConfigError("this recipe has no 'full:' section; drop --full or add one")
+        for key, value in sizes.items():
+            _set_path(tree, str(key), value)
     apply_overrides(tree, list(overrides or []))
     for key, value in typed.items():
         if value is not None:

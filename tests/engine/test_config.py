@@ -197,3 +197,23 @@ def test_to_dict_round_trips_through_load_config_and_yaml(tmp_path: Path) -> Non
     run.write_config(resolved)
     assert load_config(run.config_path) == config
     assert load_config(run.config_path).to_dict() == resolved
+
+
+def test_full_applies_the_recipes_full_section_and_refuses_without_one() -> None:
+    from edgetrain.recipes import list_recipes, recipe_path
+
+    for name in list_recipes():
+        short = load_config(recipe_path(name))
+        long = load_config(recipe_path(name), full=True)
+        assert long.epochs > short.epochs, name
+    long = load_config(recipe_path("keywords-pretrain"), full=True)
+    assert long.data.options["utterances_per_word"] > 100
+    with pytest.raises(ConfigError, match="no 'full:' section"):
+        load_config(_tree(), full=True)
+
+
+def test_load_config_does_not_modify_the_callers_mapping() -> None:
+    tree = _tree()
+    before = repr(tree)
+    load_config(tree, ["optimizer.lr=0.5", "data.batch_size=3"])
+    assert repr(tree) == before
