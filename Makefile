@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 
 .PHONY: install system demo test test-slow lint format bench clean
 
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml constraints.txt | system
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check torch==2.13.0 $(TORCH_PIP_ARGS)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[$(EXTRAS)]'
@@ -22,7 +22,8 @@ $(STAMP): pyproject.toml constraints.txt
 system:
 	bash scripts/setup-system.sh
 
-install: $(STAMP) system
+# system first: creating the virtual environment may need python3-venv.
+install: system $(STAMP)
 
 demo: install
 	$(BIN)/edgetrain demo

@@ -14,6 +14,7 @@ __all__ = [
     "EdgetrainError",
     "MissingDependencyError",
     "UnknownNameError",
+    "one_line",
 ]
 
 
@@ -42,3 +43,8 @@ class CheckpointError(EdgetrainError):
 
 class MissingDependencyError(EdgetrainError, ImportError):
     """An optional dependency (a Python extra or a system program) is missing."""
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception's message squeezed onto one line (for embedding in error messages)."""
+    return " ".join(str(exc).split()) or type(exc).__name__

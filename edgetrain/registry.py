@@ -8,10 +8,14 @@ signature so that a typo in a recipe gives one precise line instead of a traceba
 from __future__ import annotations
 
 import fnmatch
+import functools
 import inspect
+import typing
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
+
+from pydantic import TypeAdapter, ValidationError
 
 from edgetrain.errors import ConfigError, UnknownNameError
 
@@ -99,28 +103,54 @@ class Registry(Generic[T]):
         entry = self.entry(name)
         if self.prefix_sep and name != entry.name:
             kwargs = {"variant": name.split(self.prefix_sep, 1)[1], **kwargs}
-        check_kwargs(entry.fn, kwargs, f"{self.kind} '{name}'")
+        kwargs = check_kwargs(entry.fn, kwargs, f"{self.kind} '{name}'")
         return entry.fn(**kwargs)
 
 
 def check_kwargs(
     fn: Callable[..., Any], kwargs: dict[str, Any], what: str, reserved: tuple[str, ...] = ()
-) -> None:
-    """Raise :class:`ConfigError` when ``kwargs`` holds a name ``fn`` does not accept.
+) -> dict[str, Any]:
+    """Check ``kwargs`` against ``fn``'s signature: names, then types from its annotations.
 
     ``reserved`` names are filled by the caller (``split``, ``params``), never by users.
+
+    Returns:
+        The options converted to the annotated types (a YAML list becomes a tuple where
+        the parameter is a tuple, ``"3"`` stays an error for an ``int``).
+
+    Raises:
+        ConfigError: one line naming the option, the problem and the valid choices.
     """
-    sig = inspect.signature(fn)
-    params = sig.parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return
-    accepted = [
-        n
-        for n, p in params.items()
-        if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-        and n not in reserved
-    ]
-    for key in kwargs:
-        if key not in accepted:
-            valid = ", ".join(accepted) or "none"
-            raise ConfigError(f"{what} has no option '{key}'; valid options: {valid}")
+    params = inspect.signature(fn).parameters
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        accepted = [
+            n
+            for n, p in params.items()
+            if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+            and n not in reserved
+        ]
+        for key in kwargs:
+            if key not in accepted:
+                valid = ", ".join(accepted) or "none"
+                raise ConfigError(f"{what} has no option '{key}'; valid options: {valid}")
+    checked = dict(kwargs)
+    for key, value in kwargs.items():
+        adapter = _adapter(fn, key)
+        if adapter is None:
+            continue
+        try:
+            checked[key] = adapter.validate_python(value)
+        except ValidationError as exc:
+            problem = exc.errors(include_url=False)[0]["msg"]
+            raise ConfigError(f"{what} option '{key}': {problem} (got {value!r})") from None
+    return checked
+
+
+@functools.lru_cache(maxsize=1024)
+def _adapter(fn: Callable[..., Any], name: str) -> TypeAdapter[Any] | None:
+    """A pydantic validator for parameter ``name`` of ``fn``; None when not annotated."""
+    try:
+        hint = typing.get_type_hints(fn).get(name)
+        return None if hint is None else TypeAdapter(hint)
+    except Exception:  # unresolvable or non-pydantic annotation: names are still checked
+        return None

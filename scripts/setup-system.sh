@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Installs the system packages edgetrain uses (espeak-ng for the synthesised keyword
-# data sets). Does nothing when they are present. Without root or sudo it stops with
-# one line naming the command to run.
+# Installs the system packages edgetrain uses: espeak-ng for the synthesised keyword
+# data sets, python3-venv for `make`'s virtual environment. Does nothing when they are
+# present. Without root or sudo it stops with one line naming the command to run.
 set -euo pipefail
 
 packages=()
 command -v espeak-ng >/dev/null 2>&1 || packages+=(espeak-ng)
+# Debian/Ubuntu ship venv's pip bootstrap separately.
+python3 -c "import ensurepip, venv" >/dev/null 2>&1 || packages+=(python3-venv)
 
 if [ ${#packages[@]} -eq 0 ]; then
   exit 0

@@ -11,7 +11,10 @@ from edgetrain import data as datasets
 from edgetrain.cli._common import console, handle_errors, parse_options
 
 app = typer.Typer(
-    help="List, describe and prepare data sets.", no_args_is_help=True, add_completion=False
+    help="List, describe and prepare data sets.",
+    epilog="Example: edgetrain data describe ucr:GunPoint",
+    no_args_is_help=True,
+    add_completion=False,
 )
 
 OPTION_HELP = "Data set option key=value (repeatable), e.g. --option channels=3."

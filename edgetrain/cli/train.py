@@ -80,9 +80,21 @@ def train_command(
     Example: edgetrain train recipes/digits-pretrain.yaml --set optimizer.lr=0.01 --epochs 5
     """
     if resume is not None:
-        if config is not None or set_:
+        given = [
+            flag
+            for flag, value in (
+                ("CONFIG", config),
+                ("--set", set_),
+                ("--seed", seed),
+                ("--name", name),
+                ("--device", device),
+                ("--full", full),
+            )
+            if value
+        ]
+        if given:
             raise ConfigError(
-                "--resume continues a run with its own config.yaml; drop CONFIG and --set"
+                f"--resume continues a run with its own config.yaml; drop {', '.join(given)}"
             )
         target = resume
     else:
@@ -110,6 +122,8 @@ def train_command(
             f"'edgetrain train --resume {target}'"
         )
         raise typer.Exit(EXIT_INTERRUPTED) from None
+    if not result.is_main:  # under torchrun, rank 0 reports
+        return
     if result.summary.get("status") not in ("completed", "stopped"):
         raise fail(f"run ended with status {result.summary.get('status')}", code=1)
     print_runs([result.run_dir.path])

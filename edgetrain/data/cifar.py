@@ -27,7 +27,7 @@ import torch
 
 from edgetrain.data.base import ArrayDataset, DatasetInfo, cache_dir, check_split
 from edgetrain.data.registry import DATASETS
-from edgetrain.errors import DataError
+from edgetrain.errors import DataError, one_line
 
 try:  # numpy 2 moved the array reconstructor; files written by numpy 1 name the old module
     from numpy._core.multiarray import _reconstruct  # type: ignore[attr-defined]
@@ -105,10 +105,6 @@ class _BatchUnpickler(pickle.Unpickler):
             ) from None
 
 
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
-
-
 def _load_pickle(path: Path) -> dict[str, Any]:
     """Read one batch or meta file into a dict with ``str`` keys."""
     try:
@@ -119,7 +115,7 @@ def _load_pickle(path: Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise DataError(f"{path} is missing; the CIFAR folder is incomplete") from None
     except Exception as exc:  # a damaged pickle can fail in many ways; all mean "bad file"
-        raise DataError(f"{path} is not a readable CIFAR pickle ({_one_line(exc)})") from exc
+        raise DataError(f"{path} is not a readable CIFAR pickle ({one_line(exc)})") from exc
     if not isinstance(obj, dict):
         raise DataError(f"{path}: expected a pickled dict, found {type(obj).__name__}")
     return {k.decode("latin1") if isinstance(k, bytes) else str(k): v for k, v in obj.items()}
@@ -173,7 +169,7 @@ def _fetch(url: str, path: Path) -> str:
     except OSError as exc:  # URLError is an OSError
         reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
         raise DataError(
-            f"could not download {url} ({_one_line(reason)}); check the network connection "
+            f"could not download {url} ({one_line(reason)}); check the network connection "
             "or download and extract the archive by hand"
         ) from exc
     return digest.hexdigest()
@@ -201,7 +197,7 @@ def _safe_extract(archive: Path, target: Path, url: str) -> None:
             else:  # pragma: no cover - Python without extraction filters; checked above
                 tar.extractall(target)
     except tarfile.TarError as exc:
-        raise DataError(f"{url} is not a valid tar archive ({_one_line(exc)})") from exc
+        raise DataError(f"{url} is not a valid tar archive ({one_line(exc)})") from exc
 
 
 def _download_and_extract(url: str, md5: str, dest: Path) -> None:

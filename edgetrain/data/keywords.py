@@ -17,7 +17,6 @@ import os
 import re
 import struct
 import subprocess
-import tempfile
 import zipfile
 import zlib
 from concurrent.futures import ThreadPoolExecutor
@@ -29,6 +28,7 @@ import torch
 from rich.console import Console
 from rich.progress import track
 
+from edgetrain._atomic import atomic_writer
 from edgetrain._optional import require_program
 from edgetrain.data.audio import check_features, extract_features, fix_length, resample, standardize
 from edgetrain.data.base import ArrayDataset, DatasetInfo, cache_dir
@@ -108,7 +108,8 @@ def _utterance(language: str, word_index: int, index: int, seed: int) -> np.ndar
 
 def _generate(language: str, utterances_per_word: int, seed: int) -> np.ndarray:
     jobs = [(w, i) for w in range(len(WORDS[language])) for i in range(utterances_per_word)]
-    with ThreadPoolExecutor(max_workers=min(_WORKERS, os.cpu_count() or 1)) as pool:
+    pool = ThreadPoolExecutor(max_workers=min(_WORKERS, os.cpu_count() or 1))
+    try:
         clips = pool.map(lambda job: _utterance(language, job[0], job[1], seed), jobs)
         rows = list(
             track(
@@ -118,6 +119,9 @@ def _generate(language: str, utterances_per_word: int, seed: int) -> np.ndarray:
                 console=Console(stderr=True),
             )
         )
+    finally:
+        # On Ctrl-C, drop the queued utterances instead of synthesising all of them.
+        pool.shutdown(wait=True, cancel_futures=True)
     return np.stack(rows)
 
 
@@ -136,14 +140,9 @@ def _cached_waves(
     require_program("espeak-ng")
     version = _espeak_version()
     waves = _generate(language, utterances_per_word, seed)
-    # Write next to the target and rename, so an interrupted run leaves no complete-looking file.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{stem}-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, waves=waves, espeak_version=np.array(version))
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    # An interrupted write leaves no complete-looking file.
+    with atomic_writer(path, "wb") as f:
+        np.savez(f, waves=waves, espeak_version=np.array(version))
     return waves, version
 
 

@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from edgetrain.errors import ConfigError
 from edgetrain.registry import Registry
 
 __all__ = [
@@ -117,6 +118,10 @@ def build_augmentation(spec: Sequence[str | dict] | None) -> Transform | None:
             steps.append(AUGMENTATIONS.create(item))
         else:
             options = dict(item)
+            if "name" not in options:
+                raise ConfigError(
+                    f"augmentation {item!r} needs a 'name' ({', '.join(AUGMENTATIONS.names())})"
+                )
             name = options.pop("name")
             steps.append(AUGMENTATIONS.create(name, **options))
     return Compose(steps)

@@ -29,7 +29,7 @@ import torch
 from edgetrain._optional import require
 from edgetrain.data.base import ArrayDataset, DatasetInfo, check_split
 from edgetrain.data.registry import DATASETS
-from edgetrain.errors import DataError, EdgetrainError, UnknownNameError
+from edgetrain.errors import DataError, EdgetrainError, UnknownNameError, one_line
 
 __all__ = ["ts_file", "ucr", "ucr_names"]
 
@@ -37,10 +37,6 @@ _SOURCE = (
     "UCR/UEA time series classification archive (www.timeseriesclassification.com), "
     "copy shipped in the aeon package"
 )
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def _header(path: Path) -> dict[str, str]:
@@ -59,7 +55,7 @@ def _header(path: Path) -> dict[str, str]:
     except FileNotFoundError:
         raise DataError(f"{path} not found; pass the path of a UCR/UEA .ts file") from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"cannot read {path} ({_one_line(exc)})") from exc
+        raise DataError(f"cannot read {path} ({one_line(exc)})") from exc
     raise DataError(f"{path} has no @data line; it is not a .ts file")
 
 
@@ -109,7 +105,7 @@ def _read_ts(path: Path) -> tuple[list[np.ndarray], list[str], list[str]]:
     except EdgetrainError:
         raise
     except Exception as exc:  # aeon reports malformed files as OSError, ValueError, IndexError
-        raise DataError(f"cannot read {path} as a .ts file ({_one_line(exc)})") from exc
+        raise DataError(f"cannot read {path} as a .ts file ({one_line(exc)})") from exc
     spelled = {c.lower(): c for c in classes}
     labels = []
     for value in y:

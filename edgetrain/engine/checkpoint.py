@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from edgetrain.engine._atomic import atomic_writer
+from edgetrain._atomic import atomic_writer
 from edgetrain.errors import CheckpointError
 
 __all__ = ["FORMAT", "atomic_save", "load_checkpoint", "load_model_weights", "resolve_checkpoint"]

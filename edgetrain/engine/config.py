@@ -141,7 +141,10 @@ class RunConfig(_Strict):
     device: str = "auto"
     data: DataConfig
     model: ModelConfig
-    optimizer: NamedConfig = Field(default_factory=lambda: NamedConfig(name="sgd", lr=0.01))
+    # The same default as the Trainer's: SGD, lr 0.01, momentum 0.9.
+    optimizer: NamedConfig = Field(
+        default_factory=lambda: NamedConfig(name="sgd", lr=0.01, momentum=0.9)
+    )
     scheduler: NamedConfig | None = None
     callbacks: list[NamedConfig] = Field(default_factory=list)
     checkpoint_every: int = Field(1, ge=1)

@@ -129,7 +129,7 @@ def cosine(
     return lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(epochs, 1), eta_min=eta_min)
 
 
-@SCHEDULERS.register("plateau", interval="epoch", needs_metric=True)
+@SCHEDULERS.register("plateau", interval="epoch")
 def plateau(
     optimizer: torch.optim.Optimizer,
     epochs: int,
@@ -176,7 +176,7 @@ def onecycle(
 def build_optimizer(params: Params, name: str, **options: Any) -> torch.optim.Optimizer:
     """Build the optimizer ``name`` over ``params``; unknown options raise ConfigError."""
     entry = OPTIMIZERS.entry(name)
-    check_kwargs(entry.fn, options, f"optimizer '{name}'", reserved=("params",))
+    options = check_kwargs(entry.fn, options, f"optimizer '{name}'", reserved=("params",))
     return entry.fn(params, **options)
 
 
@@ -185,15 +185,20 @@ def build_scheduler(
 ) -> Any:
     """Build the scheduler ``name`` for a run of ``epochs`` x ``steps_per_epoch``."""
     entry = SCHEDULERS.entry(name)
-    check_kwargs(
-        entry.fn,
-        options,
-        f"scheduler '{name}'",
-        reserved=SCHEDULER_ARGS,
-    )
-    return entry.fn(optimizer, epochs, steps_per_epoch, **options)
+    options = check_kwargs(entry.fn, options, f"scheduler '{name}'", reserved=SCHEDULER_ARGS)
+    scheduler = entry.fn(optimizer, epochs, steps_per_epoch, **options)
+    scheduler.edgetrain_interval = entry.meta.get("interval", "epoch")
+    return scheduler
 
 
 def scheduler_interval(scheduler: Any) -> str:
-    """``"step"`` for schedulers stepped every batch, ``"epoch"`` otherwise."""
-    return "step" if isinstance(scheduler, lr_scheduler.OneCycleLR) else "epoch"
+    """``"step"`` for schedulers stepped every batch, ``"epoch"`` otherwise.
+
+    Schedulers built from the registry carry their entry's ``interval``; for others,
+    one-cycle (and cyclic) schedules step per batch.
+    """
+    interval = getattr(scheduler, "edgetrain_interval", None)
+    if interval is not None:
+        return str(interval)
+    per_batch = (lr_scheduler.OneCycleLR, lr_scheduler.CyclicLR)
+    return "step" if isinstance(scheduler, per_batch) else "epoch"

@@ -7,8 +7,10 @@ resumed run directory.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +25,7 @@ from edgetrain.engine.config import RunConfig, load_config
 from edgetrain.engine.optim import SCHEDULERS, build_optimizer, build_scheduler
 from edgetrain.engine.rundir import RunDirectory
 from edgetrain.engine.trainer import Trainer
-from edgetrain.errors import CheckpointError, ConfigError, EdgetrainError
+from edgetrain.errors import CheckpointError, ConfigError, EdgetrainError, one_line
 
 __all__ = [
     "RunResult",
@@ -37,36 +39,90 @@ __all__ = [
 
 @dataclass
 class RunResult:
-    """Where a run was written and what it achieved."""
+    """Where a run was written and what it achieved (``is_main``: this process wrote it)."""
 
     run_dir: RunDirectory
     config: RunConfig
     summary: dict[str, Any]
+    is_main: bool = True
 
 
-def build_model(config: RunConfig, num_classes: int | None, input_shape: tuple[int, ...]):
-    """The configured model; ``num_classes``/channels default from the data set."""
+@contextlib.contextmanager
+def _building(section: str) -> Iterator[None]:
+    """Turn a constructor's ValueError/TypeError into a one-line error naming the section."""
+    try:
+        yield
+    except EdgetrainError:
+        raise
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"{section}: {one_line(exc)}") from exc
+
+
+def build_model(
+    config: RunConfig,
+    num_classes: int | None,
+    input_shape: tuple[int, ...],
+    load_init: bool = True,
+) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The configured model; classes, channels and input size default from the data set.
+
+    Args:
+        config: the run config.
+        num_classes: classes of the data set.
+        input_shape: one sample's shape.
+        load_init: load ``model.init_from`` (skipped on resume, where ``last.pt`` wins).
+
+    Returns:
+        The model and its plain-data architecture ``{"name", "options"}``.
+    """
     options = dict(config.model.options)
-    entry = models.MODELS.entry(config.model.name)
-    params = inspect.signature(entry.fn).parameters
-    if "num_classes" in params and num_classes is not None:
-        options.setdefault("num_classes", num_classes)
-    if "in_channels" in params and input_shape:
-        options.setdefault("in_channels", input_shape[0])
-    model = models.create(config.model.name, **options)
-    if config.model.init_from:
+    params = inspect.signature(models.MODELS.entry(config.model.name).fn).parameters
+    defaults = {"num_classes": num_classes, "in_channels": input_shape[0] if input_shape else None}
+    if len(input_shape) == 3:
+        defaults["input_size"] = input_shape[-1]
+    elif len(input_shape) == 2:
+        defaults["length"] = input_shape[-1]
+    for key, value in defaults.items():
+        if key in params and value is not None:
+            options.setdefault(key, value)
+    with _building(f"model '{config.model.name}'"):
+        model = models.create(config.model.name, **options)
+    _check_input(model, config.model.name, input_shape)
+    if config.model.init_from and load_init:
         path = resolve_checkpoint(config.model.init_from, prefer="best")
         ckpt = load_checkpoint(path)
-        load_model_weights(model, ckpt["model"], str(path), tuple(config.model.init_exclude))
+        exclude = [n for n, _ in models.select_modules(model, config.model.init_exclude)]
+        load_model_weights(model, ckpt["model"], str(path), tuple(exclude))
     if config.model.freeze:
         models.freeze(model, config.model.freeze)
     return model, {"name": config.model.name, "options": options}
 
 
+def _check_input(model: torch.nn.Module, name: str, input_shape: tuple[int, ...]) -> None:
+    """One forward on the meta device, so a shape mismatch fails before any training."""
+    meta = {
+        k: torch.empty_like(v, device="meta")
+        for k, v in [*model.named_parameters(), *model.named_buffers()]
+    }
+    try:
+        with torch.no_grad():
+            torch.func.functional_call(
+                model.eval(), meta, (torch.empty(2, *input_shape, device="meta"),)
+            )
+    except (RuntimeError, ValueError, TypeError) as exc:
+        shape = "x".join(map(str, input_shape))
+        raise ConfigError(
+            f"model '{name}' cannot take the data's {shape} inputs ({one_line(exc)}); "
+            "set model.options to match the data set"
+        ) from exc
+    finally:
+        model.train()
+
+
 def build_trainer(
-    config: RunConfig, run_dir: RunDirectory | None, progress: bool = True
+    config: RunConfig, run_dir: RunDirectory | None, progress: bool = True, load_init: bool = True
 ) -> Trainer:
-    """A ready :class:`Trainer` for ``config`` writing to ``run_dir``."""
+    """A ready :class:`Trainer` for ``config`` writing to ``run_dir`` (None: nothing)."""
     d = config.data
     train = data_sets.create(
         d.name, d.train_split, shift=d.shift, augment=d.augment or None, **d.options
@@ -74,22 +130,27 @@ def build_trainer(
     test = data_sets.create(d.name, d.eval_split, shift=d.shift, **d.options)
     info = train.info
     torch.manual_seed(config.seed)  # model initialisation depends on the run seed only
-    model, architecture = build_model(config, info.num_classes, info.input_shape)
-    steps = -(-len(train) // d.batch_size)
+    model, architecture = build_model(config, info.num_classes, info.input_shape, load_init)
     opt_cfg, sched_cfg = config.optimizer, config.scheduler
-    callbacks = [CALLBACKS.create(c.name, **c.options) for c in config.callbacks]
+    with _building("callbacks"):
+        callbacks = [CALLBACKS.create(c.name, **c.options) for c in config.callbacks]
+
+    def optimizer(params: Any) -> torch.optim.Optimizer:
+        with _building(f"optimizer '{opt_cfg.name}'"):
+            return build_optimizer(params, opt_cfg.name, **opt_cfg.options)
+
+    def scheduler(opt: torch.optim.Optimizer, steps_per_epoch: int) -> Any:
+        with _building(f"scheduler '{sched_cfg.name}'"):
+            return build_scheduler(
+                opt, sched_cfg.name, config.epochs, steps_per_epoch, **sched_cfg.options
+            )
+
     return Trainer(
         model,
         train,
         val_data=test,
-        optimizer=lambda params: build_optimizer(params, opt_cfg.name, **opt_cfg.options),
-        scheduler=None
-        if sched_cfg is None
-        else (
-            lambda opt: build_scheduler(
-                opt, sched_cfg.name, config.epochs, steps, **sched_cfg.options
-            )
-        ),
+        optimizer=optimizer,
+        scheduler=None if sched_cfg is None else scheduler,
         batch_size=d.batch_size,
         eval_batch_size=d.eval_batch_size,
         num_workers=d.num_workers,
@@ -112,28 +173,38 @@ def start_run(
 ) -> RunResult:
     """Train ``config`` into ``<runs_root>/<config.name>``.
 
+    Everything (data, model, optimizer) is built before the folder is touched, so bad
+    input never leaves a run directory behind, and ``overwrite`` never loses an old run
+    to a new one that cannot start.
+
     Raises:
         EdgetrainError: when the run directory exists and ``overwrite`` is False.
     """
     run_dir = RunDirectory(Path(runs_root) / config.name)
-    if run_dir.path.exists() and any(run_dir.path.iterdir()):
-        if not overwrite:
-            raise EdgetrainError(
-                f"run directory '{run_dir.path}' exists; continue it with --resume "
-                f"{run_dir.path}, or pass --overwrite or another --name"
-            )
-        shutil.rmtree(run_dir.path)
-    trainer = build_trainer(config, None, progress)  # validate everything before writing
-    trainer.attach_run_dir(run_dir)
-    run_dir.write_config(config.to_dict())
+    if run_dir.path.exists() and any(run_dir.path.iterdir()) and not overwrite:
+        raise EdgetrainError(
+            f"run directory '{run_dir.path}' exists; continue it with --resume "
+            f"{run_dir.path}, or pass --overwrite or another --name"
+        )
+    trainer = build_trainer(config, None, progress)
+    if trainer.is_main:
+        if run_dir.path.exists():
+            shutil.rmtree(run_dir.path)
+        trainer.attach_run_dir(run_dir)
+        run_dir.write_config(config.to_dict())
     trainer.fit(config.epochs)
-    return RunResult(run_dir, config, run_dir.read_summary())
+    return RunResult(run_dir, config, run_dir.read_summary(), trainer.is_main)
 
 
 def resume_run(path: str | Path, epochs: int | None = None, progress: bool = True) -> RunResult:
     """Continue the run in ``path`` from its last finished epoch (same config, same seed)."""
     run_dir = RunDirectory(path)
     config = load_config(run_dir.read_config())
+    if run_dir.read_summary().get("status") == "stopped" and epochs is None:
+        raise ConfigError(
+            f"run '{run_dir.path}' was stopped early by a callback and is finished; "
+            "pass --epochs to train further anyway"
+        )
     if epochs is not None and epochs != config.epochs:
         sched = config.scheduler
         if sched is not None and SCHEDULERS.entry(sched.name).meta.get("length_dependent"):
@@ -144,14 +215,14 @@ def resume_run(path: str | Path, epochs: int | None = None, progress: bool = Tru
             )
         config = load_config(config.to_dict(), epochs=epochs)
     last = run_dir.checkpoints / "last.pt"
-    trainer = build_trainer(config, None, progress)
-    trainer.attach_run_dir(run_dir)
+    trainer = build_trainer(config, None, progress, load_init=not last.is_file())
+    if trainer.is_main:
+        trainer.attach_run_dir(run_dir)  # before loading: its writers restore their state too
+        run_dir.write_config(config.to_dict())
     if last.is_file():
         trainer.load_checkpoint(last)
-    if epochs is not None:
-        run_dir.write_config(config.to_dict())
     trainer.fit(config.epochs)
-    return RunResult(run_dir, config, run_dir.read_summary())
+    return RunResult(run_dir, config, run_dir.read_summary(), trainer.is_main)
 
 
 def load_trained_model(path: str | Path, prefer: str = "best") -> torch.nn.Module:

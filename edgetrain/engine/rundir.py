@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from edgetrain.engine._atomic import atomic_writer
+from edgetrain._atomic import atomic_writer
 from edgetrain.errors import EdgetrainError
 
 __all__ = ["RunDirectory", "atomic_write_text"]

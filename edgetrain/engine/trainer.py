@@ -8,6 +8,7 @@ It evaluates every epoch, writes the run directory through its default callbacks
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -50,8 +51,9 @@ class Trainer:
         val_data: evaluation data (``Dataset`` or ``DataLoader``), evaluated every epoch.
         optimizer: an optimizer over ``model``'s parameters, or a factory taking the
             parameters; default SGD with lr 0.01 and momentum 0.9.
-        scheduler: an LR scheduler or a factory taking the optimizer. One-cycle steps every
-            batch, plateau on the validation loss, others every epoch.
+        scheduler: an LR scheduler, or a factory taking the optimizer (and, if it has that
+            parameter, ``steps_per_epoch``). One-cycle steps every batch, plateau on the
+            validation loss, others every epoch.
         loss_fn: defaults to cross-entropy.
         batch_size: training batch size (1 is fine); ``eval_batch_size`` for evaluation.
         callbacks: technique callbacks, called in order before the default ones.
@@ -120,12 +122,7 @@ class Trainer:
         self.train_loader = self._make_train_loader(data)
         self.val_loader = self._make_val_loader(val_data) if val_data is not None else None
         self.optimizer = self._make_optimizer(optimizer)
-        self.scheduler = (
-            scheduler(self.optimizer)
-            if callable(scheduler)
-            and not isinstance(scheduler, lr_scheduler.LRScheduler | lr_scheduler.ReduceLROnPlateau)
-            else scheduler
-        )
+        self.scheduler = self._make_scheduler(scheduler)
         self._forward_model = self._wrap(self.model)
         self.checkpoint_every, self.monitor = checkpoint_every, monitor
         self.callbacks: list[Callback] = list(callbacks)
@@ -185,6 +182,15 @@ class Trainer:
             return optimizer
         return optimizer(self.model.parameters())
 
+    def _make_scheduler(self, scheduler: Any) -> Any:
+        """An LR scheduler, or the result of a factory ``f(optimizer)`` or
+        ``f(optimizer, steps_per_epoch=...)`` (given this process's shard of the data)."""
+        if scheduler is None or hasattr(scheduler, "step"):
+            return scheduler
+        if "steps_per_epoch" in inspect.signature(scheduler).parameters:
+            return scheduler(self.optimizer, steps_per_epoch=self.steps_per_epoch)
+        return scheduler(self.optimizer)
+
     def _wrap(self, model: nn.Module) -> nn.Module:
         if not self.dist.enabled:
             return model
@@ -233,6 +239,8 @@ class Trainer:
                 cb.on_exception(self, self.model, error)
             raise
         self._call("on_fit_end")
+        if self.dist.enabled:  # every rank returns after rank 0 wrote the summary
+            torch.distributed.barrier()
         return self.state
 
     def _overriding(self, hook: str) -> list[Callback]:
@@ -323,7 +331,7 @@ class Trainer:
         }
         if self.val_loader is not None:
             metrics = evaluate(
-                self._forward_model,
+                self.model,
                 self.val_loader,
                 self.loss_fn,
                 device,

@@ -114,7 +114,12 @@ def select_modules(model: nn.Module, patterns: Sequence[str]) -> list[tuple[str,
     chosen: dict[str, nn.Module] = {}
     for pattern in patterns:
         if pattern.startswith("re:"):
-            rx = re.compile(pattern[3:])
+            try:
+                rx = re.compile(pattern[3:])
+            except re.error as exc:
+                raise EdgetrainError(
+                    f"layer pattern '{pattern}' is not a valid regex ({exc})"
+                ) from None
             hits = {n: m for n, m in named.items() if n and rx.fullmatch(n)}
         else:
             hits = {pattern: named[pattern]} if pattern and pattern in named else {}

@@ -38,7 +38,8 @@ def build_report(
     Args:
         run_dirs: run directories written by the Trainer.
         out: HTML path. Default: ``<run>/report.html`` for one run, ``report.html`` in
-            the runs' common parent folder for several.
+            the runs' common parent folder for several (the current folder when they
+            share none).
         title: page title (default from the run names).
 
     Returns:
@@ -53,6 +54,8 @@ def build_report(
         images = sorted((runs[0].path / "plots").glob("*.png"))
     else:
         parent = Path(os.path.commonpath([str(r.path.resolve()) for r in runs]))
+        if parent == Path(parent.anchor):  # unrelated folders: do not write to /
+            parent = Path.cwd()
         page = Path(out) if out else parent / "report.html"
         images = plot_curves(runs, page.with_name(f"{page.stem}_plots"))
     name = title or ("edgetrain report: " + ", ".join(r.name for r in runs))

@@ -273,3 +273,63 @@ def test_killed_run_is_marked_interrupted_and_resumes(tmp_path, tiny_recipe):
     )
     lines = [json.loads(x)["epoch"] for x in metrics.read_text().splitlines()]
     assert lines == list(range(1, done + 2))
+
+
+@pytest.mark.parametrize(
+    ("override", "needle"),
+    [
+        ("optimizer.lr=abc", "option 'lr'"),
+        ("optimizer.momentum=-1", "optimizer 'sgd'"),
+        ("model.options.num_classes=abc", "option 'num_classes'"),
+        ("model.freeze=['re:conv[']", "re:conv["),
+        ("model.init_exclude=[fcc]", "'fcc' matches no module"),
+        ("data.name=digits-32", "cannot take the data's 1x32x32 inputs"),
+        ("data.augment=[{padding: 2}]", "needs a 'name'"),
+    ],
+)
+def test_bad_values_are_one_line_exit_2(cli, tiny_recipe, tmp_path, override, needle):
+    extra = ["--set", "model.options={input_size: 8}"] if "data.name" in override else []
+    if "init_exclude" in override:
+        cli(
+            "train",
+            str(tiny_recipe),
+            "--epochs",
+            "1",
+            "--name",
+            "src",
+            "--no-progress",
+            "--no-report",
+        )
+        extra = ["--set", f"model.init_from={tmp_path / 'runs' / 'src'}"]
+    result = cli("train", str(tiny_recipe), "--set", override, *extra, "--no-progress", code=2)
+    assert needle in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert not (tmp_path / "runs" / "tiny").exists()
+
+
+def test_overwrite_keeps_the_old_run_when_the_new_one_cannot_start(cli, tiny_recipe, tmp_path):
+    cli("train", str(tiny_recipe), "--epochs", "1", "--no-progress", "--no-report")
+    cli("train", str(tiny_recipe), "--overwrite", "--set", "optimizer.lr=abc", code=2)
+    assert (tmp_path / "runs" / "tiny" / "checkpoints" / "last.pt").is_file()
+
+
+def test_resume_refuses_flags_it_would_ignore(cli, tiny_recipe, tmp_path):
+    cli("train", str(tiny_recipe), "--epochs", "1", "--no-progress", "--no-report")
+    out = cli("train", "--resume", "runs/tiny", "--seed", "3", code=2).output
+    assert "drop --seed" in out
+
+
+def test_resume_does_not_need_the_init_checkpoint_any_more(cli, tiny_recipe, tmp_path):
+    cli("train", str(tiny_recipe), "--epochs", "1", "--name", "src", "--no-progress", "--no-report")
+    cli(
+        "train",
+        str(tiny_recipe),
+        "--epochs",
+        "1",
+        "--set",
+        "model.init_from=runs/src",
+        "--no-progress",
+        "--no-report",
+    )
+    shutil.rmtree(tmp_path / "runs" / "src")
+    cli("train", "--resume", "runs/tiny", "--epochs", "2", "--no-progress", "--no-report")

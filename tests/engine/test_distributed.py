@@ -89,3 +89,38 @@ def test_torchrun_two_processes(tmp_path: Path) -> None:
     logits = F.linear(hidden, rank0["2.weight"], rank0["2.bias"])
     assert lines[-1]["val_correct"] == int((logits.argmax(1) == targets).sum())
     assert lines[-1]["val_loss"] == pytest.approx(F.cross_entropy(logits, targets).item())
+
+
+def test_torchrun_through_the_cli_with_onecycle(tmp_path: Path) -> None:
+    """The CLI under torchrun: exit 0 on every rank, rank 0 writes, one-cycle completes."""
+    recipe = tmp_path / "ddp.yaml"
+    recipe.write_text(
+        "name: ddp\nepochs: 2\ndevice: cpu\n"
+        "data: {name: digits, options: {test_fraction: 0.9}, batch_size: 16}\n"
+        "model: {name: vgg_small}\n"
+        "optimizer: {name: sgd, lr: 0.05, momentum: 0.9}\n"
+        "scheduler: {name: onecycle}\n"
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "edgetrain.cli",
+        "train",
+        str(recipe),
+        "--no-progress",
+    ]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    run = tmp_path / "runs" / "ddp"
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["epoch"] for x in lines] == [1, 2]
+    assert json.loads((run / "summary.json").read_text())["status"] == "completed"
+    assert (run / "report.html").is_file()
+    sched = load_checkpoint(run / "checkpoints" / "last.pt")["scheduler"]
+    # 179 training samples: 90 per rank, 6 batches of 16 per epoch and rank
+    assert sched["total_steps"] == 12 and sched["last_epoch"] == 12
