@@ -148,7 +148,8 @@ def _read_batches(
 
 def _split_size(folder: Path, files: tuple[str, ...], label_key: str) -> int:
     # Size of the split not being built; one batch in memory at a time, no concatenation.
-    return sum(len(_load_pickle(folder / name).get(label_key) or ()) for name in files)
+    labels = (_load_pickle(folder / name).get(label_key) for name in files)
+    return sum(0 if x is None else len(x) for x in labels)
 
 
 def _class_names(path: Path, key: str) -> tuple[str, ...]:

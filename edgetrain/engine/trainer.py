@@ -230,6 +230,8 @@ class Trainer:
         """
         self.state.max_epochs = epochs
         self.state.stop_requested = False
+        if self.run_dir is not None and self.is_main and not self.run_dir.exists():
+            self.run_dir.write_config(self.describe(epochs))
         self._call("on_fit_start")
         try:
             while self.state.epoch < epochs and not self.state.stop_requested:
@@ -349,6 +351,24 @@ class Trainer:
         self.state.epoch += 1
         self.state.history.append(record)
         self._call("on_epoch_end")
+
+    def describe(self, epochs: int) -> dict[str, Any]:
+        """Plain-data description of this Trainer, the ``config.yaml`` of runs started from
+        Python (runs started from a recipe write the recipe instead)."""
+        opt = self.optimizer
+        hyper = {k: v for k, v in opt.defaults.items() if isinstance(v, int | float | str | bool)}
+        return {
+            "name": self.run_dir.path.name if self.run_dir is not None else "run",
+            "epochs": epochs,
+            "seed": self.seed,
+            "deterministic": self.deterministic,
+            "device": str(self.device),
+            "batch_size": self.batch_size,
+            "model": self.architecture or {"class": type(self.model).__name__},
+            "optimizer": {"class": type(opt).__name__, **hyper},
+            "scheduler": None if self.scheduler is None else type(self.scheduler).__name__,
+            "callbacks": [type(cb).__name__ for cb in self.callbacks],
+        }
 
     # ------------------------------------------------------------------ checkpoints
     def checkpoint_state(self) -> dict[str, Any]:
