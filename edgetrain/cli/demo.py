@@ -31,6 +31,18 @@ def _shifted_accuracy(finetune_cfg: RunConfig) -> float:
     return metrics["top1"]
 
 
+def _train_phase(
+    phase: str, data: str, config: RunConfig, runs_dir: Path, progress: bool
+) -> tuple[str, str, int, int, float, float]:
+    """Train one phase and return its table row (phase, data, epochs, params, acc, s)."""
+    started = time.perf_counter()
+    start_run(config, runs_dir, overwrite=True, progress=progress)
+    seconds = time.perf_counter() - started
+    run = load_run(runs_dir / config.name)
+    trainable = run.summary["trainable_params"]
+    return (phase, data, config.epochs, trainable, run.metrics[-1]["val_top1"], seconds)
+
+
 @handle_errors
 def demo_command(
     runs_dir: Path = typer.Option(Path("runs/demo"), help="Where the demo's runs are written."),
@@ -63,40 +75,9 @@ def demo_command(
         **{"model.init_from": str(pre_dir)},
     )
     ft_dir = runs_dir / ft_cfg.name
-
-    rows = []
-    started = time.perf_counter()
-    start_run(pre_cfg, runs_dir, overwrite=True, progress=progress)
-    pre_time = time.perf_counter() - started
-    pre = load_run(pre_dir)
-    rows.append(
-        (
-            "pretrain",
-            "digits",
-            pre_cfg.epochs,
-            pre.summary["trainable_params"],
-            pre.metrics[-1]["val_top1"],
-            pre_time,
-        )
-    )
-
-    shifted = _shifted_accuracy(ft_cfg)
-    rows.append(("no fine-tune", "shifted", 0, 0, shifted, 0.0))
-
-    started = time.perf_counter()
-    start_run(ft_cfg, runs_dir, overwrite=True, progress=progress)
-    ft_time = time.perf_counter() - started
-    ft = load_run(ft_dir)
-    rows.append(
-        (
-            "fine-tune",
-            "shifted",
-            ft_cfg.epochs,
-            ft.summary["trainable_params"],
-            ft.metrics[-1]["val_top1"],
-            ft_time,
-        )
-    )
+    rows = [_train_phase("pretrain", "digits", pre_cfg, runs_dir, progress)]
+    rows.append(("no fine-tune", "shifted", 0, 0, _shifted_accuracy(ft_cfg), 0.0))
+    rows.append(_train_phase("fine-tune", "shifted", ft_cfg, runs_dir, progress))
 
     frozen = ", ".join(ft_cfg.model.freeze)
     table = Table(

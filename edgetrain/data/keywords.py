@@ -63,7 +63,7 @@ def _synthesise(
     except subprocess.CalledProcessError as exc:
         message = exc.stderr.decode(errors="replace").strip()
         raise DataError(f"espeak-ng failed on {text!r} with voice {voice}: {message}") from exc
-    # espeak-ng streams the WAV with placeholder sizes, so read the header by hand.
+    # espeak-ng streams the WAV with unknown (0xFFFFFFFF) sizes, so read the header by hand.
     rate = struct.unpack_from("<I", raw, 24)[0]
     data = raw.find(b"data") + 8
     return np.frombuffer(raw[data : len(raw) - (len(raw) - data) % 2], dtype="<i2"), rate
@@ -216,63 +216,44 @@ def _build(
     return ArrayDataset(torch.from_numpy(inputs), torch.from_numpy(targets), info)
 
 
-@DATASETS.register("keywords-en", task="classification", offline=True)
-def keywords_en(
-    split: str = "train",
-    utterances_per_word: int = 100,
-    seed: int = 0,
-    test_fraction: float = 0.2,
-    features: str = "logmel",
-) -> ArrayDataset:
-    """English keywords synthesised with espeak-ng, 16 kHz, 1x32x32, 8 classes (offline).
+def _variant(name: str, language: str, rate: int, doc: str):  # noqa: ANN202 - a builder
+    def builder(
+        split: str = "train",
+        utterances_per_word: int = 100,
+        seed: int = 0,
+        test_fraction: float = 0.2,
+        features: str = "logmel",
+    ) -> ArrayDataset:
+        return _build(
+            name, language, rate, split, utterances_per_word, seed, test_fraction, features
+        )
 
-    Example:
-        >>> ds = keywords_en("train")
-        >>> ds.info.classes[:3], len(ds)
-        (('go', 'left', 'right'), 640)
-    """
-    return _build(
-        "keywords-en", "en", 16000, split, utterances_per_word, seed, test_fraction, features
-    )
+    builder.__name__ = builder.__qualname__ = name.replace("-", "_").replace("@", "_")
+    builder.__doc__ = doc
+    return DATASETS.register(name, task="classification", offline=True)(builder)
 
 
-@DATASETS.register("keywords-de", task="classification", offline=True)
-def keywords_de(
-    split: str = "train",
-    utterances_per_word: int = 100,
-    seed: int = 0,
-    test_fraction: float = 0.2,
-    features: str = "logmel",
-) -> ArrayDataset:
-    """German keywords synthesised with espeak-ng, 16 kHz, 1x32x32, 8 classes (offline)."""
-    return _build(
-        "keywords-de", "de", 16000, split, utterances_per_word, seed, test_fraction, features
-    )
-
-
-@DATASETS.register("keywords-en@8k", task="classification", offline=True)
-def keywords_en_8k(
-    split: str = "train",
-    utterances_per_word: int = 100,
-    seed: int = 0,
-    test_fraction: float = 0.2,
-    features: str = "logmel",
-) -> ArrayDataset:
-    """English keywords resampled to 8 kHz, 1x32x32, 8 classes (offline)."""
-    return _build(
-        "keywords-en@8k", "en", 8000, split, utterances_per_word, seed, test_fraction, features
-    )
-
-
-@DATASETS.register("keywords-de@8k", task="classification", offline=True)
-def keywords_de_8k(
-    split: str = "train",
-    utterances_per_word: int = 100,
-    seed: int = 0,
-    test_fraction: float = 0.2,
-    features: str = "logmel",
-) -> ArrayDataset:
-    """German keywords resampled to 8 kHz, 1x32x32, 8 classes (offline)."""
-    return _build(
-        "keywords-de@8k", "de", 8000, split, utterances_per_word, seed, test_fraction, features
-    )
+keywords_en = _variant(
+    "keywords-en",
+    "en",
+    16000,
+    "English keywords synthesised with espeak-ng, 16 kHz, 1x32x32, 8 classes (offline).",
+)
+keywords_de = _variant(
+    "keywords-de",
+    "de",
+    16000,
+    "German keywords synthesised with espeak-ng, 16 kHz, 1x32x32, 8 classes (offline).",
+)
+keywords_en_8k = _variant(
+    "keywords-en@8k",
+    "en",
+    8000,
+    "English keywords resampled to 8 kHz, 1x32x32, 8 classes (offline).",
+)
+keywords_de_8k = _variant(
+    "keywords-de@8k",
+    "de",
+    8000,
+    "German keywords resampled to 8 kHz, 1x32x32, 8 classes (offline).",
+)
