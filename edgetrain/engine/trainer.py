@@ -47,7 +47,8 @@ class Trainer:
 
     Args:
         model: the network.
-        data: training data: a ``Dataset`` of ``(input, target)`` or a ready ``DataLoader``.
+        data: training data: a ``Dataset`` of ``(input, target)`` or a ready ``DataLoader``
+            (a ``DataLoader`` is used as given: under torchrun, shard it yourself).
         val_data: evaluation data (``Dataset`` or ``DataLoader``), evaluated every epoch.
         optimizer: an optimizer over ``model``'s parameters, or a factory taking the
             parameters; default SGD with lr 0.01 and momentum 0.9.
