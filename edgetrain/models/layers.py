@@ -14,7 +14,16 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-__all__ = ["WEIGHT_LAYER_TYPES", "ZooModel", "parameter_layers"]
+from edgetrain._modules import select_modules
+
+__all__ = [
+    "WEIGHT_LAYER_TYPES",
+    "ZooModel",
+    "freeze",
+    "init_weights",
+    "parameter_layers",
+    "select_modules",
+]
 
 WEIGHT_LAYER_TYPES: tuple[type[nn.Module], ...] = (
     nn.Conv1d,
@@ -98,38 +107,6 @@ def init_weights(model: nn.Module) -> nn.Module:
             nn.init.normal_(m.weight, 0.0, 0.01)
             nn.init.zeros_(m.bias)
     return model
-
-
-def select_modules(model: nn.Module, patterns: Sequence[str]) -> list[tuple[str, nn.Module]]:
-    """Modules whose name equals a pattern, or matches a ``re:<regex>`` pattern (fullmatch).
-
-    Raises:
-        EdgetrainError: naming a pattern that matches nothing, with the parameter layers.
-    """
-    import re
-
-    from edgetrain.errors import EdgetrainError
-
-    named = dict(model.named_modules())
-    chosen: dict[str, nn.Module] = {}
-    for pattern in patterns:
-        if pattern.startswith("re:"):
-            try:
-                rx = re.compile(pattern[3:])
-            except re.error as exc:
-                raise EdgetrainError(
-                    f"layer pattern '{pattern}' is not a valid regex ({exc})"
-                ) from None
-            hits = {n: m for n, m in named.items() if n and rx.fullmatch(n)}
-        else:
-            hits = {pattern: named[pattern]} if pattern and pattern in named else {}
-        if not hits:
-            layers = ", ".join(n for n, _ in parameter_layers(model))
-            raise EdgetrainError(
-                f"layer pattern '{pattern}' matches no module; parameter layers are: {layers}"
-            )
-        chosen.update(hits)
-    return list(chosen.items())
 
 
 def freeze(model: nn.Module, patterns: Sequence[str]) -> list[str]:

@@ -1,0 +1,55 @@
+"""Selecting a model's modules by name: exact names or ``re:<regex>`` patterns.
+
+Shared by everything that names layers (freezing, checkpoint exclusion, cost-model plans).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+from torch import nn
+
+from edgetrain.errors import EdgetrainError
+
+__all__ = ["param_owners", "select_modules"]
+
+
+def param_owners(model: nn.Module) -> list[str]:
+    """Names of the modules that own parameters directly, in registration order."""
+    return [n for n, m in model.named_modules() if n and any(True for _ in m.parameters(False))]
+
+
+def select_modules(model: nn.Module, patterns: Sequence[str]) -> list[tuple[str, nn.Module]]:
+    """Modules whose name equals a pattern, or matches a ``re:<regex>`` pattern (fullmatch).
+
+    Raises:
+        EdgetrainError: naming a pattern that matches nothing (or is not a valid regex),
+            with the names of the layers that hold parameters.
+
+    Example:
+        >>> from torch import nn
+        >>> net = nn.Sequential(nn.Linear(2, 2), nn.ReLU(), nn.Linear(2, 1))
+        >>> [n for n, _ in select_modules(net, ["re:[02]"])]
+        ['0', '2']
+    """
+    named = dict(model.named_modules())
+    chosen: dict[str, nn.Module] = {}
+    for pattern in patterns:
+        if pattern.startswith("re:"):
+            try:
+                rx = re.compile(pattern[3:])
+            except re.error as exc:
+                raise EdgetrainError(
+                    f"layer pattern '{pattern}' is not a valid regex ({exc})"
+                ) from None
+            hits = {n: m for n, m in named.items() if n and rx.fullmatch(n)}
+        else:
+            hits = {pattern: named[pattern]} if pattern and pattern in named else {}
+        if not hits:
+            layers = ", ".join(param_owners(model))
+            raise EdgetrainError(
+                f"layer pattern '{pattern}' matches no module; layers with parameters: {layers}"
+            )
+        chosen.update(hits)
+    return list(chosen.items())

@@ -1,0 +1,115 @@
+"""Device profiles: data (YAML/JSON) that turn raw counts into a calibrated estimate.
+
+A profile holds per-term multipliers (optionally per layer kind), an additive offset per
+training step, optional per-op-call offsets, bytes per element, the energy per MAC (and
+per byte) and the target's peak MAC/s for a time estimate. Built-ins live in
+``edgetrain/cost/profiles/``; ``load_profile`` takes a built-in name or a file path.
+
+Example:
+    >>> p = load_profile("cortex-m4-fp32")
+    >>> p.multiplier("input_grad", "conv"), p.multiplier("forward", "activation")
+    (1.3, 1.5)
+"""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from edgetrain._atomic import atomic_writer
+from edgetrain._yaml import YAMLError, safe_load
+from edgetrain.errors import ConfigError
+
+__all__ = ["TERMS", "DeviceProfile", "list_profiles", "load_profile"]
+
+TERMS = ("forward", "input_grad", "weight_grad", "update")
+
+
+class DeviceProfile(BaseModel):
+    """Multipliers and offsets of one target. Unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    description: str = ""
+    bytes_per_element: int = Field(4, ge=1)
+    e_mac_pj: float = Field(3.2, ge=0)
+    e_byte_pj: float = Field(0.0, ge=0)
+    peak_macs_per_s: float | None = Field(None, gt=0)
+    offset_per_step: float = 0.0
+    multipliers: dict[str, dict[str, float]] = Field(default_factory=dict)
+    per_call: dict[str, dict[str, float]] = Field(default_factory=dict)
+
+    @field_validator("multipliers", "per_call")
+    @classmethod
+    def _terms(cls, v: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+        for term in v:
+            if term not in TERMS:
+                raise ValueError(f"unknown term '{term}'; terms are: {', '.join(TERMS)}")
+        return v
+
+    def multiplier(self, term: str, kind: str) -> float:
+        """Multiplier of ``term`` for a layer ``kind`` (its ``default``, else 1)."""
+        table = self.multipliers.get(term, {})
+        return float(table.get(kind, table.get("default", 1.0)))
+
+    def call_offset(self, term: str, kind: str) -> float:
+        """Fixed operations charged per op call for ``term`` (0 unless calibrated)."""
+        table = self.per_call.get(term, {})
+        return float(table.get(kind, table.get("default", 0.0)))
+
+    def save(self, path: str | Path) -> Path:
+        """Write the profile as YAML (or JSON for a ``.json`` path), atomically."""
+        import yaml
+
+        path = Path(path)
+        data = self.model_dump()
+        text = (
+            json.dumps(data, indent=2)
+            if path.suffix == ".json"
+            else yaml.safe_dump(data, sort_keys=False)
+        )
+        with atomic_writer(path, "w") as f:
+            f.write(text)
+        return path
+
+
+def list_profiles() -> list[str]:
+    """Names of the built-in profiles."""
+    root = resources.files("edgetrain.cost") / "profiles"
+    return sorted(p.name.rsplit(".", 1)[0] for p in root.iterdir() if p.name.endswith(".yaml"))
+
+
+def load_profile(profile: str | Path | DeviceProfile = "reference") -> DeviceProfile:
+    """A built-in profile by name, or a profile file (YAML or JSON) by path.
+
+    Raises:
+        ConfigError: one line for an unknown name, a missing file or an invalid profile.
+    """
+    if isinstance(profile, DeviceProfile):
+        return profile
+    text = str(profile)
+    builtin = resources.files("edgetrain.cost") / "profiles" / f"{text}.yaml"
+    if builtin.is_file():
+        source, raw = text, builtin.read_text(encoding="utf-8")
+    elif Path(text).is_file():
+        source, raw = text, Path(text).read_text(encoding="utf-8")
+    else:
+        raise ConfigError(
+            f"unknown profile '{text}'; use a built-in ({', '.join(list_profiles())}) or a "
+            "profile file written by 'edgetrain cost calibrate'"
+        )
+    try:
+        data: Any = safe_load(raw)
+        return DeviceProfile.model_validate(data)
+    except YAMLError as exc:
+        raise ConfigError(f"profile '{source}' is not valid YAML/JSON ({exc})") from None
+    except ValidationError as exc:
+        err = exc.errors(include_url=False)[0]
+        where = ".".join(str(p) for p in err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")
+        raise ConfigError(f"profile '{source}': {where}: {msg}") from None
