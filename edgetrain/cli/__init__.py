@@ -9,6 +9,7 @@ from __future__ import annotations
 import typer
 
 from edgetrain import __version__
+from edgetrain.cli import cost as _cost
 from edgetrain.cli import data as _data
 from edgetrain.cli.demo import demo_command
 from edgetrain.cli.models import models_command
@@ -47,6 +48,7 @@ app.command("demo")(demo_command)
 app.command("train")(train_command)
 app.command("report")(report_command)
 app.add_typer(_data.app, name="data")
+app.add_typer(_cost.app, name="cost")
 app.command("models")(models_command)
 
 

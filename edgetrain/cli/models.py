@@ -7,13 +7,14 @@ from rich.table import Table
 
 from edgetrain import models as zoo
 from edgetrain.cli._common import console, handle_errors
+from edgetrain.cost import analyze
 
 
 @handle_errors
 def models_command(
     pattern: str = typer.Argument("*", help="Shell pattern on model names, e.g. 'resnet*'."),
 ) -> None:
-    """List the model zoo with parameters and input shapes.
+    """List the model zoo with parameters, forward MACs (batch 1) and input shapes.
 
     Example: edgetrain models 'resnet*'
     """
@@ -21,6 +22,7 @@ def models_command(
     for col, justify in (
         ("name", "left"),
         ("params", "right"),
+        ("forward MACs", "right"),
         ("input", "left"),
         ("layers", "right"),
         ("description", "left"),
@@ -33,5 +35,6 @@ def models_command(
         params = sum(p.numel() for p in model.parameters())
         shape = "x".join(map(str, getattr(model, "input_shape", ())))
         layers = len(zoo.parameter_layers(model))
-        table.add_row(entry.name, f"{params:,}", shape, str(layers), entry.summary)
+        macs = analyze(model, model.input_shape).total().forward_macs
+        table.add_row(entry.name, f"{params:,}", f"{macs:,}", shape, str(layers), entry.summary)
     console.print(table)

@@ -1,0 +1,249 @@
+"""``edgetrain cost``: what inference and training steps of a model cost on a target."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+from typer.core import TyperGroup
+
+from edgetrain import models as zoo
+from edgetrain.cli._common import console, handle_errors, parse_options
+from edgetrain.cost import ALL, analyze, load_profile
+from edgetrain.cost.calibrate import calibrate
+from edgetrain.cost.report import CostReport, StepCost
+from edgetrain.errors import ConfigError
+
+
+class _ModelFirstGroup(TyperGroup):
+    """``edgetrain cost MODEL ...`` runs ``analyze``; ``edgetrain cost calibrate`` calibrates."""
+
+    def resolve_command(self, ctx, args):  # noqa: ANN001, ANN201 - click's signature
+        if args and args[0] not in self.commands and not args[0].startswith("-"):
+            args = ["analyze", *args]
+        return super().resolve_command(ctx, args)
+
+
+app = typer.Typer(
+    cls=_ModelFirstGroup,
+    help="What inference and training steps cost: MACs, memory, energy (and calibration).",
+    epilog="Example: edgetrain cost vgg_small --input 3x32x32 --trainable last:2",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+FORMATS = ("table", "json", "csv")
+
+
+def parse_shape(text: str) -> tuple[int, ...]:
+    """``"3x32x32"`` -> ``(3, 32, 32)``."""
+    try:
+        shape = tuple(int(p) for p in text.lower().split("x"))
+    except ValueError:
+        shape = ()
+    if not shape or min(shape) < 1:
+        raise ConfigError(f"--input '{text}' must look like 3x32x32 (positive integers)")
+    return shape
+
+
+def _m(value: float) -> str:
+    return f"{value / 1e6:,.3f}"
+
+
+def _kb(value: float) -> str:
+    return f"{value / 1024:,.1f}"
+
+
+def _layer_table(report: CostReport) -> Table:
+    rows = report.by_layer()
+    title = f"per layer (MACs, batch {report.batch_size}; step plan: {report.steps()[0].plan})"
+    table = Table(title=title)
+    header = [
+        "layer",
+        "kind",
+        "in -> out",
+        "params",
+        "forward",
+        "input grad",
+        "weight grad",
+        "update",
+        "stored act.",
+        "grad buffers",
+    ]
+    for h in header:
+        table.add_column(h, justify="left" if h in ("layer", "kind", "in -> out") else "right")
+    for r in rows:
+        shapes = f"{'x'.join(map(str, r.in_shape[1:]))} -> {'x'.join(map(str, r.out_shape[1:]))}"
+        name = f"[bold]{r.name}[/]" if r.trained else r.name
+        table.add_row(
+            name,
+            r.kind,
+            shapes,
+            f"{r.params:,}",
+            f"{r.forward:,}",
+            f"{r.input_grad:,}",
+            f"{r.weight_grad:,}",
+            f"{r.update:,}",
+            f"{r.stored_activations:,}",
+            f"{r.gradient_buffers:,}",
+        )
+    return table
+
+
+def _step_row(step: StepCost, ref: StepCost) -> list[str]:
+    seconds = "-" if step.estimated_seconds is None else f"{step.estimated_seconds * 1e3:,.3f}"
+    return [
+        step.plan,
+        _m(step.forward_macs),
+        _m(step.backward_macs),
+        _m(step.step_macs),
+        f"{step.step_macs / max(ref.step_macs, 1):.3f}",
+        _kb(step.memory_bytes),
+        _kb(step.memory_reuse_bytes),
+        f"{step.memory_bytes / max(ref.memory_bytes, 1):.3f}",
+        f"{step.energy_nj_per_sample:,.0f}",
+        seconds,
+    ]
+
+
+def _steps_table(report: CostReport) -> Table:
+    table = Table(title=f"per step (profile {report.profile.name}, optimizer {report.optimizer})")
+    header = [
+        "plan",
+        "forward M",
+        "backward M",
+        "step M",
+        "rel.",
+        "memory KiB",
+        "reuse KiB",
+        "rel. mem",
+        "nJ/sample",
+        "est. ms",
+    ]
+    for h in header:
+        table.add_column(h, justify="left" if h == "plan" else "right")
+    conv = report.conventional
+    table.add_row(*_step_row(report.total(), conv), style="dim")
+    for step in report.steps():
+        table.add_row(*_step_row(step, conv))
+    if len(report.steps()) > 1:
+        cycle = report.cycle()
+        table.add_row(
+            "average",
+            "",
+            "",
+            _m(cycle.average_step_macs),
+            f"{cycle.relative_average_macs:.3f}",
+            "",
+            "",
+            "",
+            "",
+            "",
+            style="bold",
+        )
+        table.add_row(
+            "peak",
+            "",
+            "",
+            _m(cycle.peak_step_macs),
+            f"{cycle.relative_peak_macs:.3f}",
+            _kb(cycle.peak_memory_bytes),
+            _kb(cycle.peak_memory_reuse_bytes),
+            f"{cycle.relative_peak_memory:.3f}",
+            "",
+            "",
+            style="bold",
+        )
+    if all(s.plan != ALL for s in report.steps()):
+        table.add_row(*_step_row(conv, conv), style="dim")
+    return table
+
+
+@app.command("analyze")
+@handle_errors
+def analyze_command(
+    model: str = typer.Argument(..., help="Zoo model name (edgetrain models)."),
+    input_shape: str = typer.Option(
+        None, "--input", help="One sample's shape, e.g. 3x32x32 (default: the model's)."
+    ),
+    trainable: str = typer.Option(
+        None, help="Plan shorthand: 'all' or 'last:N' (the last N weight layers)."
+    ),
+    plan: list[str] = typer.Option(
+        None,
+        "--plan",
+        "-p",
+        help="Layers updated in one step, comma-separated (repeat for a cycle of steps).",
+    ),
+    profile: str = typer.Option("reference", help="Built-in profile name or profile file."),
+    optimizer: str = typer.Option("sgd", help="Optimizer state to count: sgd, momentum, adam."),
+    batch_size: int = typer.Option(1, min=1, help="Batch size of the step."),
+    option: list[str] = typer.Option(
+        None, "--option", "-o", help="Model option key=value, e.g. -o num_classes=100."
+    ),
+    fmt: str = typer.Option("table", "--format", help="table, json or csv."),
+    strict: bool = typer.Option(False, help="Fail on ops the cost model does not cover."),
+) -> None:
+    """Per-layer MACs (forward and backward), memory and energy of a model.
+
+    Example: edgetrain cost vgg_small --input 3x32x32 --plan conv5,conv6,fc --plan fc
+    """
+    if fmt not in FORMATS:
+        raise ConfigError(f"unknown --format '{fmt}'; choose one of: {', '.join(FORMATS)}")
+    if trainable and plan:
+        raise ConfigError("give either --trainable or --plan, not both")
+    net = zoo.create(model, device="meta", **parse_options(option))
+    shape = parse_shape(input_shape) if input_shape else tuple(getattr(net, "input_shape", ()))
+    if not shape:
+        raise ConfigError(f"model '{model}' has no default input shape; pass --input")
+    plans = [trainable] if trainable else list(plan or []) or None
+    report = analyze(
+        net,
+        shape,
+        plans=plans,
+        profile=load_profile(profile),
+        optimizer=optimizer,
+        batch_size=batch_size,
+        strict=strict,
+    )
+    if fmt == "json":
+        typer.echo(report.to_json())
+        return
+    if fmt == "csv":
+        typer.echo(report.to_csv(), nl=False)
+        return
+    console.print(_layer_table(report))
+    console.print(_steps_table(report))
+    console.print(report.summary(), highlight=False)
+
+
+@app.command("calibrate")
+@handle_errors
+def calibrate_command(
+    out: Path = typer.Option(Path("host-cpu.yaml"), help="Profile file to write."),
+    name: str = typer.Option("host-cpu", help="Profile name."),
+    quick: bool = typer.Option(False, help="Fewer layer sizes (about half the time)."),
+) -> None:
+    """Time forward, input-gradient, weight-gradient and update of each layer kind on
+    this machine and fit a device profile.
+
+    Example: edgetrain cost calibrate --out host-cpu.yaml
+    """
+    with console.status("timing layer kinds on this machine ..."):
+        fitted = calibrate(quick=quick, name=name)
+    fitted.save(out)
+    table = Table(title=f"profile {fitted.name}: multipliers relative to a forward conv MAC")
+    table.add_column("term")
+    kinds = sorted({k for t in fitted.multipliers.values() for k in t if k != "default"})
+    for k in kinds:
+        table.add_column(k, justify="right")
+    for term, values in fitted.multipliers.items():
+        table.add_row(term, *[f"{values[k]:.3g}" if k in values else "-" for k in kinds])
+    console.print(table)
+    rate = fitted.peak_macs_per_s or 0
+    console.print(
+        f"forward conv rate {rate / 1e9:.2f} GMAC/s; per-step offset "
+        f"{fitted.offset_per_step:,.0f} MAC-equivalents"
+    )
+    console.print(f"[green]profile:[/] {out}   use it with --profile {out}")

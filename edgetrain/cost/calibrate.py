@@ -1,0 +1,210 @@
+"""``edgetrain cost calibrate``: fit a device profile to this machine.
+
+For each layer kind (convolution, linear, activation, pooling, batch-norm, residual add)
+and a range of sizes and batch sizes, time the forward pass, the input gradient, the
+weight gradient and the SGD update separately with PyTorch, and fit, per term and kind,
+``seconds = a * MACs + b`` by least squares (the spec's counts give the MACs). The
+profile stores ``a`` relative to the forward-convolution rate as the multiplier, ``b``
+as a per-call offset in forward-conv MACs, the conv rate as ``peak_macs_per_s`` and the
+fixed cost of one optimizer step as ``offset_per_step``.
+"""
+
+from __future__ import annotations
+
+import platform
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from functools import partial
+
+import numpy as np
+import torch
+from torch import nn
+
+from edgetrain.cost.profile import TERMS, DeviceProfile
+from edgetrain.cost.tracer import trace
+
+__all__ = ["Measurement", "calibrate", "fit_profile", "measure"]
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """Seconds and MACs of one term of one layer configuration."""
+
+    kind: str
+    term: str
+    macs: int
+    seconds: float
+
+
+class _Add(nn.Module):
+    """A residual add as a module, so it can be timed like the others."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + x.detach()
+
+
+def _configs(quick: bool) -> Iterator[tuple[str, nn.Module, tuple[int, ...], int]]:
+    """(kind, module, sample shape, batch) to time."""
+    batches = (1, 32) if quick else (1, 8, 32)
+    convs = [
+        (3, 16, 32, 1),
+        (16, 16, 32, 1),
+        (16, 32, 16, 1),
+        (32, 64, 8, 1),
+        (64, 64, 8, 1),
+        (1, 32, 32, 0),
+    ]
+    if quick:
+        convs = convs[1::2]
+    maps = [(16, 32, 32), (64, 8, 8)] if quick else [(16, 32, 32), (32, 16, 16), (64, 8, 8)]
+    for b in batches:
+        for c_in, c_out, size, pad in convs:
+            yield "conv", nn.Conv2d(c_in, c_out, 3, padding=pad), (c_in, size, size), b
+        for f_in, f_out in ((1024, 10), (4096, 128), (256, 256)):
+            yield "linear", nn.Linear(f_in, f_out), (f_in,), b
+        for shape in maps:
+            yield "activation", nn.ReLU(), shape, b
+            yield "pool", nn.MaxPool2d(2), shape, b
+            yield "batchnorm", nn.BatchNorm2d(shape[0]), shape, b
+            yield "add", _Add(), shape, b
+
+
+def _time(fn: Callable[[], object], min_seconds: float) -> float:
+    """Median seconds of one call of ``fn`` (calls repeated to at least ``min_seconds``)."""
+    for _ in range(2):
+        fn()
+    samples = []
+    for _ in range(5):
+        n, start = 0, time.perf_counter()
+        while True:
+            fn()
+            n += 1
+            elapsed = time.perf_counter() - start
+            if elapsed >= min_seconds / 5:
+                break
+        samples.append(elapsed / n)
+    return statistics.median(samples)
+
+
+def _grad(y: torch.Tensor, wrt: object, g: torch.Tensor) -> object:
+    return torch.autograd.grad(y, wrt, g, retain_graph=True)
+
+
+def measure(quick: bool = False, min_seconds: float = 0.05) -> list[Measurement]:
+    """Time the four terms of every configuration on this machine's CPU.
+
+    A real step makes one ``backward()`` and one ``optimizer.step()`` for the whole
+    network, so the fixed cost of an ``autograd.grad`` call and of an optimizer step is
+    measured on a trivial graph and subtracted from the per-layer gradient and update
+    times (it is part of the per-step offset instead).
+    """
+    tiny = torch.ones(1, requires_grad=True)
+    grad_call = _time(partial(_grad, tiny * 2.0, tiny, torch.ones(1)), min_seconds)
+    tiny.grad = torch.zeros(1)
+    step_call = _time(torch.optim.SGD([tiny], lr=1e-9).step, min_seconds)
+
+    def net(seconds: float, overhead: float) -> float:
+        return max(seconds - overhead, seconds * 0.05)
+
+    out: list[Measurement] = []
+    for kind, module, shape, batch in _configs(quick):
+        module.train()
+        params = list(module.parameters())
+        counts = next(r.counts for r in trace(module, shape, batch).records if r.counts)
+        x = torch.randn(batch, *shape)
+        with torch.no_grad():
+            seconds = _time(partial(module, x), min_seconds)
+        out.append(Measurement(kind, "forward", counts.forward, seconds))
+        # input gradient alone: weights frozen, the input requires grad
+        for p in params:
+            p.requires_grad_(False)
+        xg = x.clone().requires_grad_(True)
+        y = module(xg)
+        g = torch.ones_like(y)
+        seconds = net(_time(partial(_grad, y, xg, g), min_seconds), grad_call)
+        out.append(Measurement(kind, "input_grad", counts.input_grad, seconds))
+        if not params:
+            continue
+        # weight gradient alone: the input does not require grad
+        for p in params:
+            p.requires_grad_(True)
+        y = module(x)
+        seconds = net(_time(partial(_grad, y, params, g), min_seconds), grad_call)
+        out.append(Measurement(kind, "weight_grad", counts.weight_grad, seconds))
+        for p in params:
+            p.grad = torch.zeros_like(p)
+        opt = torch.optim.SGD(params, lr=1e-9)
+        n_params = sum(p.numel() for p in params)
+        seconds = net(_time(opt.step, min_seconds), step_call)
+        out.append(Measurement(kind, "update", n_params, seconds))
+    return out
+
+
+def _step_overhead(min_seconds: float) -> float:
+    """Seconds of a training step that does (almost) nothing: the fixed cost per step."""
+    model = nn.Linear(1, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-9)
+    x, t = torch.zeros(1, 1), torch.zeros(1, 1)
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        nn.functional.mse_loss(model(x), t).backward()
+        opt.step()
+
+    return _time(step, min_seconds)
+
+
+def fit_profile(
+    measurements: list[Measurement], step_seconds: float = 0.0, name: str = "host-cpu"
+) -> DeviceProfile:
+    """Least-squares fit of ``seconds = a * MACs + b`` per term and kind, as a profile."""
+    fits: dict[tuple[str, str], tuple[float, float]] = {}
+    keys = sorted({(m.term, m.kind) for m in measurements})
+    for key in keys:
+        rows = [m for m in measurements if (m.term, m.kind) == key]
+        macs = np.array([m.macs for m in rows], dtype=float)
+        secs = np.array([m.seconds for m in rows], dtype=float)
+        if not macs.any():  # a term the spec counts as zero MACs: only a per-call cost
+            fits[key] = (0.0, float(np.median(secs)))
+            continue
+        # Relative least squares (rows divided by the measured time): small and large
+        # layers count alike, as they do in a step-time ratio.
+        design = np.stack([macs, np.ones_like(macs)], 1) / secs[:, None]
+        a, b = np.linalg.lstsq(design, np.ones_like(secs), rcond=None)[0]
+        if b < 0:  # no negative call costs: refit through the origin
+            a, b = float(np.mean(secs / np.maximum(macs, 1))), 0.0
+        fits[key] = (max(float(a), 0.0), float(b))
+    rate = fits.get(("forward", "conv"), (0.0, 0.0))[0]
+    if rate <= 0:
+        raise ValueError("calibration needs forward convolution measurements")
+    multipliers: dict[str, dict[str, float]] = {t: {"default": 1.0} for t in TERMS}
+    per_call: dict[str, dict[str, float]] = {t: {} for t in TERMS}
+    for (term, kind), (a, b) in fits.items():
+        multipliers[term][kind] = round(a / rate, 4)
+        per_call[term][kind] = round(b / rate, 1)
+    return DeviceProfile(
+        name=name,
+        description=(
+            f"fitted by 'edgetrain cost calibrate' on {platform.node() or 'this machine'} "
+            f"({platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} "
+            "threads)"
+        ),
+        peak_macs_per_s=round(1.0 / rate),
+        offset_per_step=round(step_seconds / rate, 1),
+        multipliers=multipliers,
+        per_call=per_call,
+    )
+
+
+def calibrate(quick: bool = False, name: str = "host-cpu") -> DeviceProfile:
+    """Measure this machine and return the fitted profile (``profile.save(path)``).
+
+    Example:
+        >>> profile = calibrate(quick=True)  # doctest: +SKIP
+        >>> profile.save("host-cpu.yaml")  # doctest: +SKIP
+    """
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        return fit_profile(measure(quick), _step_overhead(0.05), name)
