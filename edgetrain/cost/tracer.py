@@ -20,6 +20,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from edgetrain.cost.handles import FREE_OPS, HANDLES, VIEW_OPS, OpCounts
+from edgetrain.errors import EdgetrainError, one_line
 
 __all__ = ["OpRecord", "Trace", "trace"]
 
@@ -191,6 +192,12 @@ def trace(model: nn.Module, input_shape: Sequence[int], batch_size: int = 1) -> 
     try:
         with torch.no_grad(), recorder:
             output = torch.func.functional_call(model, meta, (x,))
+    except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+        shape = "x".join(map(str, input_shape))
+        raise EdgetrainError(
+            f"{type(model).__name__} cannot take inputs of shape {shape} ({one_line(exc)}); "
+            "pass the input shape the model was built for"
+        ) from exc
     finally:
         model.train(was_training)
         for h in handles:

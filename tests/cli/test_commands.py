@@ -9,7 +9,7 @@ import pytest
 
 from edgetrain.cli import app
 
-COMMANDS = ["demo", "train", "report", "data", "models"]
+COMMANDS = ["demo", "train", "report", "data", "models", "cost"]
 
 
 def test_help_lists_every_command_with_a_purpose(cli):
@@ -28,6 +28,9 @@ def test_help_lists_every_command_with_a_purpose(cli):
         ["data", "list"],
         ["data", "describe"],
         ["data", "prepare"],
+        ["cost"],
+        ["cost", "analyze"],
+        ["cost", "calibrate"],
     ],
 )
 def test_every_command_help_has_an_example(cli, args):

@@ -1,0 +1,86 @@
+"""``edgetrain cost``: tables, exports and one-line errors through the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from edgetrain.cost import load_profile
+
+
+def test_cost_table_with_a_cycle_of_plans(cli):
+    out = cli(
+        "cost",
+        "vgg_small",
+        "--input",
+        "3x32x32",
+        "--plan",
+        "conv5,conv6,fc",
+        "--plan",
+        "fc",
+        "--profile",
+        "cortex-m4-fp32",
+    ).output
+    for needle in (
+        "per layer",
+        "per step",
+        "conv5,conv6,fc",
+        "average",
+        "peak",
+        "inference",
+        "Total mult-adds (torchinfo count): 9,947,146",
+        "82,330",
+    ):
+        assert needle in out, needle
+    # conv6 weight gradient of the worked check
+    assert "1,982,464" in out
+
+
+def test_cost_trainable_shorthand_and_json(cli):
+    data = json.loads(cli("cost", "vgg_small", "--trainable", "last:2", "--format", "json").output)
+    assert data["steps"][0]["backward_macs"] == 2_054_218
+    assert data["params"] == 82_330
+    assert data["cycle"]["steps"] == 1
+    assert data["layers"][-1]["name"] == "fc" and data["layers"][-1]["trained"]
+
+
+def test_cost_csv_has_one_row_per_layer(cli):
+    out = cli("cost", "kws_cnn", "--format", "csv", "-o", "num_classes=8").output
+    lines = out.strip().splitlines()
+    assert lines[0].startswith("name,kind,op")
+    assert [ln.split(",")[0] for ln in lines[1:]][:2] == ["conv1", "relu1"]
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["vgg_smal"], "unknown model 'vgg_smal'"),
+        (["vgg_small", "--input", "3x32"], "cannot take"),
+        (["vgg_small", "--input", "3by32"], "must look like 3x32x32"),
+        (["vgg_small", "--plan", "conv9"], "'conv9' matches no module"),
+        (["vgg_small", "--trainable", "last:99"], "N must be 1..7"),
+        (["vgg_small", "--profile", "nope"], "unknown profile 'nope'"),
+        (["vgg_small", "--optimizer", "lion"], "unknown optimizer 'lion'"),
+        (["vgg_small", "--format", "xml"], "unknown --format"),
+    ],
+)
+def test_cost_bad_input_is_one_line_exit_2(cli, args, needle):
+    result = cli("cost", *args, code=2)
+    assert needle in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
+def test_models_lists_forward_macs(cli):
+    out = cli("models", "vgg_small").output
+    assert "9,063,626" in out  # border-aware forward MACs at 3x32x32
+
+
+def test_calibrate_writes_a_usable_profile(cli, tmp_path):
+    out = cli("cost", "calibrate", "--quick", "--out", "host.yaml").output
+    assert "GMAC/s" in out
+    profile = load_profile(tmp_path / "host.yaml")
+    assert profile.name == "host-cpu" and profile.peak_macs_per_s > 1e8
+    data = json.loads(cli("cost", "vgg_small", "--profile", "host.yaml", "--format", "json").output)
+    assert data["profile"] == "host-cpu"
+    assert data["conventional"]["estimated_seconds"] > 0
