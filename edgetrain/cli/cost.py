@@ -27,7 +27,8 @@ class _ModelFirstGroup(TyperGroup):
 
 app = typer.Typer(
     cls=_ModelFirstGroup,
-    help="What inference and training steps cost: MACs, memory, energy (and calibration).",
+    help="What inference and training steps cost: MACs, memory, energy (and calibration). "
+    "'edgetrain cost MODEL ...' is short for 'edgetrain cost analyze MODEL ...'.",
     epilog="Example: edgetrain cost vgg_small --input 3x32x32 --trainable last:2",
     no_args_is_help=True,
     add_completion=False,
