@@ -19,6 +19,7 @@ import torch
 
 from edgetrain import data as data_sets
 from edgetrain import models
+from edgetrain.cost import trace
 from edgetrain.engine.callbacks.registry import CALLBACKS
 from edgetrain.engine.checkpoint import load_checkpoint, load_model_weights, resolve_checkpoint
 from edgetrain.engine.config import RunConfig, load_config
@@ -99,24 +100,16 @@ def build_model(
 
 
 def _check_input(model: torch.nn.Module, name: str, input_shape: tuple[int, ...]) -> None:
-    """One forward on the meta device, so a shape mismatch fails before any training."""
-    meta = {
-        k: torch.empty_like(v, device="meta")
-        for k, v in [*model.named_parameters(), *model.named_buffers()]
-    }
+    """Trace one forward on the meta device, so a shape mismatch fails before training."""
     try:
-        with torch.no_grad():
-            torch.func.functional_call(
-                model.eval(), meta, (torch.empty(2, *input_shape, device="meta"),)
-            )
-    except (RuntimeError, ValueError, TypeError) as exc:
+        trace(model, input_shape, batch_size=2)
+    except EdgetrainError as exc:
         shape = "x".join(map(str, input_shape))
+        cause = one_line(exc.__cause__) if exc.__cause__ else str(exc)
         raise ConfigError(
-            f"model '{name}' cannot take the data's {shape} inputs ({one_line(exc)}); "
+            f"model '{name}' cannot take the data's {shape} inputs ({cause}); "
             "set model.options to match the data set"
         ) from exc
-    finally:
-        model.train()
 
 
 def build_trainer(
