@@ -11,7 +11,7 @@ Example:
     >>> from edgetrain.models import create
     >>> report = analyze(create("vgg_small"), (3, 32, 32), plans=["last:2"])
     >>> report.total().forward_macs, report.steps()[0].backward_macs
-    (9826176, 2054218)
+    (9063626, 2054218)
 """
 
 from __future__ import annotations

@@ -173,7 +173,7 @@ def fit_profile(
         # layers count alike, as they do in a step-time ratio.
         design = np.stack([macs, np.ones_like(macs)], 1) / secs[:, None]
         a, b = np.linalg.lstsq(design, np.ones_like(secs), rcond=None)[0]
-        if b < 0:  # no negative call costs: refit through the origin
+        if a <= 0 or b < 0:  # noise on tiny layers: fall back to a rate through the origin
             a, b = float(np.mean(secs / np.maximum(macs, 1))), 0.0
         fits[key] = (max(float(a), 0.0), float(b))
     rate = fits.get(("forward", "conv"), (0.0, 0.0))[0]

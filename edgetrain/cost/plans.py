@@ -30,8 +30,7 @@ def all_trainable(model: nn.Module) -> list[str]:
     Example:
         >>> from torch import nn
         >>> net = nn.Sequential(nn.Linear(2, 2), nn.ReLU(), nn.Linear(2, 1))
-        >>> net[0].requires_grad_(False)
-        ...
+        >>> _ = net[0].requires_grad_(False)
         >>> all_trainable(net)
         ['2']
     """
@@ -71,6 +70,11 @@ def resolve_plan(model: nn.Module, plan: Plan, layer_order: Sequence[str]) -> fr
     chosen: set[str] = set()
     for prefix, module in select_modules(model, names):
         chosen.update(f"{prefix}.{n}" for n, _ in module.named_parameters())
+    if not chosen:
+        raise EdgetrainError(
+            f"plan {','.join(names)} names no module with parameters, so it trains nothing; "
+            f"layers: {', '.join(layer_order)}"
+        )
     return frozenset(chosen)
 
 

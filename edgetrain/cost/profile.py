@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from edgetrain._atomic import atomic_writer
 from edgetrain._yaml import YAMLError, safe_load
-from edgetrain.errors import ConfigError
+from edgetrain.errors import ConfigError, one_line
 
 __all__ = ["TERMS", "DeviceProfile", "list_profiles", "load_profile"]
 
@@ -107,7 +107,7 @@ def load_profile(profile: str | Path | DeviceProfile = "reference") -> DevicePro
         data: Any = safe_load(raw)
         return DeviceProfile.model_validate(data)
     except YAMLError as exc:
-        raise ConfigError(f"profile '{source}' is not valid YAML/JSON ({exc})") from None
+        raise ConfigError(f"profile '{source}' is not valid YAML/JSON ({one_line(exc)})") from None
     except ValidationError as exc:
         err = exc.errors(include_url=False)[0]
         where = ".".join(str(p) for p in err["loc"])

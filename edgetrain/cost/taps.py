@@ -32,10 +32,11 @@ def taps_1d(i: int, k: int, s: int = 1, p: int = 0, d: int = 1) -> int:
         >>> taps_1d(32, 3, 1, 0) == 3 * 30
         True
     """
-    if min(i, k, s, d) < 1 or p < 0:
+    if min(i, k, s, d) < 1 or p < 0 or conv_output_length(i, k, s, p, d) < 1:
         raise ValueError(f"invalid convolution geometry i={i} k={k} s={s} p={p} d={d}")
+    out = conv_output_length(i, k, s, p, d)
     total = 0
-    for o in range(max(conv_output_length(i, k, s, p, d), 0)):
+    for o in range(out):
         start = o * s - p
         first = max(0, math.ceil(-start / d))  # smallest j with start + j*d >= 0
         last = min(k - 1, (i - 1 - start) // d)  # largest j with start + j*d <= i-1

@@ -1,0 +1,102 @@
+"""Calibration: the least-squares fit on synthetic timings, and one real quick run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from torch import nn
+
+from edgetrain.cost import ALL, analyze, load_profile
+from edgetrain.cost.calibrate import Measurement, calibrate, fit_profile
+
+RATE = 1e-10  # seconds per forward-convolution MAC: 10 GMAC/s
+SIZES = (10_000, 100_000, 1_000_000, 10_000_000)
+
+# (term, kind) -> (a seconds per MAC, b seconds per call)
+TRUTH = {
+    ("forward", "conv"): (RATE, 2e-6),
+    ("input_grad", "conv"): (1.5 * RATE, 5e-6),
+    ("weight_grad", "conv"): (2.0 * RATE, 1e-6),
+    ("update", "conv"): (4.0 * RATE, 3e-7),
+    ("forward", "activation"): (2.5 * RATE, 1e-7),
+    ("forward", "linear"): (0.5 * RATE, 0.0),
+}
+
+
+def _synthetic(truth: dict[tuple[str, str], tuple[float, float]]) -> list[Measurement]:
+    return [
+        Measurement(kind, term, macs, a * macs + b)
+        for (term, kind), (a, b) in truth.items()
+        for macs in SIZES
+    ]
+
+
+def test_fit_recovers_multipliers_and_offsets() -> None:
+    # a ReLU's input gradient counts 0 MACs: only a per-call cost of 0.8 us
+    zero = [Measurement("activation", "input_grad", 0, 8e-7) for _ in SIZES]
+    profile = fit_profile(_synthetic(TRUTH) + zero, step_seconds=3e-5, name="synthetic")
+    assert profile.name == "synthetic"
+    assert profile.peak_macs_per_s == pytest.approx(1e10)
+    # the per-step offset in forward-conv MACs: 3e-5 s / 1e-10 s
+    assert profile.offset_per_step == pytest.approx(300_000)
+    for (term, kind), (a, b) in TRUTH.items():
+        # multiplier a / a_conv_forward; per-call offset b in forward-conv MACs (b / RATE)
+        assert profile.multiplier(term, kind) == pytest.approx(a / RATE, rel=1e-3), (term, kind)
+        assert profile.call_offset(term, kind) == pytest.approx(b / RATE, rel=1e-3, abs=1.0)
+    assert profile.multiplier("input_grad", "activation") == 0.0
+    assert profile.call_offset("input_grad", "activation") == pytest.approx(8000)
+    # kinds that were not measured keep the neutral defaults
+    assert profile.multiplier("update", "batchnorm") == 1.0
+    assert profile.call_offset("update", "batchnorm") == 0.0
+
+
+def test_the_fit_is_close_under_noise() -> None:
+    rng = np.random.default_rng(0)
+    noisy = [
+        Measurement(m.kind, m.term, m.macs, m.seconds * (1 + 0.02 * rng.standard_normal()))
+        for m in _synthetic(TRUTH)
+    ]
+    profile = fit_profile(noisy)
+    assert profile.multiplier("weight_grad", "conv") == pytest.approx(2.0, rel=0.1)
+    assert profile.multiplier("forward", "activation") == pytest.approx(2.5, rel=0.1)
+
+
+def test_a_negative_call_cost_is_refitted_through_the_origin() -> None:
+    # seconds = 3e-10 * MACs - 1e-6: the intercept would be negative
+    rows = [Measurement("linear", "weight_grad", m, 3 * RATE * m - 1e-6) for m in SIZES]
+    profile = fit_profile(_synthetic({("forward", "conv"): (RATE, 0.0)}) + rows)
+    assert profile.call_offset("weight_grad", "linear") == 0.0
+    mean_rate = np.mean([r.seconds / r.macs for r in rows])
+    assert profile.multiplier("weight_grad", "linear") == pytest.approx(mean_rate / RATE, rel=1e-3)
+
+
+def test_a_fit_needs_forward_convolutions() -> None:
+    with pytest.raises(ValueError, match="forward convolution"):
+        fit_profile(_synthetic({("forward", "linear"): (RATE, 1e-6)}))
+
+
+def test_a_quick_calibration_of_this_machine(single_thread: None, tmp_path: Path) -> None:
+    profile = calibrate(quick=True)
+    assert profile.name == "host-cpu"
+    assert profile.peak_macs_per_s is not None and profile.peak_macs_per_s > 1e8
+    assert profile.offset_per_step > 0
+    # A ReLU's or an add's input gradient counts 0 MACs: fitted as a per-call cost only.
+    # Every other term gets a positive rate (noisy tiny layers fall back to a rate through
+    # the origin rather than a clamped zero).
+    zero_mac_terms = {("input_grad", "activation"), ("input_grad", "add")}
+    for term, table in profile.multipliers.items():
+        for kind, value in table.items():
+            if (term, kind) in zero_mac_terms:
+                assert value == 0.0 and profile.call_offset(term, kind) > 0, (term, kind)
+            else:
+                assert value > 0, (term, kind)
+    assert set(profile.multipliers["weight_grad"]) >= {"conv", "linear", "batchnorm"}
+    assert profile.multiplier("forward", "conv") == 1.0
+    assert all(v >= 0 for table in profile.per_call.values() for v in table.values())
+    # the profile is usable as a file
+    path = profile.save(tmp_path / "host-cpu.yaml")
+    assert load_profile(path) == profile
+    step = analyze(nn.Sequential(nn.Linear(8, 4)), (8,), plans=[ALL], profile=path).steps()[0]
+    assert step.estimated_seconds is not None and step.estimated_seconds > 0
