@@ -5,6 +5,9 @@ Every hook is a no-op by default and is called as ``hook(trainer, model, ...)`` 
 implement :meth:`Callback.state_dict` / :meth:`Callback.load_state_dict`; the Trainer
 stores them in its checkpoints under :attr:`Callback.state_key`.
 
+Before training, when the Trainer is built: ``configure_model`` (change the model in
+place: fold layers, freeze) and ``param_groups`` (the optimizer's parameter groups).
+
 Order of the hooks in one epoch::
 
     on_fit_start
@@ -36,6 +39,14 @@ class Callback:
     def state_key(self) -> str:
         """Key of this callback's state in checkpoints (class name by default)."""
         return type(self).__qualname__
+
+    def configure_model(self, trainer: Trainer, model: nn.Module) -> None:
+        """Change the model in place before the optimizer is built (fold, freeze)."""
+
+    def param_groups(self, trainer: Trainer, model: nn.Module) -> list[dict[str, Any]] | None:
+        """Parameter groups for the optimizer (e.g. one per layer for per-layer rates);
+        the first callback returning groups wins, None keeps one group."""
+        return None
 
     def on_fit_start(self, trainer: Trainer, model: nn.Module) -> None:
         """Before the first epoch (also when resuming)."""

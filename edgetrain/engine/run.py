@@ -128,7 +128,7 @@ def build_trainer(
     with _building("callbacks"):
         callbacks = [CALLBACKS.create(c.name, **c.options) for c in config.callbacks]
 
-    def optimizer(params: Any) -> torch.optim.Optimizer:
+    def optimizer(params: Any) -> torch.optim.Optimizer:  # params: tensors or groups
         with _building(f"optimizer '{opt_cfg.name}'"):
             return build_optimizer(params, opt_cfg.name, **opt_cfg.options)
 

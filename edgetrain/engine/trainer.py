@@ -122,11 +122,14 @@ class Trainer:
         self._loader_generator = torch.Generator()
         self.train_loader = self._make_train_loader(data)
         self.val_loader = self._make_val_loader(val_data) if val_data is not None else None
+        self.callbacks: list[Callback] = list(callbacks)
+        for cb in self.callbacks:
+            cb.configure_model(self, self.model)
+        self.model.to(self.device)  # a callback may have added parameters
         self.optimizer = self._make_optimizer(optimizer)
         self.scheduler = self._make_scheduler(scheduler)
         self._forward_model = self._wrap(self.model)
         self.checkpoint_every, self.monitor = checkpoint_every, monitor
-        self.callbacks: list[Callback] = list(callbacks)
         if progress and self.is_main:
             self.callbacks.append(ProgressBar())
         self.run_dir: RunDirectory | None = None
@@ -177,11 +180,16 @@ class Trainer:
         )
 
     def _make_optimizer(self, optimizer: OptimizerLike | None) -> torch.optim.Optimizer:
-        if optimizer is None:
-            return torch.optim.SGD(self.model.parameters(), lr=0.01, momentum=0.9)
         if isinstance(optimizer, torch.optim.Optimizer):
             return optimizer
-        return optimizer(self.model.parameters())
+        groups = next(
+            (g for g in (cb.param_groups(self, self.model) for cb in self.callbacks) if g),
+            None,
+        )
+        params = groups if groups is not None else self.model.parameters()
+        if optimizer is None:
+            return torch.optim.SGD(params, lr=0.01, momentum=0.9)
+        return optimizer(params)
 
     def _make_scheduler(self, scheduler: Any) -> Any:
         """An LR scheduler, or the result of a factory ``f(optimizer)`` or
