@@ -11,6 +11,8 @@ import typer
 from edgetrain import __version__
 from edgetrain.cli import cost as _cost
 from edgetrain.cli import data as _data
+from edgetrain.cli import finetune as _finetune
+from edgetrain.cli import schedule as _schedule
 from edgetrain.cli.demo import demo_command
 from edgetrain.cli.models import models_command
 from edgetrain.cli.report import report_command
@@ -49,6 +51,8 @@ app.command("train")(train_command)
 app.command("report")(report_command)
 app.add_typer(_data.app, name="data")
 app.add_typer(_cost.app, name="cost")
+app.add_typer(_finetune.app, name="finetune")
+app.add_typer(_schedule.app, name="schedule")
 app.command("models")(models_command)
 
 

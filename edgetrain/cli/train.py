@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from pathlib import Path
 
 import typer
@@ -14,7 +16,7 @@ from edgetrain.cli._common import (
     handle_errors,
     sigterm_as_interrupt,
 )
-from edgetrain.engine import load_config, resume_run, start_run
+from edgetrain.engine import RunConfig, RunResult, load_config, resume_run, start_run
 from edgetrain.errors import ConfigError
 from edgetrain.recipes import list_recipes, recipe_path
 from edgetrain.report import build_report, load_run
@@ -96,26 +98,36 @@ def train_command(
             raise ConfigError(
                 f"--resume continues a run with its own config.yaml; drop {', '.join(given)}"
             )
-        target = resume
-    else:
-        if config is None:
-            raise ConfigError("pass a recipe (e.g. recipes/digits-pretrain.yaml) or --resume")
-        cfg = load_config(
-            resolve_recipe(config),
-            list(set_ or []),
-            full=full,
-            epochs=epochs,
-            seed=seed,
-            name=name,
-            device=device,
-        )
-        target = runs_dir / cfg.name
+        run = functools.partial(resume_run, resume, epochs=epochs, progress=progress)
+        finish(run, resume, report)
+        return
+    if config is None:
+        raise ConfigError("pass a recipe (e.g. recipes/digits-pretrain.yaml) or --resume")
+    cfg = load_config(
+        resolve_recipe(config),
+        list(set_ or []),
+        full=full,
+        epochs=epochs,
+        seed=seed,
+        name=name,
+        device=device,
+    )
+    run_and_report(cfg, runs_dir, overwrite, progress, report)
+
+
+def run_and_report(
+    config: RunConfig, runs_dir: Path, overwrite: bool, progress: bool, report: bool
+) -> None:
+    """Start a run, then print its table and write its report (on rank 0)."""
+    run = functools.partial(start_run, config, runs_dir, overwrite=overwrite, progress=progress)
+    finish(run, runs_dir / config.name, report)
+
+
+def finish(run: Callable[[], RunResult], target: Path, report: bool) -> None:
+    """Run with SIGTERM treated as Ctrl-C; print the result table and write the report."""
     try:
         with sigterm_as_interrupt():
-            if resume is not None:
-                result = resume_run(resume, epochs=epochs, progress=progress)
-            else:
-                result = start_run(cfg, runs_dir, overwrite=overwrite, progress=progress)
+            result = run()
     except KeyboardInterrupt:
         err_console.print(
             f"[yellow]interrupted[/]: finished epochs are kept; continue with "

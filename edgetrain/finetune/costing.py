@@ -191,7 +191,8 @@ def suggest_schedules(
     batch_size: int = 1,
     top: int = 10,
 ) -> list[ScheduleCost]:
-    """Schedules that fit the budgets, ranked by mean update rate (more training first).
+    """Schedules that fit the budgets, ranked by layer updates per step (the sum of the
+    rows' mean update rates: more training first; ties: more layers, fewer ops).
 
     Candidates update layers near the output at least as often as those below them
     (non-increasing counts) and spread the partial rows across steps (``_m``

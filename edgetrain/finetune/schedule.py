@@ -211,6 +211,29 @@ class Schedule:
         column = step % self.cycle_length
         return [bool(row[column]) for row in self.pattern]
 
+    def in_mode(self, mode: str) -> Schedule:
+        """The schedule of ``mode`` derived from this schedule's update counts.
+
+        Example:
+            >>> [str(Schedule.parse("4421").in_mode(m)) for m in ("pllr", "upscaled", "rdo")]
+            ['4444_lr4421', '4421_lr4444', '4421_rdo']
+        """
+        if mode not in MODES:
+            raise ValueError(f"unknown mode '{mode}'; choose one of: {', '.join(MODES)}")
+        counts = self.counts or tuple(sum(r) for r in self.pattern)
+        t = self.cycle_length
+        digits = "".join(_DIGITS[c] for c in counts)
+        full = "".join(_DIGITS[t if c else 0] for c in counts)
+        memory = "_m" if self.name.endswith("_m") else ""
+        text = {
+            "conventional": full,
+            "bpls": digits + memory,
+            "pllr": f"{full}_lr{digits}",
+            "upscaled": f"{digits}{memory}_lr{full}",
+            "rdo": f"{digits}_rdo",
+        }[mode]
+        return Schedule.parse(text)
+
     def plans(self, model: object) -> list[list[str]]:
         """One cost-model plan per step: the model's layers updated in that step (rows map
         to the model's last weight layers, output layer first)."""

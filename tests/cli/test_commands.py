@@ -9,7 +9,7 @@ import pytest
 
 from edgetrain.cli import app
 
-COMMANDS = ["demo", "train", "report", "data", "models", "cost"]
+COMMANDS = ["demo", "train", "report", "data", "models", "cost", "finetune", "schedule"]
 
 
 def test_help_lists_every_command_with_a_purpose(cli):
@@ -31,6 +31,11 @@ def test_help_lists_every_command_with_a_purpose(cli):
         ["cost"],
         ["cost", "analyze"],
         ["cost", "calibrate"],
+        ["finetune"],
+        ["finetune", "run"],
+        ["schedule"],
+        ["schedule", "show"],
+        ["schedule", "suggest"],
     ],
 )
 def test_every_command_help_has_an_example(cli, args):

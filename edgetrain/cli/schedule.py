@@ -1,0 +1,187 @@
+"""``edgetrain schedule show|suggest``: a layer schedule's matrix and cost, and schedules
+that fit compute and memory budgets."""
+
+from __future__ import annotations
+
+import typer
+from rich.table import Table
+
+from edgetrain import models as zoo
+from edgetrain.cli._common import console, handle_errors, parse_options
+from edgetrain.cli.cost import parse_shape
+from edgetrain.errors import ConfigError, EdgetrainError
+from edgetrain.finetune import (
+    Schedule,
+    ScheduleCost,
+    optimise_placement,
+    schedule_cost,
+    schedule_layers,
+    suggest_schedules,
+)
+
+app = typer.Typer(
+    help="Show a layer schedule's matrix and per-step cost, or suggest schedules for budgets.",
+    epilog="Example: edgetrain schedule show 4422_m --model vgg_small --input 3x32x32",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+MODEL_HELP = "Zoo model name."
+INPUT_HELP = "One sample's shape, e.g. 3x32x32 (default: the model's)."
+
+
+def _model_and_shape(model: str, input_shape: str | None, option: list[str] | None):
+    net = zoo.create(model, device="meta", **parse_options(option))
+    shape = parse_shape(input_shape) if input_shape else tuple(getattr(net, "input_shape", ()))
+    if not shape:
+        raise ConfigError(f"model '{model}' has no default input shape; pass --input")
+    return net, shape
+
+
+def _parse(text: str) -> Schedule:
+    try:
+        return Schedule.parse(text)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def _kb(value: float) -> str:
+    return f"{value / 1024:,.1f}"
+
+
+@app.command("show")
+@handle_errors
+def show_command(
+    schedule: str = typer.Argument(..., help="Schedule notation, e.g. 4421, 4422_m, 4421_rdo."),
+    model: str = typer.Option(..., help=MODEL_HELP),
+    input_shape: str = typer.Option(None, "--input", help=INPUT_HELP),
+    profile: str = typer.Option("reference", help="Cost-model profile name or file."),
+    batch_size: int = typer.Option(1, min=1, help="Batch size of a step."),
+    option: list[str] = typer.Option(None, "--option", "-o", help="Model option key=value."),
+) -> None:
+    """Print a schedule's matrix and the cost of each step of its cycle.
+
+    Example: edgetrain schedule show 4422_m --model vgg_small --input 3x32x32
+    """
+    net, shape = _model_and_shape(model, input_shape, option)
+    parsed = _parse(schedule)
+    try:
+        layers = schedule_layers(net, parsed)
+    except ValueError as exc:
+        raise EdgetrainError(str(exc)) from None
+    if parsed.name.endswith("_m"):
+        parsed = optimise_placement(parsed, net, shape, profile=profile, batch_size=batch_size)
+    cost = schedule_cost(net, shape, parsed, profile=profile, batch_size=batch_size)
+    matrix = Table(title=f"schedule {parsed} ({parsed.mode}, T={parsed.cycle_length})")
+    matrix.add_column("layer")
+    for t in range(parsed.cycle_length):
+        matrix.add_column(f"t{t}", justify="center")
+    matrix.add_column("rate", justify="right")
+    matrix.add_column("mean rate", justify="right")
+    for name, row, rate, mean in zip(
+        layers, parsed.matrix, parsed.rates, parsed.mean_rates, strict=True
+    ):
+        cells = ["-" if c == 0 else f"{c:g}" for c in row]
+        matrix.add_row(name, *cells, f"{rate:g}", f"{mean:.3g}")
+    console.print(matrix)
+    console.print(_cost_table(cost, layers))
+
+
+def _cost_table(cost: ScheduleCost, layers: list[str]) -> Table:
+    conv = cost.conventional
+    table = Table(title="per step (MACs; memory in KiB, naive / with reuse)")
+    for h in ("step", "trained layers", "ops", "rel. ops", "peak mem", "reuse", "rel. mem"):
+        table.add_column(h, justify="left" if h in ("step", "trained layers") else "right")
+    for t, step in enumerate(cost.steps):
+        active = [n for n, on in zip(layers, cost.schedule.active(t), strict=True) if on]
+        table.add_row(
+            str(t),
+            ",".join(active),
+            f"{step.step_macs:,}",
+            f"{step.step_macs / conv.step_macs:.3f}",
+            _kb(step.memory_bytes),
+            _kb(step.memory_reuse_bytes),
+            f"{step.memory_bytes / conv.memory_bytes:.3f}",
+        )
+    table.add_row(
+        "average",
+        "",
+        f"{cost.average_step_macs:,.0f}",
+        f"{cost.relative_ops:.3f}",
+        "",
+        "",
+        "",
+        style="bold",
+    )
+    table.add_row(
+        "peak",
+        "",
+        f"{cost.peak_step_macs:,}",
+        f"{cost.peak_step_macs / conv.step_macs:.3f}",
+        _kb(cost.peak_memory_bytes),
+        _kb(cost.peak_memory_reuse_bytes),
+        f"{cost.relative_peak_memory:.3f}",
+        style="bold",
+    )
+    table.add_row(
+        "conventional",
+        "every trained row",
+        f"{conv.step_macs:,}",
+        "1.000",
+        _kb(conv.memory_bytes),
+        _kb(conv.memory_reuse_bytes),
+        "1.000",
+        style="dim",
+    )
+    return table
+
+
+@app.command("suggest")
+@handle_errors
+def suggest_command(
+    model: str = typer.Option(..., help=MODEL_HELP),
+    input_shape: str = typer.Option(None, "--input", help=INPUT_HELP),
+    max_ops_per_step: float = typer.Option(None, help="Budget: MACs of the costliest step."),
+    max_peak_mem: float = typer.Option(None, help="Budget: peak memory of a step in bytes."),
+    cycle: int = typer.Option(4, min=1, max=35, help="Cycle length T."),
+    max_rows: int = typer.Option(None, min=1, help="Train at most this many last layers."),
+    profile: str = typer.Option("reference", help="Cost-model profile name or file."),
+    top: int = typer.Option(10, min=1, help="How many schedules to list."),
+    option: list[str] = typer.Option(None, "--option", "-o", help="Model option key=value."),
+) -> None:
+    """Propose schedules that fit the budgets, ranked by layer updates per step.
+
+    Example: edgetrain schedule suggest --model vgg_small --max-ops-per-step 15e6 --max-peak-mem 8e5
+    """
+    net, shape = _model_and_shape(model, input_shape, option)
+    found = suggest_schedules(
+        net, shape, max_ops_per_step, max_peak_mem, cycle, max_rows, profile=profile, top=top
+    )
+    if not found:
+        raise EdgetrainError(
+            "no schedule fits these budgets; raise --max-ops-per-step / --max-peak-mem"
+        )
+    table = Table(title=f"schedules for {model} that fit the budgets")
+    for h in (
+        "schedule",
+        "matrix",
+        "mean rate",
+        "rel. ops",
+        "peak ops",
+        "peak mem KiB",
+        "rel. mem",
+    ):
+        table.add_column(h, justify="left" if h in ("schedule", "matrix") else "right")
+    for c in found:
+        s = c.schedule
+        mean = sum(s.mean_rates) / s.rows
+        table.add_row(
+            str(s),
+            "/".join(s.bits()),
+            f"{mean:.3f}",
+            f"{c.relative_ops:.3f}",
+            f"{c.peak_step_macs:,}",
+            _kb(c.peak_memory_bytes),
+            f"{c.relative_peak_memory:.3f}",
+        )
+    console.print(table)
