@@ -9,14 +9,18 @@ import typer
 from rich.table import Table
 
 from edgetrain import data as datasets
+from edgetrain import models
 from edgetrain.cli._common import console, handle_errors
 from edgetrain.engine import RunConfig, build_trainer, evaluate, load_config, start_run
 from edgetrain.errors import ConfigError
+from edgetrain.finetune import Schedule, schedule_cost
 from edgetrain.recipes import recipe_path
 from edgetrain.report import build_report, load_run
 
 # Epochs (pretrain, fine-tune) per size; None keeps the recipe's (full: its full: section).
 SIZES = {"quick": (2, 2), "default": (None, None), "full": (None, None)}
+# The layer schedule of the demo's scheduled fine-tune (the 5 unfrozen layers, output first).
+DEMO_SCHEDULE = "44221"
 
 
 def _shifted_accuracy(finetune_cfg: RunConfig) -> float:
@@ -29,6 +33,13 @@ def _shifted_accuracy(finetune_cfg: RunConfig) -> float:
         trainer.device,
     )
     return metrics["top1"]
+
+
+def _relative_ops(finetune_cfg: RunConfig) -> float:
+    """Average step MACs of the demo schedule relative to conventional fine-tuning."""
+    model = models.create(finetune_cfg.model.name, **finetune_cfg.model.options)
+    shape = tuple(model.input_shape)
+    return schedule_cost(model, shape, Schedule.parse(DEMO_SCHEDULE)).relative_ops
 
 
 def _train_phase(
@@ -51,7 +62,8 @@ def demo_command(
     ),
     progress: bool = typer.Option(True, help="Show progress bars."),
 ) -> None:
-    """Run scenario 1: pretrain vgg_small on digits, fine-tune on rotated+inverted digits.
+    """Run scenario 1: pretrain vgg_small on digits, fine-tune on rotated+inverted digits,
+    conventionally and with a layer schedule.
 
     Example: edgetrain demo --runs-dir runs/demo
     """
@@ -75,24 +87,48 @@ def demo_command(
         **{"model.init_from": str(pre_dir)},
     )
     ft_dir = runs_dir / ft_cfg.name
-    rows = [_train_phase("pretrain", "digits", pre_cfg, runs_dir, progress)]
-    rows.append(("no fine-tune", "shifted", 0, 0, _shifted_accuracy(ft_cfg), 0.0))
-    rows.append(_train_phase("fine-tune", "shifted", ft_cfg, runs_dir, progress))
+    tree = ft_cfg.to_dict()
+    tree["name"] = f"{ft_cfg.name}-{DEMO_SCHEDULE}"
+    tree["callbacks"] = [{"name": "layer-schedule", "schedule": DEMO_SCHEDULE}]
+    sched_cfg = load_config(tree)
+    sched_dir = runs_dir / sched_cfg.name
+    rel = _relative_ops(ft_cfg)
+    rows = [(*_train_phase("pretrain", "digits", pre_cfg, runs_dir, progress), None)]
+    rows.append(("no fine-tune", "shifted", 0, 0, _shifted_accuracy(ft_cfg), 0.0, None))
+    rows.append((*_train_phase("fine-tune", "shifted", ft_cfg, runs_dir, progress), 1.0))
+    phase = f"schedule {DEMO_SCHEDULE}"
+    rows.append((*_train_phase(phase, "shifted", sched_cfg, runs_dir, progress), rel))
 
     frozen = ", ".join(ft_cfg.model.freeze)
     table = Table(
         title="scenario 1: digits domain shift",
         caption=f"shifted = rotated 180 degrees and inverted; fine-tune keeps {frozen} frozen",
     )
-    for col in ("phase", "data", "epochs", "trainable params", "test top-1 %", "time s"):
-        table.add_column(col, justify="left" if col in ("phase", "data") else "right")
-    for phase, data, epochs, params, acc, secs in rows:
-        table.add_row(phase, data, str(epochs), f"{params:,}", f"{acc:.2f}", f"{secs:.1f}")
-    console.print(table)
-    page = build_report(
-        [pre_dir, ft_dir], runs_dir / "report.html", title="edgetrain demo: digits domain shift"
+    columns = (
+        "phase",
+        "data",
+        "epochs",
+        "trainable params",
+        "test top-1 %",
+        "time s",
+        "ops/step rel.",
     )
-    for run in (pre_dir, ft_dir):
+    for col in columns:
+        table.add_column(col, justify="left" if col in ("phase", "data") else "right")
+    for phase, data, epochs, params, acc, secs, ops in rows:
+        table.add_row(
+            phase,
+            data,
+            str(epochs),
+            f"{params:,}",
+            f"{acc:.2f}",
+            f"{secs:.1f}",
+            "-" if ops is None else f"{ops:.3f}",
+        )
+    console.print(table)
+    runs = [pre_dir, ft_dir, sched_dir]
+    page = build_report(runs, runs_dir / "report.html", title="edgetrain demo: digits domain shift")
+    for run in runs:
         build_report([run])
-    console.print(f"[green]runs:[/] {pre_dir}, {ft_dir}")
+    console.print(f"[green]runs:[/] {', '.join(map(str, runs))}")
     console.print(f"[green]report:[/] {page}")

@@ -110,6 +110,13 @@ class LayerSchedule(Callback):
                 "optimizer object)"
             )
 
+    def on_fit_end(self, trainer: Trainer, model: nn.Module) -> None:
+        # Leave every scheduled layer trainable (not the last step's subset), so summaries
+        # and later runs see the layers this schedule trains.
+        for row, params in zip(self.schedule.pattern, self.params, strict=True):
+            for p in params:
+                p.requires_grad_(any(row))
+
     # ----------------------------------------------------------- per step
     def on_epoch_start(self, trainer: Trainer, model: nn.Module) -> None:
         self._epoch, self._index = trainer.state.epoch, 0
