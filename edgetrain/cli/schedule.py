@@ -69,7 +69,7 @@ def show_command(
         layers = schedule_layers(net, parsed)
     except ValueError as exc:
         raise EdgetrainError(str(exc)) from None
-    if parsed.name.endswith("_m"):
+    if parsed.memory_optimised:
         parsed = optimise_placement(parsed, net, shape, profile=profile, batch_size=batch_size)
     cost = schedule_cost(net, shape, parsed, profile=profile, batch_size=batch_size)
     matrix = Table(title=f"schedule {parsed} ({parsed.mode}, T={parsed.cycle_length})")

@@ -55,7 +55,7 @@ class LayerSchedule(Callback):
         self.params: list[list[nn.Parameter]] = []
         self.groups: list[dict[str, Any] | None] = []
         self._epoch = self._index = 0
-        self._saved_lrs: list[tuple[dict[str, Any], float]] = []
+        self._saved_lrs: list[tuple[dict[str, Any], float, float]] = []
 
     @property
     def state_key(self) -> str:
@@ -72,7 +72,7 @@ class LayerSchedule(Callback):
             self.layers = schedule_layers(model, self.schedule)
         except ValueError as exc:
             raise EdgetrainError(str(exc)) from None
-        if self.optimise_m and shape and self.schedule.name.endswith("_m"):
+        if self.optimise_m and shape and self.schedule.memory_optimised:
             self.schedule = optimise_placement(self.schedule, model, tuple(shape))
         modules = dict(model.named_modules())
         self.params = [list(modules[n].parameters()) for n in self.layers]
@@ -143,8 +143,9 @@ class LayerSchedule(Callback):
                 continue
             group = self.groups[i]
             if group is not None and rate != 1.0:
-                self._saved_lrs.append((group, group["lr"]))
-                group["lr"] = group["lr"] * rate
+                scaled = group["lr"] * rate
+                self._saved_lrs.append((group, group["lr"], scaled))
+                group["lr"] = scaled
             if keep < 1.0:
                 for p in self.params[i]:
                     if p.grad is not None:
@@ -153,8 +154,10 @@ class LayerSchedule(Callback):
     def on_batch_end(
         self, trainer: Trainer, model: nn.Module, outputs: torch.Tensor, loss: torch.Tensor
     ) -> None:
-        for group, lr in self._saved_lrs:
-            group["lr"] = lr
+        for group, lr, scaled in self._saved_lrs:
+            # a per-step LR scheduler that set a new rate after the step keeps its value
+            if group["lr"] == scaled:
+                group["lr"] = lr
         self._saved_lrs = []
         self._index += 1
 

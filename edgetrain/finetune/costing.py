@@ -166,16 +166,19 @@ def optimise_placement(
     table = _PlanCosts(
         model, input_shape, profile=profile, optimizer=optimizer, batch_size=batch_size
     )
-    best, best_key = schedule, None
+
+    def key(c: ScheduleCost) -> tuple[int, int, int]:
+        return (c.peak_memory_bytes, c.peak_memory_reuse_bytes, c.peak_step_macs)
+
+    best, best_key = schedule, key(_cost(schedule, model, table))  # ties keep the given one
     for choice in itertools.product(*(options[i] for i in partial)):
         pattern = [list(r) for r in schedule.pattern]
         for i, row in zip(partial, choice, strict=True):
             pattern[i] = list(row)
         candidate = schedule.with_pattern(pattern)
-        c = _cost(candidate, model, table)
-        key = (c.peak_memory_bytes, c.peak_memory_reuse_bytes, c.peak_step_macs, choice)
-        if best_key is None or key < best_key:
-            best, best_key = candidate, key
+        candidate_key = key(_cost(candidate, model, table))
+        if candidate_key < best_key:
+            best, best_key = candidate, candidate_key
     return best
 
 

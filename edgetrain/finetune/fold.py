@@ -21,22 +21,32 @@ _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 _LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
 
+def _source(produced: dict[int, tuple[str, torch.Tensor, int]], x: torch.Tensor) -> str:
+    """The layer that produced ``x`` unchanged, or ``""``."""
+    name, out, version = produced.get(id(x), ("", None, -1))
+    return name if out is x and x._version == version else ""
+
+
 def _pairs(model: nn.Module, input_shape: Sequence[int]) -> list[tuple[str, str]]:
     """(layer, batch-norm) names where the batch-norm directly normalises the layer."""
-    produced: dict[int, str] = {}
+    # Outputs are kept alive (so ids are not reused) with their version counter (so an
+    # in-place op between the layer and the batch-norm, like ReLU(inplace=True), is seen).
+    produced: dict[int, tuple[str, torch.Tensor, int]] = {}
     pairs: list[tuple[str, str]] = []
     handles = []
     for name, module in model.named_modules():
         if isinstance(module, _LAYERS):
             handles.append(
                 module.register_forward_hook(
-                    lambda _m, _i, out, n=name: produced.__setitem__(id(out), n)
+                    lambda _m, _i, out, n=name: produced.__setitem__(
+                        id(out), (n, out, out._version)
+                    )
                 )
             )
         if isinstance(module, _BN):
             handles.append(
                 module.register_forward_pre_hook(
-                    lambda _m, args, n=name: pairs.append((produced.get(id(args[0]), ""), n))
+                    lambda _m, args, n=name: pairs.append((_source(produced, args[0]), n))
                 )
             )
     was_training = model.training

@@ -81,6 +81,7 @@ class Schedule:
     keep: tuple[float, ...] = ()
     name: str = ""
     counts: tuple[int, ...] = field(default=(), compare=False)
+    memory_optimised: bool = False
 
     def __post_init__(self) -> None:
         if not self.pattern or not self.pattern[0]:
@@ -101,6 +102,8 @@ class Schedule:
             ValueError: naming the problem (unknown character, s > T, empty, a bad suffix).
         """
         text = text.strip()
+        for ch in text.split("_", 1)[0]:
+            _digit(ch, text)  # names an unknown character before the generic message
         match = _NOTATION.match(text)
         if not text or match is None:
             raise ValueError(
@@ -122,6 +125,7 @@ class Schedule:
             full = tuple(tuple(1 if s else 0 for _ in range(cycle)) for s in counts)
             keep = tuple(s / cycle for s in counts)
             return cls(full, tuple(1.0 for _ in counts), "rdo", keep, text, tuple(counts))
+        derived = counts  # the update counts the other modes are derived from
         rates = [1.0 for _ in counts]
         mode = "conventional" if all(s in (0, cycle) for s in counts) else "bpls"
         if lr:
@@ -137,11 +141,12 @@ class Schedule:
             rates = [r / s if s else 0.0 for s, r in zip(counts, lr_counts, strict=True)]
             if all(s in (0, cycle) for s in counts):
                 mode = "pllr" if any(r not in (0, cycle) for r in lr_counts) else "conventional"
+                derived = lr_counts  # pllr carries its counts in the _lr part
             elif all(r in (0, cycle) for r in lr_counts):
                 mode = "upscaled"
             else:
                 mode = "bpls"
-        return cls(tuple(map(tuple, pattern)), tuple(rates), mode, (), text, tuple(counts))
+        return cls(tuple(map(tuple, pattern)), tuple(rates), mode, (), text, tuple(derived), memory)
 
     @classmethod
     def from_matrix(cls, rows: Sequence[str | Sequence[float]], name: str = "") -> Schedule:
@@ -224,7 +229,7 @@ class Schedule:
         t = self.cycle_length
         digits = "".join(_DIGITS[c] for c in counts)
         full = "".join(_DIGITS[t if c else 0] for c in counts)
-        memory = "_m" if self.name.endswith("_m") else ""
+        memory = "_m" if self.memory_optimised else ""
         text = {
             "conventional": full,
             "bpls": digits + memory,
@@ -246,7 +251,9 @@ class Schedule:
         new = tuple(tuple(int(c) for c in row) for row in pattern)
         if [sum(r) for r in new] != [sum(r) for r in self.pattern]:
             raise ValueError("a new placement must keep every row's number of updates")
-        return Schedule(new, self.rates, self.mode, self.keep, self.name, self.counts)
+        return Schedule(
+            new, self.rates, self.mode, self.keep, self.name, self.counts, self.memory_optimised
+        )
 
     def __str__(self) -> str:
         return self.name or "/".join(self.bits())

@@ -1,0 +1,160 @@
+"""``edgetrain schedule show|suggest`` and ``edgetrain finetune run`` end to end."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from edgetrain._yaml import safe_load
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+RECIPE = """
+name: tiny
+epochs: 2
+data:
+  name: digits
+  options: {test_fraction: 0.5}
+  batch_size: 16
+model:
+  name: vgg_small
+  options: {input_size: 8}
+optimizer: {name: sgd, lr: 0.02, momentum: 0.9}
+"""
+
+
+def _rows(output: str) -> dict[str, list[str]]:
+    """Table body rows of rich's box output, keyed by their first cell."""
+    rows = {}
+    for line in output.splitlines():
+        if line.startswith("│"):
+            cells = [c.strip() for c in line.strip("│").split("│")]
+            rows[cells[0]] = cells[1:]
+    return rows
+
+
+def _one_line(output: str) -> str:
+    lines = [ln for ln in output.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1, output
+    return lines[0]
+
+
+# ------------------------------------------------------------------ schedule show
+def test_schedule_show_prints_the_matrix_and_per_step_costs(cli):
+    out = cli("schedule", "show", "4422_m", "--model", "vgg_small", "--input", "3x32x32").output
+    assert "schedule 4422_m (bpls, T=4)" in out
+    rows = _rows(out)
+    assert rows["fc"] == ["1", "1", "1", "1", "1", "1"]
+    assert rows["conv6"] == ["1", "1", "1", "1", "1", "1"]
+    conv5, conv4 = rows["conv5"][:4], rows["conv4"][:4]
+    assert sorted(conv5) == sorted(conv4) == ["-", "-", "1", "1"]
+    assert all((a == "1") != (b == "1") for a, b in zip(conv5, conv4, strict=True))
+    assert rows["conv5"][-1] == rows["conv4"][-1] == "0.5"  # mean rate
+    for step in "0123":
+        assert rows[step][0].startswith("fc,conv6,conv")
+    assert rows["conventional"][0] == "every trained row"
+    assert rows["conventional"][2] == "1.000"
+    assert 0.0 < float(rows["average"][2]) < 1.0  # relative ops
+    assert 0.0 < float(rows["peak"][-1]) < 1.0  # _m lowers the peak memory
+
+
+def test_schedule_show_of_a_conventional_schedule_is_relative_one(cli):
+    rows = _rows(cli("schedule", "show", "4444", "--model", "vgg_small").output)
+    assert rows["average"][2] == rows["peak"][2] == rows["peak"][-1] == "1.000"
+
+
+@pytest.mark.parametrize(
+    ("schedule", "needle"),
+    [
+        ("44#1", "unknown character"),
+        ("4451", "updated 5 times in a cycle of T=4"),
+        ("4421_rdo_m", "conflicting"),
+        ("44444444", "8 rows but the model has only 7 weight layers"),
+    ],
+)
+def test_schedule_show_bad_schedule_is_one_line_exit_2(cli, schedule, needle):
+    result = cli("schedule", "show", schedule, "--model", "vgg_small", code=2)
+    assert needle in _one_line(result.output)
+
+
+# ------------------------------------------------------------------ schedule suggest
+def test_schedule_suggest_lists_schedules_within_the_budgets(cli):
+    out = cli(
+        "schedule",
+        "suggest",
+        "--model",
+        "vgg_small",
+        "--max-ops-per-step",
+        "15e6",
+        "--max-peak-mem",
+        "8e5",
+    ).output
+    rows = {k: v for k, v in _rows(out).items() if k and k[0].isdigit()}
+    assert 1 <= len(rows) <= 10
+    assert "4444444" not in rows  # full fine-tuning exceeds both budgets
+    for name, cells in rows.items():
+        counts = [int(c, 16) for c in name.removesuffix("_m")]
+        assert [sum(map(int, row)) for row in cells[0].split("/")] == counts
+        assert int(cells[3].replace(",", "")) <= 15e6  # peak ops
+        assert float(cells[4].replace(",", "")) * 1024 <= 8e5  # peak memory (KiB)
+
+
+def test_schedule_suggest_with_an_impossible_budget_is_one_line_exit_2(cli):
+    result = cli("schedule", "suggest", "--model", "vgg_small", "--max-peak-mem", "10", code=2)
+    assert "no schedule fits" in _one_line(result.output)
+
+
+# ------------------------------------------------------------------ finetune run
+@pytest.fixture
+def recipe(tmp_path):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(RECIPE)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("extra", "run_name", "schedule"),
+    [
+        ([], "tiny-4421", "4421"),
+        (["--mode", "pllr"], "tiny-4444_lr4421", "4444_lr4421"),
+        (["--mode", "rdo"], "tiny-4421_rdo", "4421_rdo"),
+    ],
+)
+def test_finetune_run_trains_a_scheduled_run(cli, recipe, tmp_path, extra, run_name, schedule):
+    cli(
+        "finetune",
+        "run",
+        "--config",
+        str(recipe),
+        "--schedule",
+        "4421",
+        *extra,
+        "--no-progress",
+        "--no-report",
+    )
+    run = tmp_path / "runs" / run_name
+    config = safe_load((run / "config.yaml").read_text())
+    assert config["name"] == run_name
+    assert config["callbacks"] == [
+        {"name": "layer-schedule", "schedule": schedule, "fold_bn": True}
+    ]
+    records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["epochs_finished"] == 2
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--schedule", "44-1"], "unknown character"),
+        (["--schedule", "4401"], "may only appear at the end"),
+        (["--schedule", "4421", "--mode", "fast"], "unknown mode 'fast'"),
+        (["--schedule", "444444444"], "9 rows but the model has only 7"),
+    ],
+)
+def test_finetune_run_bad_schedule_or_mode_is_one_line_exit_2(cli, recipe, tmp_path, args, needle):
+    result = cli("finetune", "run", "--config", str(recipe), *args, "--no-progress", code=2)
+    assert needle in _one_line(result.output)
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
