@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 import typer
+from rich.table import Table
 
-from edgetrain.cli._common import handle_errors
+from edgetrain.cli._common import console, handle_errors
 from edgetrain.cli.train import resolve_recipe, run_and_report
 from edgetrain.engine import load_config
 from edgetrain.errors import ConfigError
-from edgetrain.finetune import MODES, Schedule
+from edgetrain.finetune import MODES, Schedule, sweep_depth
+from edgetrain.report.depth import plot_depth
 
 app = typer.Typer(
-    help="Layer-scheduled fine-tuning (BPLS and the modes derived from a schedule).",
+    help="Fine-tuning within a budget: layer schedules (run) and transfer depth (sweep-depth).",
     epilog="Example: edgetrain finetune run --config digits-finetune --schedule 4421",
     no_args_is_help=True,
     add_completion=False,
@@ -55,3 +58,70 @@ def run_command(
         {"name": "layer-schedule", "schedule": str(parsed), "fold_bn": fold_bn},
     ]
     run_and_report(load_config(tree), runs_dir, overwrite, progress, report)
+
+
+@app.command("sweep-depth")
+@handle_errors
+def sweep_depth_command(
+    config: str = typer.Option(..., help="Recipe (path or shipped name) to fine-tune with."),
+    depths: str = typer.Option(
+        None, help="Comma-separated cases N (train the last N layers); default every N."
+    ),
+    set_: list[str] = typer.Option(None, "--set", "-s", help="Override: key.sub=value."),
+    epochs: int = typer.Option(None, min=1, help="Epochs per case."),
+    profile: str = typer.Option("reference", help="Cost-model profile for the energy column."),
+    runs_dir: Path = typer.Option(Path("runs"), help="Folder holding run directories."),
+    overwrite: bool = typer.Option(False, help="Replace existing case runs."),
+    progress: bool = typer.Option(True, help="Show progress bars."),
+) -> None:
+    """One fine-tuning run per "train the last N layers" case, with accuracy, loss,
+    trainable MACs and energy, a CSV and three bar charts.
+
+    Example: edgetrain finetune sweep-depth --config digits-finetune --depths 1,2,3,7 --epochs 4
+    """
+    base = load_config(resolve_recipe(config), list(set_ or []), epochs=epochs)
+    try:
+        cases = [int(d) for d in depths.split(",")] if depths else None
+    except ValueError:
+        raise ConfigError(f"--depths '{depths}' must be comma-separated integers") from None
+    results = sweep_depth(base, cases, runs_dir, profile, overwrite, progress)
+    out = runs_dir / f"{base.name}-depth-sweep"
+    out.mkdir(parents=True, exist_ok=True)
+    rows = [r.to_dict() for r in results]
+    with (out / "sweep_depth.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    plots = plot_depth(results, out)
+    table = Table(title=f"transfer depth sweep: {base.name}")
+    for h in (
+        "N",
+        "conv layers",
+        "top-1 %",
+        "loss",
+        "trainable MACs",
+        "nJ/sample",
+        "gain vs N-1",
+        "energy vs N-1",
+    ):
+        table.add_column(h, justify="right")
+    previous = None
+    for r in results:
+        gain = "-" if previous is None else f"{r.accuracy - previous.accuracy:+.2f}"
+        more = "-" if previous is None else f"{r.energy_nj - previous.energy_nj:+,.0f}"
+        table.add_row(
+            str(r.depth),
+            str(r.conv_layers),
+            f"{r.accuracy:.2f}",
+            f"{r.loss:.4f}",
+            f"{r.trainable_macs:,}",
+            f"{r.energy_nj:,.0f}",
+            gain,
+            more,
+        )
+        previous = r
+    console.print(table)
+    console.print(
+        f"[green]table:[/] {out / 'sweep_depth.csv'}   [green]plots:[/] "
+        + ", ".join(str(p) for p in plots)
+    )

@@ -17,11 +17,13 @@ from edgetrain.finetune.costing import (
     step_plans,
     suggest_schedules,
 )
+from edgetrain.finetune.depth import DepthCase, sweep_depth, trainable_forward_macs
 from edgetrain.finetune.fold import fold_batchnorm
 from edgetrain.finetune.schedule import MODES, Schedule, even_placement
 
 __all__ = [
     "MODES",
+    "DepthCase",
     "LayerSchedule",
     "Schedule",
     "ScheduleCost",
@@ -32,4 +34,6 @@ __all__ = [
     "schedule_layers",
     "step_plans",
     "suggest_schedules",
+    "sweep_depth",
+    "trainable_forward_macs",
 ]

@@ -33,6 +33,7 @@ def test_help_lists_every_command_with_a_purpose(cli):
         ["cost", "calibrate"],
         ["finetune"],
         ["finetune", "run"],
+        ["finetune", "sweep-depth"],
         ["schedule"],
         ["schedule", "show"],
         ["schedule", "suggest"],

@@ -158,3 +158,34 @@ def test_finetune_run_bad_schedule_or_mode_is_one_line_exit_2(cli, recipe, tmp_p
     result = cli("finetune", "run", "--config", str(recipe), *args, "--no-progress", code=2)
     assert needle in _one_line(result.output)
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_sweep_depth_end_to_end(cli, recipe, tmp_path):
+    out = cli(
+        "finetune",
+        "sweep-depth",
+        "--config",
+        str(recipe),
+        "--depths",
+        "1,2",
+        "--epochs",
+        "1",
+        "--no-progress",
+    ).output
+    assert "transfer depth sweep" in out
+    import csv
+
+    folder = tmp_path / "runs" / "tiny-depth-sweep"
+    with (folder / "sweep_depth.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [r["depth"] for r in rows] == ["1", "2"]
+    assert rows[0]["trained_layers"] == "fc" and rows[1]["trained_layers"] == "conv6,fc"
+    # vgg_small at 8x8: the classifier alone is 64*10 + 10 = 650 MACs; adding conv6 costs more
+    assert int(rows[0]["trainable_macs"]) == 650
+    assert int(rows[1]["trainable_macs"]) > 650
+    for png in ("depth_accuracy.png", "depth_loss.png", "depth_energy.png"):
+        assert (folder / png).is_file()
+    assert (
+        "out of range"
+        in cli("finetune", "sweep-depth", "--config", str(recipe), "--depths", "99", code=2).output
+    )

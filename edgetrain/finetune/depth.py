@@ -1,0 +1,104 @@
+"""Transfer-learning depth sweep: one fine-tuning run per "train the last N layers" case.
+
+For each case N the layers below the last N weight layers are frozen, the run is trained
+through the engine, and the case is reported with its test accuracy and loss, the
+forward MACs of the trainable part (from the lowest trained layer up) and the energy of
+that part per sample at the profile's ``e_mac`` (3.2 pJ by default).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from edgetrain import models
+from edgetrain.cost import analyze, load_profile
+from edgetrain.engine import RunConfig, load_config, start_run
+from edgetrain.errors import ConfigError
+
+__all__ = ["DepthCase", "sweep_depth", "trainable_forward_macs"]
+
+
+@dataclass(frozen=True)
+class DepthCase:
+    """One case of the sweep."""
+
+    depth: int
+    trained_layers: tuple[str, ...]
+    conv_layers: int
+    accuracy: float
+    loss: float
+    trainable_macs: int
+    energy_nj: float
+    run_dir: str
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["trained_layers"] = ",".join(self.trained_layers)
+        return d
+
+
+def trainable_forward_macs(model: Any, input_shape: Sequence[int], depth: int) -> int:
+    """Forward MACs of the ops from the lowest of the last ``depth`` layers to the output."""
+    rows = analyze(model, input_shape, plans=[f"last:{depth}"]).by_layer(0)
+    first = next(i for i, r in enumerate(rows) if r.trained)
+    return sum(r.forward for r in rows[first:])
+
+
+def sweep_depth(
+    config: RunConfig,
+    depths: Sequence[int] | None = None,
+    runs_root: str | Path = "runs",
+    profile: str = "reference",
+    overwrite: bool = False,
+    progress: bool = True,
+) -> list[DepthCase]:
+    """Fine-tune ``config`` once per depth N (default: every N from 1 to all layers).
+
+    Each run is ``<runs_root>/<config.name>-depth<N>``; the recipe's own ``model.freeze``
+    is replaced by the case's freezing.
+    """
+    tree = config.to_dict()
+    model = models.create(config.model.name, **config.model.options)
+    shape = tuple(model.input_shape)
+    layers = [n for n, _ in models.parameter_layers(model)]
+    cases = list(depths or range(1, len(layers) + 1))
+    bad = [n for n in cases if not 1 <= n <= len(layers)]
+    if bad:
+        raise ConfigError(f"depths {bad} out of range: the model has {len(layers)} layers")
+    e_mac = load_profile(profile).e_mac_pj
+    results = []
+    for n in cases:
+        trained = tuple(layers[-n:])
+        case_tree = {**tree, "name": f"{config.name}-depth{n}"}
+        case_tree["model"] = {**tree["model"], "freeze": list(layers[:-n])}
+        case = load_config(case_tree)
+        result = start_run(case, runs_root, overwrite=overwrite, progress=progress)
+        best = max(
+            (r for r in _history(result.run_dir.read_metrics()) if "val_top1" in r),
+            key=lambda r: r["val_top1"],
+        )
+        macs = trainable_forward_macs(model, shape, n)
+        results.append(
+            DepthCase(
+                depth=n,
+                trained_layers=trained,
+                conv_layers=sum(1 for t in trained if _is_conv(model, t)),
+                accuracy=best["val_top1"],
+                loss=best["val_loss"],
+                trainable_macs=macs,
+                energy_nj=macs * e_mac / 1000.0,
+                run_dir=str(result.run_dir.path),
+            )
+        )
+    return results
+
+
+def _history(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [r for r in records if "epoch" in r]
+
+
+def _is_conv(model: Any, name: str) -> bool:
+    return type(dict(model.named_modules())[name]).__name__.startswith("Conv")
