@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import typer
@@ -12,11 +13,12 @@ from edgetrain.cli._common import console, handle_errors
 from edgetrain.cli.train import resolve_recipe, run_and_report
 from edgetrain.engine import load_config
 from edgetrain.errors import ConfigError
-from edgetrain.finetune import MODES, Schedule, sweep_depth
+from edgetrain.finetune import MODES, Schedule, lr_grid, sweep_depth
 from edgetrain.report.depth import plot_depth
 
 app = typer.Typer(
-    help="Fine-tuning within a budget: layer schedules (run) and transfer depth (sweep-depth).",
+    help="Fine-tuning within a budget: layer schedules (run), the LR grid (grid) and "
+    "transfer depth (sweep-depth).",
     epilog="Example: edgetrain finetune run --config digits-finetune --schedule 4421",
     no_args_is_help=True,
     add_completion=False,
@@ -125,3 +127,78 @@ def sweep_depth_command(
         f"[green]table:[/] {out / 'sweep_depth.csv'}   [green]plots:[/] "
         + ", ".join(str(p) for p in plots)
     )
+
+
+@app.command("grid")
+@handle_errors
+def grid_command(
+    config: str = typer.Option(..., help="Recipe (path or shipped name) to tune."),
+    upper: float = typer.Option(..., help="Highest learning rate of the coarse descent."),
+    lower: float = typer.Option(..., help="Lowest learning rate of the coarse descent."),
+    schedule: str = typer.Option(None, help="Layer schedule to tune the rate for."),
+    mode: str = typer.Option(None, help=f"Derive this mode from the schedule: {', '.join(MODES)}."),
+    tolerance: float = typer.Option(1.0, help="Accuracy points below the best in the LR range."),
+    abort_epoch: int = typer.Option(20, min=1, help="Abort a trial still below --abort-below"),
+    abort_below: float = typer.Option(30.0, help="... % accuracy after --abort-epoch epochs."),
+    set_: list[str] = typer.Option(None, "--set", "-s", help="Override: key.sub=value."),
+    epochs: int = typer.Option(None, min=1, help="Epochs per trial."),
+    runs_dir: Path = typer.Option(Path("runs"), help="Folder holding run directories."),
+    progress: bool = typer.Option(True, help="Show progress bars."),
+) -> None:
+    """Geometric learning-rate search (factor 1.4, then 1.2 and 1.1 around the best; ties
+    to the higher rate): best LR, best accuracy and the LR range within tolerance.
+
+    Example: edgetrain finetune grid --config digits-finetune --upper 0.1 --lower 0.005
+    """
+    base = load_config(resolve_recipe(config), list(set_ or []), epochs=epochs)
+    tree = base.to_dict()
+    if schedule:
+        try:
+            parsed = Schedule.parse(schedule)
+            parsed = parsed.in_mode(mode) if mode else parsed
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        tree["name"] = f"{base.name}-{parsed}"
+        tree["callbacks"] = [
+            *tree["callbacks"],
+            {"name": "layer-schedule", "schedule": str(parsed)},
+        ]
+    result = lr_grid(
+        load_config(tree),
+        upper,
+        lower,
+        tolerance=tolerance,
+        abort_epoch=abort_epoch,
+        abort_below=abort_below,
+        runs_root=runs_dir,
+        progress=progress,
+    )
+    table = Table(title=f"learning-rate grid: {tree['name']}")
+    for h in ("lr", "stage", "best top-1 %", "at epoch", "status"):
+        table.add_column(h, justify="right")
+    for t in result.trials:
+        style = "bold green" if t.lr == result.best_lr else None
+        table.add_row(
+            f"{t.lr:.4g}", str(t.stage), f"{t.accuracy:.2f}", str(t.epoch), t.status, style=style
+        )
+    console.print(table)
+    low, high = result.lr_range
+    console.print(
+        f"best LR {result.best_lr:.4g}, best top-1 {result.best_accuracy:.2f} %, "
+        f"LR range (within {result.tolerance:g} points) {low:.4g} .. {high:.4g}"
+    )
+    out = runs_dir / f"{tree['name']}-lr-grid.json"
+    out.write_text(
+        json.dumps(
+            {
+                "best_lr": result.best_lr,
+                "best_accuracy": result.best_accuracy,
+                "lr_range": list(result.lr_range),
+                "tolerance": result.tolerance,
+                "trials": [t.__dict__ for t in result.trials],
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+    console.print(f"[green]grid:[/] {out}")

@@ -19,16 +19,20 @@ from edgetrain.finetune.costing import (
 )
 from edgetrain.finetune.depth import DepthCase, sweep_depth, trainable_forward_macs
 from edgetrain.finetune.fold import fold_batchnorm
+from edgetrain.finetune.grid import GridResult, GridTrial, lr_grid
 from edgetrain.finetune.schedule import MODES, Schedule, even_placement
 
 __all__ = [
     "MODES",
     "DepthCase",
+    "GridResult",
+    "GridTrial",
     "LayerSchedule",
     "Schedule",
     "ScheduleCost",
     "even_placement",
     "fold_batchnorm",
+    "lr_grid",
     "optimise_placement",
     "schedule_cost",
     "schedule_layers",

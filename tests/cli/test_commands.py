@@ -34,6 +34,7 @@ def test_help_lists_every_command_with_a_purpose(cli):
         ["finetune"],
         ["finetune", "run"],
         ["finetune", "sweep-depth"],
+        ["finetune", "grid"],
         ["schedule"],
         ["schedule", "show"],
         ["schedule", "suggest"],

@@ -189,3 +189,39 @@ def test_sweep_depth_end_to_end(cli, recipe, tmp_path):
         "out of range"
         in cli("finetune", "sweep-depth", "--config", str(recipe), "--depths", "99", code=2).output
     )
+
+
+def test_lr_grid_end_to_end_and_reuses_finished_trials(cli, recipe, tmp_path):
+    args = [
+        "finetune",
+        "grid",
+        "--config",
+        str(recipe),
+        "--schedule",
+        "4421",
+        "--upper",
+        "0.04",
+        "--lower",
+        "0.02",
+        "--epochs",
+        "1",
+        "--no-progress",
+    ]
+    out = cli(*args).output
+    assert "best LR" in out and "LR range" in out
+    grid = json.loads((tmp_path / "runs" / "tiny-4421-lr-grid.json").read_text())
+    coarse = sorted(t["lr"] for t in grid["trials"] if t["stage"] == 1)
+    assert coarse == pytest.approx([0.04 / 1.4**2, 0.04 / 1.4, 0.04], rel=1e-5)  # factor 1.4
+    best = max(grid["trials"], key=lambda t: (t["accuracy"], t["lr"]))
+    assert grid["best_lr"] == best["lr"]
+    low, high = grid["lr_range"]
+    assert low <= grid["best_lr"] <= high
+    stamp = {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").glob("*/summary.json")}
+    cli(*args)  # a second call reuses every finished trial
+    assert {p: p.stat().st_mtime_ns for p in stamp} == stamp
+    assert (
+        "lower <= upper"
+        in cli(
+            "finetune", "grid", "--config", str(recipe), "--upper", "0.01", "--lower", "0.1", code=2
+        ).output
+    )
