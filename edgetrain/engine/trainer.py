@@ -211,9 +211,11 @@ class Trainer:
         self.run_dir = run_dir if isinstance(run_dir, RunDirectory) else RunDirectory(run_dir)
         if self.is_main:
             self.run_dir.create()
+            # The checkpoint is written before the metrics line, so a logged epoch is
+            # always one a resume can start after.
             writers: list[Callback] = [
-                MetricsLogger(self.run_dir, monitor=self.monitor),
                 Checkpointer(self.run_dir, every=self.checkpoint_every, monitor=self.monitor),
+                MetricsLogger(self.run_dir, monitor=self.monitor),
             ]
             # Writers run after the technique callbacks and before the progress bar.
             bars = [cb for cb in self.callbacks if isinstance(cb, ProgressBar)]
