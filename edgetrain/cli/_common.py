@@ -81,3 +81,8 @@ def sigterm_as_interrupt() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def kib(value: float) -> str:
+    """Bytes as KiB with one decimal, for tables."""
+    return f"{value / 1024:,.1f}"

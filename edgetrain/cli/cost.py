@@ -9,7 +9,7 @@ from rich.table import Table
 from typer.core import TyperGroup
 
 from edgetrain import models as zoo
-from edgetrain.cli._common import console, handle_errors, parse_options
+from edgetrain.cli._common import console, handle_errors, kib, parse_options
 from edgetrain.cost import ALL, analyze, load_profile
 from edgetrain.cost.calibrate import calibrate
 from edgetrain.cost.report import CostReport, StepCost
@@ -50,10 +50,6 @@ def parse_shape(text: str) -> tuple[int, ...]:
 
 def _m(value: float) -> str:
     return f"{value / 1e6:,.3f}"
-
-
-def _kb(value: float) -> str:
-    return f"{value / 1024:,.1f}"
 
 
 def _layer_table(report: CostReport) -> Table:
@@ -100,8 +96,8 @@ def _step_row(step: StepCost, ref: StepCost) -> list[str]:
         _m(step.backward_macs),
         _m(step.step_macs),
         f"{step.step_macs / max(ref.step_macs, 1):.3f}",
-        _kb(step.memory_bytes),
-        _kb(step.memory_reuse_bytes),
+        kib(step.memory_bytes),
+        kib(step.memory_reuse_bytes),
         f"{step.memory_bytes / max(ref.memory_bytes, 1):.3f}",
         f"{step.energy_nj_per_sample:,.0f}",
         seconds,
@@ -149,8 +145,8 @@ def _steps_table(report: CostReport) -> Table:
             "",
             _m(cycle.peak_step_macs),
             f"{cycle.relative_peak_macs:.3f}",
-            _kb(cycle.peak_memory_bytes),
-            _kb(cycle.peak_memory_reuse_bytes),
+            kib(cycle.peak_memory_bytes),
+            kib(cycle.peak_memory_reuse_bytes),
             f"{cycle.relative_peak_memory:.3f}",
             "",
             "",

@@ -7,7 +7,7 @@ import typer
 from rich.table import Table
 
 from edgetrain import models as zoo
-from edgetrain.cli._common import console, handle_errors, parse_options
+from edgetrain.cli._common import console, handle_errors, kib, parse_options
 from edgetrain.cli.cost import parse_shape
 from edgetrain.errors import ConfigError, EdgetrainError
 from edgetrain.finetune import (
@@ -43,10 +43,6 @@ def _parse(text: str) -> Schedule:
         return Schedule.parse(text)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-
-
-def _kb(value: float) -> str:
-    return f"{value / 1024:,.1f}"
 
 
 @app.command("show")
@@ -99,8 +95,8 @@ def _cost_table(cost: ScheduleCost, layers: list[str]) -> Table:
             ",".join(active),
             f"{step.step_macs:,}",
             f"{step.step_macs / conv.step_macs:.3f}",
-            _kb(step.memory_bytes),
-            _kb(step.memory_reuse_bytes),
+            kib(step.memory_bytes),
+            kib(step.memory_reuse_bytes),
             f"{step.memory_bytes / conv.memory_bytes:.3f}",
         )
     table.add_row(
@@ -118,8 +114,8 @@ def _cost_table(cost: ScheduleCost, layers: list[str]) -> Table:
         "",
         f"{cost.peak_step_macs:,}",
         f"{cost.peak_step_macs / conv.step_macs:.3f}",
-        _kb(cost.peak_memory_bytes),
-        _kb(cost.peak_memory_reuse_bytes),
+        kib(cost.peak_memory_bytes),
+        kib(cost.peak_memory_reuse_bytes),
         f"{cost.relative_peak_memory:.3f}",
         style="bold",
     )
@@ -128,8 +124,8 @@ def _cost_table(cost: ScheduleCost, layers: list[str]) -> Table:
         "every trained row",
         f"{conv.step_macs:,}",
         "1.000",
-        _kb(conv.memory_bytes),
-        _kb(conv.memory_reuse_bytes),
+        kib(conv.memory_bytes),
+        kib(conv.memory_reuse_bytes),
         "1.000",
         style="dim",
     )
@@ -181,7 +177,7 @@ def suggest_command(
             f"{mean:.3f}",
             f"{c.relative_ops:.3f}",
             f"{c.peak_step_macs:,}",
-            _kb(c.peak_memory_bytes),
+            kib(c.peak_memory_bytes),
             f"{c.relative_peak_memory:.3f}",
         )
     console.print(table)
