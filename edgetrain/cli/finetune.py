@@ -9,16 +9,16 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from edgetrain.cli._common import console, handle_errors
+from edgetrain.cli._common import console, handle_errors, kib
 from edgetrain.cli.train import resolve_recipe, run_and_report
 from edgetrain.engine import load_config
 from edgetrain.errors import ConfigError
-from edgetrain.finetune import MODES, Schedule, lr_grid, sweep_depth
+from edgetrain.finetune import MODES, Schedule, compare_schedules, lr_grid, sweep_depth
 from edgetrain.report.depth import plot_depth
 
 app = typer.Typer(
-    help="Fine-tuning within a budget: layer schedules (run), the LR grid (grid) and "
-    "transfer depth (sweep-depth).",
+    help="Fine-tuning within a budget: layer schedules (run, compare), the LR grid (grid) "
+    "and transfer depth (sweep-depth).",
     epilog="Example: edgetrain finetune run --config digits-finetune --schedule 4421",
     no_args_is_help=True,
     add_completion=False,
@@ -202,3 +202,76 @@ def grid_command(
         + "\n"
     )
     console.print(f"[green]grid:[/] {out}")
+
+
+@app.command("compare")
+@handle_errors
+def compare_command(
+    config: str = typer.Option(..., help="Recipe (path or shipped name) of the scenario."),
+    schedules: str = typer.Option(
+        "4442,4432,4422,4422_m,4421,4211_m", help="Comma-separated schedules (same rows)."
+    ),
+    modes: str = typer.Option("bpls,pllr,upscaled,rdo", help="Modes to derive per schedule."),
+    upper: float = typer.Option(..., help="Highest learning rate of each grid."),
+    lower: float = typer.Option(..., help="Lowest learning rate of each grid."),
+    tolerance: float = typer.Option(1.0, help="Accuracy points below the best in the LR range."),
+    set_: list[str] = typer.Option(None, "--set", "-s", help="Override: key.sub=value."),
+    epochs: int = typer.Option(None, min=1, help="Epochs per trial."),
+    runs_dir: Path = typer.Option(Path("runs"), help="Folder holding run directories."),
+    progress: bool = typer.Option(True, help="Show progress bars."),
+) -> None:
+    """A scenario's full comparison in one command: conventional, one more layer frozen,
+    and each schedule in each mode, each with its LR grid; the scenario table as CSV.
+
+    Example: edgetrain finetune compare --config digits-finetune --upper 0.05 --lower 0.01
+    """
+    base = load_config(resolve_recipe(config), list(set_ or []), epochs=epochs)
+    try:
+        rows = compare_schedules(
+            base,
+            [s for s in schedules.split(",") if s],
+            upper,
+            lower,
+            modes=[m for m in modes.split(",") if m],
+            tolerance=tolerance,
+            runs_root=runs_dir,
+            progress=progress,
+        )
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    out = runs_dir / f"{base.name}-compare.csv"
+    with out.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0].to_dict()))
+        writer.writeheader()
+        writer.writerows(r.to_dict() for r in rows)
+    table = Table(title=f"scenario table: {base.name}")
+    for h in (
+        "schedule",
+        "mode",
+        "best LR",
+        "best top-1 %",
+        "LR range",
+        "ops/step",
+        "rel. ops",
+        "peak ops",
+        "peak mem KiB",
+        "reuse KiB",
+        "rel. mem",
+    ):
+        table.add_column(h, justify="left" if h in ("schedule", "mode") else "right")
+    for r in rows:
+        table.add_row(
+            r.schedule,
+            r.mode,
+            f"{r.best_lr:.4g}",
+            f"{r.best_accuracy:.2f}",
+            f"{r.lr_low:.3g}..{r.lr_high:.3g}",
+            f"{r.average_ops:,.0f}",
+            f"{r.relative_ops:.3f}",
+            f"{r.peak_ops:,}",
+            kib(r.peak_memory_bytes),
+            kib(r.peak_memory_reuse_bytes),
+            f"{r.relative_peak_memory:.3f}",
+        )
+    console.print(table)
+    console.print(f"[green]table:[/] {out}")

@@ -9,6 +9,7 @@ Example:
 from __future__ import annotations
 
 from edgetrain.finetune.callback import LayerSchedule
+from edgetrain.finetune.compare import ScenarioRow, compare_schedules, scenario_cases
 from edgetrain.finetune.costing import (
     ScheduleCost,
     optimise_placement,
@@ -28,12 +29,15 @@ __all__ = [
     "GridResult",
     "GridTrial",
     "LayerSchedule",
+    "ScenarioRow",
     "Schedule",
     "ScheduleCost",
+    "compare_schedules",
     "even_placement",
     "fold_batchnorm",
     "lr_grid",
     "optimise_placement",
+    "scenario_cases",
     "schedule_cost",
     "schedule_layers",
     "step_plans",

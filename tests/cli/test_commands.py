@@ -35,6 +35,7 @@ def test_help_lists_every_command_with_a_purpose(cli):
         ["finetune", "run"],
         ["finetune", "sweep-depth"],
         ["finetune", "grid"],
+        ["finetune", "compare"],
         ["schedule"],
         ["schedule", "show"],
         ["schedule", "suggest"],

@@ -225,3 +225,50 @@ def test_lr_grid_end_to_end_and_reuses_finished_trials(cli, recipe, tmp_path):
             "finetune", "grid", "--config", str(recipe), "--upper", "0.01", "--lower", "0.1", code=2
         ).output
     )
+
+
+def test_compare_builds_the_scenario_table(cli, recipe, tmp_path):
+    import csv
+
+    out = cli(
+        "finetune",
+        "compare",
+        "--config",
+        str(recipe),
+        "--schedules",
+        "4421",
+        "--modes",
+        "bpls,rdo",
+        "--upper",
+        "0.02",
+        "--lower",
+        "0.02",
+        "--epochs",
+        "1",
+        "--no-progress",
+    ).output
+    assert "scenario table" in out
+    with (tmp_path / "runs" / "tiny-compare.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [r["schedule"] for r in rows] == ["4444", "4440", "4421", "4421_rdo"]
+    rel = {r["schedule"]: float(r["relative_ops"]) for r in rows}
+    assert rel["4444"] == 1.0 and rel["4421"] < rel["4440"] < 1.0
+    assert float(rows[0]["best_lr"]) == 0.02
+    for r in rows:
+        assert (tmp_path / "runs" / f"tiny-{r['schedule']}-lr0.02" / "summary.json").is_file()
+    assert (
+        "same number of rows"
+        in cli(
+            "finetune",
+            "compare",
+            "--config",
+            str(recipe),
+            "--schedules",
+            "4421,442",
+            "--upper",
+            "0.02",
+            "--lower",
+            "0.02",
+            code=2,
+        ).output
+    )
