@@ -15,10 +15,13 @@ def report_command(
     run_dirs: list[Path] = typer.Argument(..., help="One or more run directories."),
     out: Path = typer.Option(None, "--out", "-o", help="HTML file to write."),
     title: str = typer.Option(None, help="Page title."),
+    similarity: bool = typer.Option(
+        False, help="Add per-layer distance/angle heat maps (runs with weight snapshots)."
+    ),
 ) -> None:
     """Regenerate plots and a self-contained HTML report from run directories.
 
     Example: edgetrain report runs/digits-pretrain runs/digits-finetune --out runs/report.html
     """
-    page = build_report(list(run_dirs), out, title)
+    page = build_report(list(run_dirs), out, title, similarity)
     console.print(f"[green]report:[/] {page}")

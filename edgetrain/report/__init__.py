@@ -32,6 +32,7 @@ def build_report(
     run_dirs: list[str | os.PathLike[str]],
     out: str | os.PathLike[str] | None = None,
     title: str | None = None,
+    similarity: bool = False,
 ) -> Path:
     """Regenerate plots and the HTML report of one or several runs.
 
@@ -41,6 +42,10 @@ def build_report(
             the runs' common parent folder for several (the current folder when they
             share none).
         title: page title (default from the run names).
+        similarity: add the per-layer distance/angle heat maps between the runs (they
+            need weight snapshots) and write ``<page>_similarity.csv`` beside the page.
+        similarity: add the per-layer distance/angle heat maps between the runs (they
+            need weight snapshots) and write ``similarity.csv`` beside the page.
 
     Returns:
         The path of the HTML page. Each run's own curves go to ``<run>/plots/``;
@@ -58,6 +63,14 @@ def build_report(
             parent = Path.cwd()
         page = Path(out) if out else parent / "report.html"
         images = plot_curves(runs, page.with_name(f"{page.stem}_plots"))
+    if similarity:
+        from edgetrain.analysis import similarity as compare_runs
+        from edgetrain.report.similarity import plot_similarity
+
+        result = compare_runs([r.path for r in runs], [r.name for r in runs])
+        folder = page.with_name(f"{page.stem}_plots")
+        images = [*images, *plot_similarity(result, folder)]
+        atomic_write_text(page.with_name(f"{page.stem}_similarity.csv"), result.to_csv())
     name = title or ("edgetrain report: " + ", ".join(r.name for r in runs))
     atomic_write_text(page, render_html(runs, images, name))
     return page
