@@ -18,10 +18,13 @@ def report_command(
     similarity: bool = typer.Option(
         False, help="Add per-layer distance/angle heat maps (runs with weight snapshots)."
     ),
+    baseline: list[str] = typer.Option(
+        None, help="With --similarity: run names to fit UMAP training paths on (repeatable)."
+    ),
 ) -> None:
     """Regenerate plots and a self-contained HTML report from run directories.
 
     Example: edgetrain report runs/digits-pretrain runs/digits-finetune --out runs/report.html
     """
-    page = build_report(list(run_dirs), out, title, similarity)
+    page = build_report(list(run_dirs), out, title, similarity, list(baseline or []) or None)
     console.print(f"[green]report:[/] {page}")

@@ -33,6 +33,7 @@ def build_report(
     out: str | os.PathLike[str] | None = None,
     title: str | None = None,
     similarity: bool = False,
+    baselines: list[str] | None = None,
 ) -> Path:
     """Regenerate plots and the HTML report of one or several runs.
 
@@ -44,6 +45,8 @@ def build_report(
         title: page title (default from the run names).
         similarity: add the per-layer distance/angle heat maps between the runs (they
             need weight snapshots) and write ``<page>_similarity.csv`` beside the page.
+        baselines: with ``similarity``, also draw UMAP training paths fitted on these runs
+            (names as in the report; needs the ``[analysis]`` extra).
         similarity: add the per-layer distance/angle heat maps between the runs (they
             need weight snapshots) and write ``similarity.csv`` beside the page.
 
@@ -71,6 +74,12 @@ def build_report(
         folder = page.with_name(f"{page.stem}_plots")
         images = [*images, *plot_similarity(result, folder)]
         atomic_write_text(page.with_name(f"{page.stem}_similarity.csv"), result.to_csv())
+        if baselines:
+            from edgetrain.analysis import trajectories
+            from edgetrain.report.similarity import plot_trajectories
+
+            points = trajectories([r.path for r in runs], baselines, names=[r.name for r in runs])
+            images.append(plot_trajectories(points, folder))
     name = title or ("edgetrain report: " + ", ".join(r.name for r in runs))
     atomic_write_text(page, render_html(runs, images, name))
     return page

@@ -100,3 +100,22 @@ def test_report_with_similarity(tmp_path):
     assert (tmp_path / "cmp_plots" / "similarity_angle.png").is_file()
     assert (tmp_path / "cmp_similarity.csv").is_file()
     assert page.read_text().count("data:image/png;base64,") == 4
+
+
+def test_umap_trajectories_fit_on_baselines(tmp_path):
+    pytest.importorskip("umap")
+    from edgetrain.analysis import trajectories
+
+    runs = [_run(tmp_path / n, lr, epochs=4) for n, lr in (("a", 0.1), ("b", 0.2), ("c", 0.3))]
+    points = trajectories(runs, baselines=["a", "b"])
+    layers = {p.layer for p in points}
+    assert layers == {"0", "2"}
+    assert len(points) == len(layers) * 3 * 5  # (layer, run, epoch 0..4)
+    for layer in layers:
+        for run in "abc":
+            path = [p for p in points if p.layer == layer and p.run == run]
+            assert sum(p.best for p in path) == 1
+            assert all(p.baseline == (run in "ab") for p in path)
+            assert all(math.isfinite(p.x) and math.isfinite(p.y) for p in path)
+    with pytest.raises(EdgetrainError, match="not among the runs"):
+        trajectories(runs, baselines=["zz"])
