@@ -215,6 +215,7 @@ def compare_command(
     upper: float = typer.Option(..., help="Highest learning rate of each grid."),
     lower: float = typer.Option(..., help="Lowest learning rate of each grid."),
     tolerance: float = typer.Option(1.0, help="Accuracy points below the best in the LR range."),
+    profile: str = typer.Option("reference", help="Cost-model profile for the cost columns."),
     set_: list[str] = typer.Option(None, "--set", "-s", help="Override: key.sub=value."),
     epochs: int = typer.Option(None, min=1, help="Epochs per trial."),
     runs_dir: Path = typer.Option(Path("runs"), help="Folder holding run directories."),
@@ -236,6 +237,7 @@ def compare_command(
             tolerance=tolerance,
             runs_root=runs_dir,
             progress=progress,
+            profile=profile,
         )
     except ValueError as exc:
         raise ConfigError(str(exc)) from None

@@ -71,13 +71,15 @@ def compare_schedules(
     tolerance: float = 1.0,
     runs_root: str | Path = "runs",
     progress: bool = True,
+    profile: str | Path = "reference",
     **grid_options: Any,
 ) -> list[ScenarioRow]:
-    """Run every case of :func:`scenario_cases` with an LR grid; one row per case."""
+    """Run every case of :func:`scenario_cases` with an LR grid; one row per case (costs
+    under ``profile``; ops are its calibrated estimate when it is not ``reference``)."""
     model = models.create(config.model.name, **config.model.options)
     shape = tuple(model.input_shape)
     cases = scenario_cases(schedules, modes)
-    reference = schedule_cost(model, shape, cases[0])
+    reference = schedule_cost(model, shape, cases[0], profile=profile)
     rows = []
     for case in cases:
         tree = config.to_dict()
@@ -93,7 +95,7 @@ def compare_schedules(
             **grid_options,
         )
         placed = optimise_placement(case, model, shape) if case.memory_optimised else case
-        cost = schedule_cost(model, shape, placed)  # the placement the run's callback uses
+        cost = schedule_cost(model, shape, placed, profile=profile)  # as the run places it
         rows.append(
             ScenarioRow(
                 schedule=str(case),
