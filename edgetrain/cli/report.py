@@ -21,10 +21,17 @@ def report_command(
     baseline: list[str] = typer.Option(
         None, help="With --similarity: run names to fit UMAP training paths on (repeatable)."
     ),
+    scenario: bool = typer.Option(
+        False,
+        help="Add accuracy vs cumulative MACs, best-so-far and ops-to-target (the "
+        "first run is the reference).",
+    ),
 ) -> None:
     """Regenerate plots and a self-contained HTML report from run directories.
 
     Example: edgetrain report runs/digits-pretrain runs/digits-finetune --out runs/report.html
     """
-    page = build_report(list(run_dirs), out, title, similarity, list(baseline or []) or None)
+    page = build_report(
+        list(run_dirs), out, title, similarity, list(baseline or []) or None, scenario
+    )
     console.print(f"[green]report:[/] {page}")

@@ -34,6 +34,7 @@ def build_report(
     title: str | None = None,
     similarity: bool = False,
     baselines: list[str] | None = None,
+    scenario: bool = False,
 ) -> Path:
     """Regenerate plots and the HTML report of one or several runs.
 
@@ -47,6 +48,9 @@ def build_report(
             need weight snapshots) and write ``<page>_similarity.csv`` beside the page.
         baselines: with ``similarity``, also draw UMAP training paths fitted on these runs
             (names as in the report; needs the ``[analysis]`` extra).
+        scenario: add the operations-aware comparison (accuracy vs cumulative MACs,
+            best-so-far, epochs-to-target vs ops saved), the first run as reference, and
+            write ``<page>_scenario.csv``.
         similarity: add the per-layer distance/angle heat maps between the runs (they
             need weight snapshots) and write ``similarity.csv`` beside the page.
 
@@ -80,6 +84,19 @@ def build_report(
 
             points = trajectories([r.path for r in runs], baselines, names=[r.name for r in runs])
             images.append(plot_trajectories(points, folder))
+    if scenario:
+        from edgetrain.report.scenario import plot_scenario, run_ops
+
+        ops = run_ops(runs)
+        images.append(plot_scenario(runs, ops, page.with_name(f"{page.stem}_plots")))
+        lines = ["run,step_macs,relative_ops,epochs_to_target,macs_to_target"]
+        lines += [
+            f"{o.name},{o.step_macs:.0f},{o.relative_ops:.4f},"
+            f"{'' if o.epochs_to_target is None else o.epochs_to_target},"
+            f"{'' if o.macs_to_target is None else f'{o.macs_to_target:.0f}'}"
+            for o in ops
+        ]
+        atomic_write_text(page.with_name(f"{page.stem}_scenario.csv"), "\n".join(lines) + "\n")
     name = title or ("edgetrain report: " + ", ".join(r.name for r in runs))
     atomic_write_text(page, render_html(runs, images, name))
     return page

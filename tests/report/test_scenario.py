@@ -1,0 +1,58 @@
+"""The operations-aware scenario comparison: step MACs from the cost model, MACs and
+epochs to reach the reference run's best accuracy."""
+
+from __future__ import annotations
+
+import pytest
+
+import edgetrain.finetune  # noqa: F401  (registers the layer-schedule callback)
+from edgetrain.engine import load_config, start_run
+from edgetrain.finetune import Schedule, schedule_cost
+from edgetrain.models import create
+from edgetrain.report import build_report, load_runs
+from edgetrain.report.scenario import run_ops
+
+
+def _tree(name: str, callbacks: list) -> dict:
+    return {
+        "name": name,
+        "epochs": 2,
+        "data": {"name": "digits", "options": {"test_fraction": 0.5}, "batch_size": 16},
+        "model": {"name": "vgg_small", "options": {"input_size": 8}},
+        "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9},
+        "callbacks": callbacks,
+    }
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    start_run(load_config(_tree("conv", [])), root, progress=False)
+    sched = [{"name": "layer-schedule", "schedule": "4421"}]
+    start_run(load_config(_tree("sched", sched)), root, progress=False)
+    return [root / "conv", root / "sched"]
+
+
+def test_step_macs_follow_the_cost_model(runs):
+    ops = run_ops(load_runs(runs))
+    model = create("vgg_small", in_channels=1, num_classes=10, input_size=8)
+    expected = schedule_cost(model, (1, 8, 8), Schedule.parse("4421"), batch_size=16)
+    assert ops[1].step_macs == pytest.approx(expected.average_step_macs)
+    assert ops[0].relative_ops == 1.0
+    assert ops[1].relative_ops == pytest.approx(ops[1].step_macs / ops[0].step_macs)
+    assert ops[1].relative_ops < 1.0
+    # the reference reaches its own best, after step count x step MACs operations
+    records = load_runs(runs)[0].metrics
+    best = max(records, key=lambda m: m["val_top1"])
+    first = next(m for m in records if m["val_top1"] >= best["val_top1"])
+    assert ops[0].epochs_to_target == first["epoch"]
+    assert ops[0].macs_to_target == pytest.approx(ops[0].step_macs * first["step"])
+
+
+def test_report_with_scenario(runs, tmp_path):
+    page = build_report(runs, tmp_path / "s.html", scenario=True)
+    assert (tmp_path / "s_plots" / "scenario.png").is_file()
+    lines = (tmp_path / "s_scenario.csv").read_text().splitlines()
+    assert lines[0] == "run,step_macs,relative_ops,epochs_to_target,macs_to_target"
+    assert len(lines) == 3 and lines[1].startswith("conv,")
+    assert page.read_text().count("data:image/png;base64,") == 3
