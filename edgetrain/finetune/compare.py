@@ -17,7 +17,7 @@ from edgetrain import models
 from edgetrain.engine import RunConfig, load_config
 from edgetrain.finetune.costing import optimise_placement, schedule_cost
 from edgetrain.finetune.grid import lr_grid
-from edgetrain.finetune.schedule import Schedule
+from edgetrain.finetune.schedule import DIGITS, Schedule
 
 __all__ = ["ScenarioRow", "compare_schedules", "scenario_cases"]
 
@@ -51,8 +51,7 @@ def scenario_cases(schedules: Sequence[str], modes: Sequence[str]) -> list[Sched
     if any(p.rows != rows for p in parsed):
         raise ValueError("every schedule of a comparison needs the same number of rows")
     t = parsed[0].cycle_length
-    digits = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
-    cases = [Schedule.parse(digits[t] * rows), Schedule.parse(digits[t] * (rows - 1) + "0")]
+    cases = [Schedule.parse(DIGITS[t] * rows), Schedule.parse(DIGITS[t] * (rows - 1) + "0")]
     for p in parsed:
         for mode in modes:
             cases.append(p.in_mode(mode))

@@ -13,7 +13,7 @@ from pathlib import Path
 from torch import nn
 
 from edgetrain.cost import DeviceProfile, StepCost, analyze
-from edgetrain.finetune.schedule import Schedule, even_placement
+from edgetrain.finetune.schedule import DIGITS, Schedule, even_placement
 from edgetrain.models import parameter_layers
 
 __all__ = [
@@ -207,12 +207,11 @@ def suggest_schedules(
     table = _PlanCosts(
         model, input_shape, profile=profile, optimizer=optimizer, batch_size=batch_size
     )
-    digits = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
     fits = []
     for n in range(1, rows + 1):
         for tail in itertools.combinations_with_replacement(range(cycle, 0, -1), n - 1):
             counts = (cycle, *tail)
-            text = "".join(digits[c] for c in counts) + ("_m" if min(counts) < cycle else "")
+            text = "".join(DIGITS[c] for c in counts) + ("_m" if min(counts) < cycle else "")
             c = _cost(Schedule.parse(text), model, table)
             if max_ops_per_step is not None and c.peak_step_macs > max_ops_per_step:
                 continue

@@ -20,15 +20,16 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-__all__ = ["MODES", "Schedule", "even_placement"]
+__all__ = ["DIGITS", "MODES", "Schedule", "even_placement"]
 
 MODES = ("conventional", "bpls", "pllr", "upscaled", "rdo")
-_DIGITS = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+# Characters of the notation: a digit per layer, "A" = 10 ... "Z" = 35.
+DIGITS = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 _NOTATION = re.compile(r"^(?P<counts>[0-9A-Za-z]+)(?P<suffixes>(_(m|rdo|lr[0-9A-Za-z]+))*)$")
 
 
 def _digit(ch: str, text: str) -> int:
-    value = _DIGITS.find(ch.upper())
+    value = DIGITS.find(ch.upper())
     if value < 0:
         raise ValueError(f"schedule '{text}': unknown character '{ch}' (use 0-9 and A-Z)")
     return value
@@ -227,8 +228,8 @@ class Schedule:
             raise ValueError(f"unknown mode '{mode}'; choose one of: {', '.join(MODES)}")
         counts = self.counts or tuple(sum(r) for r in self.pattern)
         t = self.cycle_length
-        digits = "".join(_DIGITS[c] for c in counts)
-        full = "".join(_DIGITS[t if c else 0] for c in counts)
+        digits = "".join(DIGITS[c] for c in counts)
+        full = "".join(DIGITS[t if c else 0] for c in counts)
         memory = "_m" if self.memory_optimised else ""
         text = {
             "conventional": full,
