@@ -16,6 +16,7 @@ from edgetrain.cli import finetune as _finetune
 from edgetrain.cli import schedule as _schedule
 from edgetrain.cli.demo import demo_command
 from edgetrain.cli.models import models_command
+from edgetrain.cli.prune import grow_command, prune_train_command
 from edgetrain.cli.report import report_command
 from edgetrain.cli.train import train_command
 
@@ -49,6 +50,8 @@ def _root(
 
 app.command("demo")(demo_command)
 app.command("train")(train_command)
+app.command("prune-train")(prune_train_command)
+app.command("grow")(grow_command)
 app.command("report")(report_command)
 app.add_typer(_data.app, name="data")
 app.add_typer(_cost.app, name="cost")

@@ -66,6 +66,9 @@ def train_command(
     seed: int = typer.Option(None, help="Random seed."),
     name: str = typer.Option(None, help="Run name (the folder under --runs-dir)."),
     device: str = typer.Option(None, help="auto, cpu, cuda, cuda:1 ..."),
+    precision: str = typer.Option(
+        None, help="32, 16-mixed or bf16-mixed (autocast, FP32 master weights)."
+    ),
     runs_dir: Path = typer.Option(Path("runs"), help="Folder holding run directories."),
     resume: Path = typer.Option(
         None, help="Continue the interrupted run in this directory from its last epoch."
@@ -90,6 +93,7 @@ def train_command(
                 ("--seed", seed),
                 ("--name", name),
                 ("--device", device),
+                ("--precision", precision),
                 ("--full", full),
             )
             if value
@@ -105,7 +109,7 @@ def train_command(
         raise ConfigError("pass a recipe (e.g. recipes/digits-pretrain.yaml) or --resume")
     cfg = load_config(
         resolve_recipe(config),
-        list(set_ or []),
+        [*(set_ or []), *([f"precision={precision}"] if precision else [])],
         full=full,
         epochs=epochs,
         seed=seed,

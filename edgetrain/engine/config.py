@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -29,6 +29,7 @@ from edgetrain.engine.callbacks.registry import CALLBACKS
 from edgetrain.engine.optim import OPTIMIZERS, SCHEDULER_ARGS, SCHEDULERS
 from edgetrain.errors import ConfigError, EdgetrainError
 from edgetrain.models import MODELS
+from edgetrain.models.surgery import GROW_OPS
 from edgetrain.registry import Registry, check_kwargs
 
 __all__ = [
@@ -112,13 +113,27 @@ class DataConfig(_Strict):
 
 
 class ModelConfig(_Strict):
-    """Which model, optional initial weights, and layers to freeze."""
+    """Which model, optional initial weights, growth operations, and layers to freeze."""
 
     name: str
     options: dict[str, Any] = Field(default_factory=dict)
     init_from: str | None = None
     init_exclude: list[str] = Field(default_factory=list)
+    # Net2Net growth applied after loading init_from: [{op: widen, layer: conv2, width: 32}]
+    grow: list[dict[str, Any]] = Field(default_factory=list)
+    grow_init: Literal["net2net", "random"] = "net2net"
     freeze: list[str] = Field(default_factory=list)
+
+    @field_validator("grow")
+    @classmethod
+    def _grow(cls, v: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        for i, op in enumerate(v):
+            if GROW_OPS and op.get("op") not in GROW_OPS:
+                raise ValueError(
+                    f"grow[{i}]: unknown op {op.get('op')!r}; choose one of: "
+                    f"{', '.join(sorted(GROW_OPS))}"
+                )
+        return v
 
     @field_validator("name")
     @classmethod
@@ -139,6 +154,7 @@ class RunConfig(_Strict):
     seed: int = 0
     deterministic: bool = False
     device: str = "auto"
+    precision: Literal["32", "16-mixed", "bf16-mixed"] = "32"
     data: DataConfig
     model: ModelConfig
     # The same default as the Trainer's: SGD, lr 0.01, momentum 0.9.

@@ -12,7 +12,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -20,7 +20,13 @@ from torch.optim import lr_scheduler
 
 from edgetrain.registry import Registry, check_kwargs
 
-__all__ = ["OPTIMIZERS", "SCHEDULERS", "build_optimizer", "build_scheduler", "scheduler_interval"]
+__all__ = [
+    "OPTIMIZERS",
+    "SCHEDULERS",
+    "build_optimizer", "build_scheduler",
+    "rebind_parameters",
+    "scheduler_interval",
+]
 
 OPTIMIZERS: Registry[torch.optim.Optimizer] = Registry("optimizer")
 SCHEDULERS: Registry[Any] = Registry("scheduler")
@@ -202,3 +208,59 @@ def scheduler_interval(scheduler: Any) -> str:
         return str(interval)
     per_batch = (lr_scheduler.OneCycleLR, lr_scheduler.CyclicLR)
     return "step" if isinstance(scheduler, per_batch) else "epoch"
+
+
+StateMap = Callable[[str, torch.Tensor, dict[str, Any]], dict[str, Any]]
+
+
+def rebind_parameters(
+    optimizer: torch.optim.Optimizer,
+    old_names: dict[int, str],
+    model: torch.nn.Module,
+    state_map: StateMap | None = None,
+) -> None:
+    """Point ``optimizer`` at ``model``'s current parameters after modules were rebuilt.
+
+    Parameters are matched by name (``old_names`` maps ``id(old_param)`` to its name).
+    Parameters that no longer exist leave the optimizer with their state; new ones join
+    the group of the first vanished parameter with the same owner prefix (else the first
+    group); the optimizer must not have trained them before.
+
+    Args:
+        optimizer: the optimizer to update in place.
+        old_names: ``{id(p): name for name, p in model.named_parameters()}`` taken before
+            the rebuild.
+        model: the rebuilt model.
+        state_map: ``f(name, new_param, old_state) -> new_state`` to adapt per-parameter
+            state (e.g. slice momentum buffers); default keeps the state as it is.
+    """
+    current = dict(model.named_parameters())
+    placed: set[str] = set()
+    vanished_group: dict[str, int] = {}
+    for gi, group in enumerate(optimizer.param_groups):
+        kept = []
+        for p in group["params"]:
+            name = old_names.get(id(p))
+            state = optimizer.state.pop(p, None)
+            if name is None or name not in current:
+                if name is not None:
+                    vanished_group.setdefault(name.rsplit(".", 2)[0], gi)
+                continue
+            new = current[name]
+            if state is not None:
+                optimizer.state[new] = state_map(name, new, state) if state_map else state
+            kept.append(new)
+            placed.add(name)
+        group["params"] = kept
+    known = set(old_names.values())
+    for name, p in current.items():
+        if name in placed or name in known:
+            continue  # new parameters only; ones the optimizer never trained stay out
+        group = vanished_group.get(name.rsplit(".", 2)[0], 0)
+        optimizer.param_groups[group]["params"].append(p)
+    # Model order, whatever order the parameters joined in: optimizer state dicts match
+    # parameters by position, so a run rebuilt in several steps and its resumption (one
+    # rebuild from the checkpoint) must list them alike.
+    position = {id(p): i for i, p in enumerate(current.values())}
+    for group in optimizer.param_groups:
+        group["params"].sort(key=lambda p: position[id(p)])

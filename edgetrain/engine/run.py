@@ -21,12 +21,18 @@ from edgetrain import data as data_sets
 from edgetrain import models
 from edgetrain.cost import trace
 from edgetrain.engine.callbacks.registry import CALLBACKS
-from edgetrain.engine.checkpoint import load_checkpoint, load_model_weights, resolve_checkpoint
+from edgetrain.engine.checkpoint import (
+    load_checkpoint,
+    load_model_weights,
+    resolve_checkpoint,
+    restore_saved_architecture,
+)
 from edgetrain.engine.config import RunConfig, load_config
 from edgetrain.engine.optim import SCHEDULERS, build_optimizer, build_scheduler
 from edgetrain.engine.rundir import RunDirectory
 from edgetrain.engine.trainer import Trainer
 from edgetrain.errors import CheckpointError, ConfigError, EdgetrainError, one_line
+from edgetrain.models.surgery import apply_grow_ops
 
 __all__ = [
     "RunResult",
@@ -89,14 +95,28 @@ def build_model(
     with _building(f"model '{config.model.name}'"):
         model = models.create(config.model.name, **options)
     _check_input(model, config.model.name, input_shape)
-    if config.model.init_from and load_init:
+    init_arch: dict[str, Any] = {}
+    if config.model.init_from and (load_init or Path(config.model.init_from).exists()):
+        # On resume only the architecture is taken (pruned or grown); last.pt has weights.
         path = resolve_checkpoint(config.model.init_from, prefer="best")
         ckpt = load_checkpoint(path)
-        exclude = [n for n, _ in models.select_modules(model, config.model.init_exclude)]
-        load_model_weights(model, ckpt["model"], str(path), tuple(exclude))
+        exclude = tuple(n for n, _ in models.select_modules(model, config.model.init_exclude))
+        restore_saved_architecture(model, ckpt, exclude)
+        if load_init:
+            load_model_weights(model, ckpt["model"], str(path), exclude)
+        init_arch = ckpt.get("architecture") or {}
+    architecture: dict[str, Any] = {"name": config.model.name, "options": options}
+    grown = [*init_arch.get("grown", []), *config.model.grow]
+    if config.model.grow:
+        with _building("model.grow"):
+            apply_grow_ops(model, config.model.grow, init=config.model.grow_init)
+    if grown:
+        architecture["grown"] = grown
+    if init_arch.get("pruned"):
+        architecture.update(pruned=True, bypassed=init_arch.get("bypassed", []))
     if config.model.freeze:
         models.freeze(model, config.model.freeze)
-    return model, {"name": config.model.name, "options": options}
+    return model, architecture
 
 
 def _check_input(model: torch.nn.Module, name: str, input_shape: tuple[int, ...]) -> None:
@@ -152,6 +172,7 @@ def build_trainer(
         device=config.device,
         seed=config.seed,
         deterministic=config.deterministic,
+        precision=config.precision,
         progress=progress,
         checkpoint_every=config.checkpoint_every,
         architecture={**architecture, "data": info.name, "input_shape": list(info.input_shape)},
@@ -237,5 +258,6 @@ def load_trained_model(path: str | Path, prefer: str = "best") -> torch.nn.Modul
             "load its weights with edgetrain.engine.load_model_weights"
         )
     model = models.create(arch["name"], **arch.get("options", {}))
+    restore_saved_architecture(model, ckpt)
     load_model_weights(model, ckpt["model"], str(file))
     return model.eval()

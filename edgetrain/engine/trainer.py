@@ -21,14 +21,20 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from edgetrain.engine.callback import Callback
 from edgetrain.engine.callbacks import Checkpointer, MetricsLogger, ProgressBar
-from edgetrain.engine.checkpoint import FORMAT, load_checkpoint, load_model_weights
+from edgetrain.engine.checkpoint import (
+    FORMAT,
+    load_checkpoint,
+    load_model_weights,
+    restore_saved_architecture,
+)
 from edgetrain.engine.distributed import DistInfo, all_reduce_sum, init_distributed
 from edgetrain.engine.evaluate import evaluate
-from edgetrain.engine.optim import scheduler_interval
+from edgetrain.engine.optim import rebind_parameters, scheduler_interval
+from edgetrain.engine.precision import Precision
 from edgetrain.engine.rundir import RunDirectory
 from edgetrain.engine.seeding import epoch_seed, seed_everything, set_deterministic
 from edgetrain.engine.state import TrainState
-from edgetrain.errors import CheckpointError
+from edgetrain.errors import CheckpointError, ConfigError
 
 __all__ = ["Trainer", "select_device"]
 
@@ -99,6 +105,7 @@ class Trainer:
         checkpoint_every: int = 1,
         monitor: str = "val_top1",
         architecture: dict[str, Any] | None = None,
+        precision: str = "32",
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -118,6 +125,7 @@ class Trainer:
             num_workers,
         )
         self.architecture = architecture
+        self.precision = Precision(precision, self.device)
         self.state = TrainState()
         self._loader_generator = torch.Generator()
         self.train_loader = self._make_train_loader(data)
@@ -228,6 +236,21 @@ class Trainer:
         self.model = model.to(self.device)
         self._forward_model = self._wrap(self.model)
 
+    def set_batch_size(self, batch_size: int) -> None:
+        """Train with a new batch size from the next epoch on (adaptive batch size)."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if batch_size == self.batch_size:
+            return
+        dataset = getattr(self.train_loader, "dataset", None)
+        if dataset is None or self.train_loader.batch_size != self.batch_size:
+            raise ConfigError(
+                "the batch size of a DataLoader given to the Trainer cannot change; "
+                "pass the Dataset instead"
+            )
+        self.batch_size = batch_size
+        self.train_loader = self._make_train_loader(dataset)
+
     def log(self, **values: float) -> None:
         """Add values to the current epoch's metrics record (callbacks use this)."""
         self._record.update(values)
@@ -291,6 +314,7 @@ class Trainer:
             )
         )
         model, fmodel = self.model, self._forward_model
+        amp = self.precision if self.precision.enabled else None
         optimizer, device = self.optimizer, self.device
         loss_sum = torch.zeros((), dtype=torch.float64, device=device)
         correct_sum = torch.zeros((), dtype=torch.int64, device=device)
@@ -304,19 +328,30 @@ class Trainer:
             targets = targets.to(device, non_blocking=True)
             for cb in fwd:
                 cb.before_forward(self, model, inputs)
-            outputs = fmodel(inputs)
-            loss = self.loss_fn(outputs, targets)
+            if amp is None:
+                outputs = fmodel(inputs)
+                loss = self.loss_fn(outputs, targets)
+            else:
+                with amp.autocast():
+                    outputs = fmodel(inputs)
+                    loss = self.loss_fn(outputs, targets)
             for cb in on_loss:
                 new_loss = cb.on_loss(self, model, loss)
                 if new_loss is not None:
                     loss = new_loss
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            if amp is None:
+                loss.backward()
+            else:
+                amp.backward(loss, optimizer)
             for cb in after_bwd:
                 cb.after_backward(self, model)
             for cb in before_step:
                 cb.before_optimizer_step(self, model, optimizer)
-            optimizer.step()
+            if amp is None:
+                optimizer.step()
+            else:
+                amp.step(optimizer)
             if step_scheduler:
                 self.scheduler.step()
             self.state.global_step += 1
@@ -361,6 +396,7 @@ class Trainer:
         record["eval_time"] = time.perf_counter() - started - train_seconds
         self.state.epoch += 1
         self.state.history.append(record)
+        self._record = record  # values logged at epoch end land in this epoch's record
         self._call("on_epoch_end")
 
     def describe(self, epochs: int) -> dict[str, Any]:
@@ -375,6 +411,7 @@ class Trainer:
             "deterministic": self.deterministic,
             "device": str(self.device),
             "batch_size": self.batch_size,
+            "precision": self.precision.precision,
             "model": self.architecture or {"class": type(self.model).__name__},
             "optimizer": {"class": type(opt).__name__, **hyper},
             "scheduler": None if self.scheduler is None else type(self.scheduler).__name__,
@@ -392,11 +429,18 @@ class Trainer:
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "callbacks": {cb.state_key: cb.state_dict() for cb in self.callbacks},
             "trainer": {**self.state.state_dict(), "seed": self.seed},
+            "precision": self.precision.state_dict(),
         }
 
     def load_checkpoint(self, path: str | Path) -> None:
         """Restore a checkpoint written by this Trainer so that ``fit`` continues the run."""
         ckpt = load_checkpoint(path, map_location=self.device)
+        old_names = {id(p): n for n, p in self.model.named_parameters()}
+        if restore_saved_architecture(self.model, ckpt, replay_growth=False):
+            # The run was pruned since it started: take the saved shape.
+            self.architecture = {**(self.architecture or {}), **ckpt["architecture"]}
+            self.replace_model(self.model)
+            rebind_parameters(self.optimizer, old_names, self.model)
         load_model_weights(self.model, ckpt["model"], str(path))
         try:
             self.optimizer.load_state_dict(ckpt["optimizer"])
@@ -412,3 +456,4 @@ class Trainer:
             if cb.state_key in states:
                 cb.load_state_dict(states[cb.state_key])
         self.state.load_state_dict(ckpt["trainer"])
+        self.precision.load_state_dict(ckpt.get("precision") or {})

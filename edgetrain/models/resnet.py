@@ -16,6 +16,7 @@ from torch import nn
 
 from edgetrain.models.layers import ZooModel, init_weights
 from edgetrain.models.registry import MODELS
+from edgetrain.models.surgery import ResidualBypass
 
 __all__ = ["BasicBlock", "CifarResNet", "resnet20", "resnet32", "resnet56", "resnet_cifar"]
 
@@ -25,6 +26,10 @@ BOTTLENECK_EXPANSION = 4
 
 class _PadShortcut(nn.Module):
     """Parameter-free shortcut ("option A"): subsample spatially, zero-pad channels."""
+
+    # A dependency graph reads the channel padding as a one-to-one channel map, which it
+    # is not: the channels on either side of this shortcut cannot be pruned or grown.
+    traceable_channels = False
 
     def __init__(self, in_channels: int, out_channels: int, stride: int) -> None:
         super().__init__()
@@ -86,6 +91,21 @@ class BasicBlock(nn.Module):
                 out = self._modules[f"relu{j}"](out)
         identity = self.shortcut(x) if hasattr(self, "shortcut") else x
         return self.relu(out + identity)
+
+    def bypass(self) -> ResidualBypass:
+        """This block once its residual branch carries no signal (its last conv sees only
+        zeros): ``relu(shortcut(x) + c)``, with ``c`` what the last conv-BN makes of zeros
+        in eval mode. Exact in eval mode; ``c`` trains on as a bias."""
+        conv = self._modules[f"conv{self.depth}"]
+        bn = self._modules[f"bn{self.depth}"]
+        with torch.no_grad():
+            zero = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+            scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+            const = (zero - bn.running_mean) * scale + bn.bias
+        bypass = ResidualBypass(getattr(self, "shortcut", None), const.numel())
+        with torch.no_grad():
+            bypass.offset.bias.copy_(const)
+        return bypass.to(const.device)
 
 
 class CifarResNet(ZooModel):

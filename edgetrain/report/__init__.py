@@ -15,6 +15,7 @@ from edgetrain.engine.rundir import atomic_write_text
 from edgetrain.report.extract import RunRecord, load_run, load_runs, series
 from edgetrain.report.html import render_html, summary_rows
 from edgetrain.report.plots import plot_curves
+from edgetrain.report.pruning import is_pruning_run, plot_pruning
 
 __all__ = [
     "RunRecord",
@@ -50,7 +51,8 @@ def build_report(
             (names as in the report; needs the ``[analysis]`` extra).
         scenario: add the operations-aware comparison (accuracy vs cumulative MACs,
             best-so-far, epochs-to-target vs ops saved), the first run as reference, and
-            write ``<page>_scenario.csv``.
+            write ``<page>_scenario.csv``. Conventional runs at N and N+1 frozen layers
+            (e.g. ``4444`` and ``4440``) are drawn as dashed reference lines.
         similarity: add the per-layer distance/angle heat maps between the runs (they
             need weight snapshots) and write ``similarity.csv`` beside the page.
 
@@ -61,6 +63,8 @@ def build_report(
     runs = load_runs(list(run_dirs))
     for run in runs:
         plot_curves([run], run.path / "plots")
+        if is_pruning_run(run):
+            plot_pruning([run], run.path / "plots")
     if len(runs) == 1:
         page = Path(out) if out else runs[0].path / "report.html"
         images = sorted((runs[0].path / "plots").glob("*.png"))
@@ -70,6 +74,8 @@ def build_report(
             parent = Path.cwd()
         page = Path(out) if out else parent / "report.html"
         images = plot_curves(runs, page.with_name(f"{page.stem}_plots"))
+        if any(is_pruning_run(r) for r in runs):
+            images += plot_pruning(runs, page.with_name(f"{page.stem}_plots"))
     if similarity:
         from edgetrain.analysis import similarity as compare_runs
         from edgetrain.report.similarity import plot_similarity

@@ -57,7 +57,7 @@ def test_a_valid_recipe_loads_with_defaults_filled_in() -> None:
         ({"model__init": "x.pt"}, ["'init'", "in model", "init_from"]),
         ({"data__name": "digitz"}, ["data.name", "'digitz'", "digits-32"]),
         ({"model__name": "vgg"}, ["model.name", "'vgg'", "vgg_small"]),
-        ({"optimizer": {"name": "sgdd"}}, ["optimizer", "'sgdd'", "adam, adamw, sgd"]),
+        ({"optimizer": {"name": "sgdd"}}, ["optimizer", "'sgdd'", "adam, adamw", "sgd"]),
         ({"scheduler": {"name": "cos"}}, ["scheduler", "'cos'", "cosine"]),
         ({"callbacks": [{"name": "early"}]}, ["callbacks", "'early'", "early-stopping"]),
         ({"data__augment": ["blur"]}, ["data.augment", "'blur'", "crop, flip"]),

@@ -1,0 +1,160 @@
+"""``edgetrain prune-train`` (shrink while training) and ``edgetrain grow`` (Net2Net)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from edgetrain.cli._common import console, handle_errors
+from edgetrain.cli.train import resolve_recipe, run_and_report
+from edgetrain.engine import load_config
+from edgetrain.errors import ConfigError
+from edgetrain.prune import batch as _batch  # noqa: F401  (registers adaptive-batch)
+from edgetrain.prune import callback as _callback  # noqa: F401  (registers prunetrain)
+from edgetrain.prune import grow as _grow  # noqa: F401  (registers widen/deepen)
+from edgetrain.prune.callback import PENALTY_MODES
+from edgetrain.report.extract import load_run
+from edgetrain.report.pruning import pruning_rows
+
+__all__ = ["grow_command", "prune_train_command"]
+
+
+@handle_errors
+def prune_train_command(
+    config: str = typer.Argument(..., help="YAML recipe (path, or name of a shipped recipe)."),
+    ratio: float = typer.Option(0.2, help="Group-lasso penalty ratio in (0, 1)."),
+    interval: int = typer.Option(10, min=1, help="Epochs between reconfigurations."),
+    threshold: float = typer.Option(1e-4, min=0.0, help="Weights below it are zeroed."),
+    stop_epoch: int = typer.Option(None, min=1, help="No reconfiguration after this epoch."),
+    penalty: str = typer.Option(
+        "loss", help=f"How the penalty is applied: {', '.join(PENALTY_MODES)}."
+    ),
+    set_: list[str] = typer.Option(None, "--set", "-s", help="Override: key.sub=value."),
+    epochs: int = typer.Option(None, min=1, help="Number of epochs."),
+    seed: int = typer.Option(None, help="Random seed."),
+    precision: str = typer.Option(None, help="32, 16-mixed or bf16-mixed."),
+    adaptive_batch: bool = typer.Option(
+        False, help="Grow the batch as the model shrinks (constant step memory, linear LR)."
+    ),
+    name: str = typer.Option(None, help="Run name (default: <recipe name>-prunetrain<ratio>)."),
+    runs_dir: Path = typer.Option(Path("runs"), help="Folder holding run directories."),
+    full: bool = typer.Option(False, help="Apply the recipe's 'full:' section."),
+    overwrite: bool = typer.Option(False, help="Replace an existing run directory."),
+    progress: bool = typer.Option(True, help="Show a progress bar."),
+    report: bool = typer.Option(True, help="Write plots and report.html at the end."),
+) -> None:
+    """Train with PruneTrain: group lasso plus channel removal every --interval epochs,
+    keeping the optimizer state. Resume with 'edgetrain train --resume runs/<name>'.
+
+    Example: edgetrain prune-train digits-resnet20 --ratio 0.2 --interval 5 --epochs 30
+    """
+    overrides = [*(set_ or []), *([f"precision={precision}"] if precision else [])]
+    base = load_config(resolve_recipe(config), overrides, full=full, epochs=epochs, seed=seed)
+    tree = base.to_dict()
+    tree["name"] = name or f"{base.name}-prunetrain{ratio:g}"
+    tree["callbacks"] = [
+        *tree["callbacks"],
+        {
+            "name": "prunetrain",
+            "ratio": ratio,
+            "interval": interval,
+            "threshold": threshold,
+            "stop_epoch": stop_epoch,
+            "penalty": penalty,
+        },
+        *([{"name": "adaptive-batch"}] if adaptive_batch else []),
+    ]
+    cfg = load_config(tree)
+    run_and_report(cfg, runs_dir, overwrite, progress, report)
+    print_pruning(runs_dir / cfg.name)
+
+
+def print_pruning(run_dir: Path) -> None:
+    """A table of the run's architecture per epoch (params, MACs, cumulative savings)."""
+    from rich.table import Table
+
+    rows = pruning_rows(load_run(run_dir))
+    if not rows:
+        return
+    table = Table(title="PruneTrain")
+    header = [
+        "epoch",
+        "val top-1",
+        "params",
+        "inference MACs",
+        "train MACs (cum.)",
+        "vs baseline",
+        "epoch s",
+    ]
+    for h in header:
+        table.add_column(h, justify="right")
+    for r in rows:
+        table.add_row(
+            str(r.epoch),
+            "-" if r.val_top1 is None else f"{r.val_top1:.2f}",
+            f"{r.params:,}",
+            f"{r.inference_macs:,}",
+            f"{r.cumulative_train_macs:.3g}",
+            f"{r.cumulative_ratio:.3f}",
+            f"{r.epoch_time:.2f}",
+        )
+    console.print(table)
+
+
+def _grow_ops(widen: list[str], deepen: list[str]) -> list[dict[str, object]]:
+    ops: list[dict[str, object]] = []
+    for item in widen:
+        layer, sep, width = item.partition("=")
+        if not sep or not width.strip().isdigit():
+            raise ConfigError(f"--widen '{item}' is not LAYER=WIDTH; e.g. --widen conv2=32")
+        ops.append({"op": "widen", "layer": layer.strip(), "width": int(width)})
+    ops += [{"op": "deepen", "after": name.strip()} for name in deepen]
+    return ops
+
+
+@handle_errors
+def grow_command(
+    config: str = typer.Argument(
+        ..., help="YAML recipe (path or shipped name) the grown model trains with."
+    ),
+    from_: str = typer.Option(
+        None, "--from", help="Run directory (or checkpoint) of the trained model to grow."
+    ),
+    widen: list[str] = typer.Option(
+        None, help="LAYER=WIDTH: widen a conv/linear (and every layer tied to it); repeatable."
+    ),
+    deepen: list[str] = typer.Option(
+        None, help="Insert an identity layer after a conv, or an identity block after a "
+        "residual block (e.g. layer2.1); repeatable."
+    ),
+    init: str = typer.Option(
+        "net2net", help="net2net (function-preserving) or random (the control)."
+    ),
+    set_: list[str] = typer.Option(None, "--set", "-s", help="Override: key.sub=value."),
+    epochs: int = typer.Option(None, min=1, help="Number of epochs."),
+    seed: int = typer.Option(None, help="Random seed."),
+    name: str = typer.Option(None, help="Run name (default: <recipe name>-grown-<init>)."),
+    runs_dir: Path = typer.Option(Path("runs"), help="Folder holding run directories."),
+    overwrite: bool = typer.Option(False, help="Replace an existing run directory."),
+    progress: bool = typer.Option(True, help="Show a progress bar."),
+    report: bool = typer.Option(True, help="Write plots and report.html at the end."),
+) -> None:
+    """Grow a trained model (Net2Net) and keep training it, without starting over.
+
+    Without --from the grown architecture trains from scratch (the third comparison).
+
+    Example: edgetrain grow digits-resnet20 --from runs/digits-resnet20
+    --widen layer1.0.conv1=32 --deepen layer2.2 --epochs 5
+    """
+    ops = _grow_ops(list(widen or []), list(deepen or []))
+    if not ops:
+        raise ConfigError("nothing to grow; pass --widen LAYER=WIDTH and/or --deepen LAYER")
+    base = load_config(resolve_recipe(config), list(set_ or []), epochs=epochs, seed=seed)
+    tree = base.to_dict()
+    tree["name"] = name or f"{base.name}-grown-{init if from_ else 'scratch'}"
+    tree["model"]["grow"] = ops
+    tree["model"]["grow_init"] = init
+    if from_ is not None:
+        tree["model"]["init_from"] = from_
+    run_and_report(load_config(tree), runs_dir, overwrite, progress, report)

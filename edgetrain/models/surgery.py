@@ -1,0 +1,187 @@
+"""Architecture edits that pruning and growing make, and their replay from a state dict.
+
+A pruned network is the original architecture with fewer channels in some layers and,
+possibly, residual blocks reduced to their shortcut. Both are recorded by the weights
+themselves (a layer's width is its weight's shape) plus the list of bypassed blocks,
+so a checkpoint holding ``{"bypassed": [...]}`` and a state dict rebuilds the pruned
+model from the zoo entry alone: :func:`restore_architecture`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from edgetrain.errors import CheckpointError, ConfigError
+
+__all__ = [
+    "GROW_OPS",
+    "ChannelBias",
+    "ResidualBypass",
+    "apply_grow_ops",
+    "register_grow_op",
+    "restore_architecture",
+    "set_module",
+]
+
+#: Growth operations by name (``widen``, ``deepen``), registered by ``edgetrain.prune``;
+#: each takes ``(model, *, init, **options)`` and changes the model in place.
+GROW_OPS: dict[str, Callable[..., Any]] = {}
+
+
+class ChannelBias(nn.Module):
+    """Adds a learnable per-channel constant: ``x + bias`` broadcast over positions."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.bias.view(1, -1, *([1] * (x.dim() - 2)))
+
+    def extra_repr(self) -> str:
+        return f"{self.bias.numel()}"
+
+
+class ResidualBypass(nn.Module):
+    """What remains of a residual block whose inner channels were all removed.
+
+    The residual branch of such a block no longer depends on its input: it is the
+    per-channel constant its last batch-norm produces from zeros. The block therefore
+    becomes ``relu(shortcut(x) + offset)``, which is exactly the old function in eval
+    mode; the offset keeps training as a bias.
+    """
+
+    def __init__(self, shortcut: nn.Module | None, channels: int, activation: bool = True) -> None:
+        super().__init__()
+        if shortcut is not None:
+            self.shortcut = shortcut
+        self.offset = ChannelBias(channels)
+        self.relu = nn.ReLU(inplace=False) if activation else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = self.shortcut(x) if hasattr(self, "shortcut") else x
+        return self.relu(self.offset(identity))
+
+
+def register_grow_op(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Register a growth operation that configs can name (``model.grow: [{op: name}]``)."""
+
+    def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
+        GROW_OPS[name] = fn
+        return fn
+
+    return deco
+
+
+def apply_grow_ops(
+    model: nn.Module, ops: Sequence[Mapping[str, Any]], init: str = "net2net"
+) -> nn.Module:
+    """Apply growth operations in order, e.g. ``[{"op": "widen", "layer": "conv2",
+    "width": 32}, {"op": "deepen", "after": "layer2.1"}]``, in place.
+
+    Args:
+        model: the model to grow.
+        ops: operation records (``op`` plus that operation's options).
+        init: ``"net2net"`` (function-preserving) or ``"random"`` (fresh channels).
+    """
+    for record in ops:
+        options = dict(record)
+        name = options.pop("op", None)
+        fn = GROW_OPS.get(str(name))
+        if fn is None:
+            known = ", ".join(sorted(GROW_OPS)) or "none registered (import edgetrain.prune)"
+            raise ConfigError(f"unknown grow op '{name}'; choose one of: {known}")
+        fn(model, init=init, **options)
+    return model
+
+
+def set_module(model: nn.Module, name: str, module: nn.Module) -> None:
+    """Replace the submodule called ``name`` (dotted path) by ``module``."""
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, module)
+
+
+def _resized(module: nn.Module, prefix: str, state: Mapping[str, torch.Tensor]) -> nn.Module | None:
+    """A fresh module like ``module`` with the shapes the state dict records, or None."""
+    weight = state.get(f"{prefix}weight")
+    if isinstance(module, nn.Conv1d | nn.Conv2d | nn.Conv3d) and weight is not None:
+        out_c, in_per_group = weight.shape[:2]
+        if (out_c, in_per_group * module.groups) == (module.out_channels, module.in_channels):
+            return None
+        return type(module)(
+            in_per_group * module.groups,
+            out_c,
+            module.kernel_size,  # type: ignore[arg-type]
+            stride=module.stride,  # type: ignore[arg-type]
+            padding=module.padding,  # type: ignore[arg-type]
+            dilation=module.dilation,  # type: ignore[arg-type]
+            groups=module.groups,
+            bias=module.bias is not None,
+            padding_mode=module.padding_mode,
+        )
+    if isinstance(module, nn.Linear) and weight is not None:
+        if tuple(weight.shape) == (module.out_features, module.in_features):
+            return None
+        return nn.Linear(weight.shape[1], weight.shape[0], bias=module.bias is not None)
+    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        ref = state.get(f"{prefix}running_mean", weight)
+        if ref is None or ref.shape[0] == module.num_features:
+            return None
+        return type(module)(
+            ref.shape[0],
+            eps=module.eps,
+            momentum=module.momentum,
+            affine=module.affine,
+            track_running_stats=module.track_running_stats,
+        )
+    if isinstance(module, ChannelBias):
+        bias = state.get(f"{prefix}bias")
+        if bias is None or bias.shape == module.bias.shape:
+            return None
+        return ChannelBias(bias.shape[0])
+    return None
+
+
+def restore_architecture(
+    model: nn.Module,
+    state: Mapping[str, torch.Tensor],
+    bypassed: Iterable[str] = (),
+) -> nn.Module:
+    """Reshape ``model`` (built as originally specified) into the pruned architecture that
+    ``state`` was saved from, in place; load the weights afterwards.
+
+    Args:
+        model: the freshly built original model.
+        state: the pruned model's ``state_dict``.
+        bypassed: names of residual blocks that were reduced to :class:`ResidualBypass`.
+
+    Returns:
+        The same model object.
+    """
+    for name in bypassed:
+        try:
+            block = model.get_submodule(name)
+        except AttributeError as exc:
+            raise CheckpointError(
+                f"checkpoint bypasses block '{name}', which this model does not have; "
+                "load it into the model it was trained with"
+            ) from exc
+        if not isinstance(block, ResidualBypass):
+            bias = state.get(f"{name}.offset.bias")
+            if bias is None:
+                raise CheckpointError(
+                    f"checkpoint bypasses block '{name}' but holds no '{name}.offset.bias'; "
+                    "the checkpoint is incomplete, use another one"
+                )
+            shortcut = getattr(block, "shortcut", None)
+            set_module(model, name, ResidualBypass(shortcut, bias.shape[0]))
+    for name, module in list(model.named_modules()):
+        replacement = _resized(module, f"{name}." if name else "", state)
+        if replacement is not None:
+            set_module(model, name, replacement)
+    return model

@@ -1,0 +1,57 @@
+"""Shrink networks while they train and grow them without starting over.
+
+Example:
+    >>> from edgetrain.prune import PruneTrain
+    >>> callback = PruneTrain(ratio=0.2, interval=10, threshold=1e-4)
+"""
+
+from __future__ import annotations
+
+from edgetrain.prune.batch import (
+    AdaptiveBatch,
+    BatchPredictor,
+    max_batch_estimate,
+    max_batch_search,
+)
+from edgetrain.prune.callback import PruneTrain
+from edgetrain.prune.graph import ChannelGroup, Member, channel_groups
+from edgetrain.prune.group_lasso import group_lasso, lasso_layers, penalty_lambda
+from edgetrain.prune.grow import deepen, widen
+from edgetrain.prune.lars import LARS
+from edgetrain.prune.lars import register as _register_lars
+from edgetrain.prune.morphnet import (
+    MorphNet,
+    MorphNetStructure,
+    morphnet_iterate,
+    resize_groups,
+    width_multiplier,
+)
+from edgetrain.prune.reconfigure import ReconfigureResult, dead_channels, reconfigure, sparsify
+
+_register_lars()  # optimizer: {name: lars} in recipes
+
+__all__ = [
+    "AdaptiveBatch",
+    "BatchPredictor",
+    "ChannelGroup",
+    "LARS",
+    "Member",
+    "MorphNet",
+    "MorphNetStructure",
+    "PruneTrain",
+    "ReconfigureResult",
+    "channel_groups",
+    "dead_channels",
+    "deepen",
+    "group_lasso",
+    "lasso_layers",
+    "max_batch_estimate",
+    "max_batch_search",
+    "morphnet_iterate",
+    "penalty_lambda",
+    "reconfigure",
+    "resize_groups",
+    "sparsify",
+    "widen",
+    "width_multiplier",
+]

@@ -1,0 +1,206 @@
+"""Coupled channel groups of a model, from Torch-Pruning's dependency graph.
+
+A *channel group* is a set of channels that must be removed (or added) together: the
+output channels of every producer feeding one tensor, the batch-norm channels on it,
+and the input channels of every consumer reading it. At a residual add all producers
+and consumers of the summed tensor join one group. Each member records, per index it
+touches, which channel of the group (``root_idxs``) the index belongs to, so a linear
+layer after a flatten (one conv channel = H*W input features) is handled too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from edgetrain._optional import require
+from edgetrain.errors import ConfigError
+from edgetrain.models import WEIGHT_LAYER_TYPES, parameter_layers
+from edgetrain.models.surgery import ChannelBias
+
+__all__ = ["ChannelGroup", "Member", "build_graph", "channel_groups", "example_input"]
+
+
+def _tp():  # noqa: ANN202 - module object
+    return require("torch_pruning", "prune", package="torch-pruning")
+
+
+@dataclass(frozen=True)
+class Member:
+    """One layer's share of a channel group.
+
+    Attributes:
+        name: the module's qualified name.
+        module: the module.
+        role: ``"out"`` (a producer's output channels or a batch-norm's channels) or
+            ``"in"`` (a consumer's input channels).
+        idxs: the indices this member touches along its channel dimension.
+        root_idxs: for each index, the group channel it belongs to.
+    """
+
+    name: str
+    module: nn.Module
+    role: str
+    idxs: tuple[int, ...]
+    root_idxs: tuple[int, ...]
+
+    @property
+    def is_weight_layer(self) -> bool:
+        return isinstance(self.module, WEIGHT_LAYER_TYPES)
+
+
+@dataclass
+class ChannelGroup:
+    """Channels coupled through the dependency graph; ``root`` names the producer the
+    group was found from, ``size`` its channel count."""
+
+    root: str
+    size: int
+    members: list[Member] = field(default_factory=list)
+
+    def weight_members(self) -> list[Member]:
+        return [m for m in self.members if m.is_weight_layer]
+
+    def layer_names(self, role: str | None = None) -> list[str]:
+        return sorted({m.name for m in self.members if role is None or m.role == role})
+
+    def channel_norms(self) -> torch.Tensor:
+        """Per group channel: the L2 norm over every conv/linear weight of that channel
+        (producers' output slices and consumers' input slices together)."""
+        sq = torch.zeros(self.size, dtype=torch.float64)
+        for m in self.weight_members():
+            w = m.module.weight.detach()
+            dim = 0 if m.role == "out" else 1
+            per_idx = w.double().pow(2).transpose(0, dim).reshape(w.shape[dim], -1).sum(1)
+            idx = torch.tensor(m.idxs, dtype=torch.long)
+            sq.index_add_(0, torch.tensor(m.root_idxs, dtype=torch.long), per_idx[idx].cpu())
+        return sq.sqrt()
+
+
+def _channel_bias_pruner():  # noqa: ANN202
+    tp = _tp()
+
+    class _ChannelBiasPruner(tp.pruner.BasePruningFunc):
+        """Teaches the dependency graph that a :class:`ChannelBias` couples its input and
+        output channels (like a batch-norm)."""
+
+        def prune_out_channels(self, layer: nn.Module, idxs: Sequence[int]) -> nn.Module:
+            keep = sorted(set(range(layer.bias.numel())) - set(idxs))
+            layer.bias = self._prune_parameter_and_grad(layer.bias, keep, 0)
+            return layer
+
+        prune_in_channels = prune_out_channels
+
+        def get_out_channels(self, layer: nn.Module) -> int:
+            return layer.bias.numel()
+
+        def get_in_channels(self, layer: nn.Module) -> int:
+            return layer.bias.numel()
+
+    return _ChannelBiasPruner()
+
+
+def example_input(model: nn.Module, example: torch.Tensor | None = None) -> torch.Tensor:
+    """``example`` or, for zoo models, one zero sample of ``model.input_shape``."""
+    if example is not None:
+        return example
+    shape = getattr(model, "input_shape", None)
+    if shape is None:
+        raise ConfigError(
+            f"{type(model).__name__} has no input_shape; pass example_input (one batch of inputs)"
+        )
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    return torch.zeros(1, *shape, device=device)
+
+
+def build_graph(model: nn.Module, example: torch.Tensor):  # noqa: ANN201 - tp.DependencyGraph
+    """Torch-Pruning's dependency graph of ``model`` traced with ``example``."""
+    tp = _tp()
+    opaque = [n for n, m in model.named_modules() if not getattr(m, "traceable_channels", True)]
+    if opaque:
+        kind = type(model.get_submodule(opaque[0])).__name__
+        raise ConfigError(
+            f"cannot trace {type(model).__name__} for channel dependencies: '{opaque[0]}' "
+            f"({kind}) maps channels in a way the dependency graph cannot follow; use a "
+            "shortcut with weights (resnet_cifar shortcut='conv1x1' or 'conv3x3')"
+        )
+    was_training = model.training
+    model.eval()
+    try:
+        return tp.DependencyGraph().build_dependency(
+            model,
+            example_inputs=example,
+            customized_pruners={ChannelBias: _channel_bias_pruner()},
+        )
+    except Exception as exc:  # tracing failures surface as many types
+        raise ConfigError(
+            f"could not trace {type(model).__name__} for channel dependencies "
+            f"({type(exc).__name__}: {exc}); the model needs a traceable forward"
+        ) from exc
+    finally:
+        model.train(was_training)
+
+
+def _role(tp, handler) -> str | None:  # noqa: ANN001
+    name = getattr(handler, "__name__", "")
+    if name == "prune_out_channels":
+        return "out"
+    if name == "prune_in_channels":
+        return "in"
+    return None
+
+
+def channel_groups(
+    model: nn.Module,
+    example: torch.Tensor | None = None,
+    graph=None,  # noqa: ANN001 - tp.DependencyGraph
+    output_layers: Sequence[str] | None = None,
+) -> list[ChannelGroup]:
+    """Every group of coupled channels whose channels may change.
+
+    The model's outputs are fixed: the output channels of ``output_layers`` (default:
+    the last parameter layer, the classifier) form no group. The input channels of the
+    first layer are never a group either (they are the data's channels).
+
+    Args:
+        model: any module the dependency graph can trace.
+        example: one batch of inputs (default: zeros of ``model.input_shape``).
+        graph: a dependency graph already built for ``model``.
+        output_layers: names of layers whose outputs are the model's outputs.
+    """
+    tp = _tp()
+    example = example_input(model, example)
+    graph = graph if graph is not None else build_graph(model, example)
+    names = {m: n for n, m in model.named_modules()}
+    if output_layers is None:
+        layers = parameter_layers(model, tuple(example.shape[1:]))
+        output_layers = [layers[-1][0]] if layers else []
+    ignored = [model.get_submodule(n) for n in output_layers]
+    groups: list[ChannelGroup] = []
+    for group in graph.get_all_groups(
+        ignored_layers=ignored, root_module_types=list(WEIGHT_LAYER_TYPES)
+    ):
+        items = list(group.items)
+        root = items[0].dep.target.module
+        members: list[Member] = []
+        for item in items:
+            module = item.dep.target.module
+            role = _role(tp, item.dep.handler)
+            if module not in names or role is None:
+                continue  # graph-internal nodes (reshape, add, relu ...)
+            members.append(
+                Member(
+                    name=names[module],
+                    module=module,
+                    role="out" if isinstance(module, nn.modules.batchnorm._BatchNorm) else role,
+                    idxs=tuple(int(i) for i in item.idxs),
+                    root_idxs=tuple(int(i) for i in item.root_idxs),
+                )
+            )
+        size = 1 + max((r for m in members for r in m.root_idxs), default=-1)
+        groups.append(ChannelGroup(root=names.get(root, "?"), size=size, members=members))
+    return groups
