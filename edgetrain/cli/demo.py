@@ -16,11 +16,14 @@ from edgetrain.errors import ConfigError
 from edgetrain.finetune import Schedule, schedule_cost
 from edgetrain.recipes import recipe_path
 from edgetrain.report import build_report, load_run
+from edgetrain.report.pruning import pruning_rows
 
 # Epochs (pretrain, fine-tune) per size; None keeps the recipe's (full: its full: section).
 SIZES = {"quick": (2, 2), "default": (None, None), "full": (None, None)}
 # The layer schedule of the demo's scheduled fine-tune (the 5 unfrozen layers, output first).
 DEMO_SCHEDULE = "44221"
+# PruneTrain on the pretraining task: penalty ratio and reconfiguration interval (epochs).
+DEMO_PRUNE = {"ratio": 0.3, "interval": 2}
 
 
 def _shifted_accuracy(finetune_cfg: RunConfig) -> float:
@@ -63,7 +66,7 @@ def demo_command(
     progress: bool = typer.Option(True, help="Show progress bars."),
 ) -> None:
     """Run scenario 1: pretrain vgg_small on digits, fine-tune on rotated+inverted digits,
-    conventionally and with a layer schedule.
+    conventionally and with a layer schedule; then pretrain again with PruneTrain.
 
     Example: edgetrain demo --runs-dir runs/demo
     """
@@ -98,6 +101,12 @@ def demo_command(
     rows.append((*_train_phase("fine-tune", "shifted", ft_cfg, runs_dir, progress), 1.0))
     phase = f"schedule {DEMO_SCHEDULE}"
     rows.append((*_train_phase(phase, "shifted", sched_cfg, runs_dir, progress), rel))
+    tree = pre_cfg.to_dict()
+    tree["name"] = f"{pre_cfg.name}-prunetrain"
+    tree["callbacks"] = [{"name": "prunetrain", **DEMO_PRUNE}]
+    prune_cfg = load_config(tree)
+    prune_dir = runs_dir / prune_cfg.name
+    rows.append((*_train_phase("prune-train", "digits", prune_cfg, runs_dir, progress), None))
 
     frozen = ", ".join(ft_cfg.model.freeze)
     table = Table(
@@ -126,7 +135,17 @@ def demo_command(
             "-" if ops is None else f"{ops:.3f}",
         )
     console.print(table)
-    runs = [pre_dir, ft_dir, sched_dir]
+    pruned = pruning_rows(load_run(prune_dir))
+    if pruned:
+        first, last = pruned[0], pruned[-1]
+        console.print(
+            f"PruneTrain (ratio {DEMO_PRUNE['ratio']}, every {DEMO_PRUNE['interval']} epochs): "
+            f"inference MACs {first.inference_macs:,} -> {last.inference_macs:,} "
+            f"(-{100 * (1 - last.inference_macs / first.inference_macs):.1f}%), params "
+            f"{first.params:,} -> {last.params:,}, training MACs "
+            f"-{100 * (1 - last.cumulative_ratio):.1f}% vs the unpruned run"
+        )
+    runs = [pre_dir, ft_dir, sched_dir, prune_dir]
     page = build_report(runs, runs_dir / "report.html", title="edgetrain demo: digits domain shift")
     for run in runs:
         build_report([run])

@@ -26,7 +26,13 @@ from edgetrain.prune.morphnet import (
     resize_groups,
     width_multiplier,
 )
-from edgetrain.prune.reconfigure import ReconfigureResult, dead_channels, reconfigure, sparsify
+from edgetrain.prune.reconfigure import (
+    ReconfigureResult,
+    dead_channels,
+    reconfigure,
+    remove_channels,
+    sparsify,
+)
 
 _register_lars()  # optimizer: {name: lars} in recipes
 
@@ -50,6 +56,7 @@ __all__ = [
     "morphnet_iterate",
     "penalty_lambda",
     "reconfigure",
+    "remove_channels",
     "resize_groups",
     "sparsify",
     "widen",

@@ -208,6 +208,7 @@ class AdaptiveBatch(Callback):
         self.predictor = BatchPredictor()
         self._params: int | None = None
         self._budget: int | None = None
+        self._batch: int | None = None  # the batch reached (restored on resume)
 
     def _optimizer_kind(self, trainer: Trainer) -> str:
         opt = trainer.optimizer
@@ -237,6 +238,9 @@ class AdaptiveBatch(Callback):
             )
         if self._params is None:
             self._params = sum(p.numel() for p in model.parameters())
+        if self._batch is not None and self._batch != trainer.batch_size:
+            trainer.set_batch_size(self._batch)  # a resumed run goes on with its batch
+        self._batch = trainer.batch_size
 
     def _batch_for(self, trainer: Trainer, model: nn.Module, params: int) -> int:
         on_cuda = trainer.device.type == "cuda" and self.search
@@ -265,6 +269,7 @@ class AdaptiveBatch(Callback):
         if new == old:
             return
         trainer.set_batch_size(new)
+        self._batch = new
         factor = {"linear": new / old, "sqrt": math.sqrt(new / old), "none": 1.0}[self.lr_scaling]
         if factor != 1.0:
             _scale_lr(trainer, factor)
@@ -278,11 +283,13 @@ class AdaptiveBatch(Callback):
         return {
             "params": self._params,
             "budget": self._budget,
+            "batch_size": self._batch,
             "points": [list(p) for p in self.predictor.points],
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._params, self._budget = state.get("params"), state.get("budget")
+        self._batch = state.get("batch_size")
         self.predictor = BatchPredictor([tuple(p) for p in state.get("points", [])])
 
 

@@ -174,8 +174,7 @@ class PruneTrain(Callback):
                 params_after=result.params_after,
                 inference_macs_after=result.macs_after,
                 channels_after={
-                    name: int(layer.module.weight.shape[0])
-                    for name, layer in _named(self._layers)
+                    name: int(layer.module.weight.shape[0]) for name, layer in _named(self._layers)
                 },
             )
         trainer.log(**values)

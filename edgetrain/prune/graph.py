@@ -10,6 +10,7 @@ layer after a flatten (one conv channel = H*W input features) is handled too.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -17,11 +18,18 @@ import torch
 from torch import nn
 
 from edgetrain._optional import require
-from edgetrain.errors import ConfigError
+from edgetrain.errors import ConfigError, one_line
 from edgetrain.models import WEIGHT_LAYER_TYPES, parameter_layers
 from edgetrain.models.surgery import ChannelBias
 
-__all__ = ["ChannelGroup", "Member", "build_graph", "channel_groups", "example_input"]
+__all__ = [
+    "ChannelGroup",
+    "Member",
+    "build_graph",
+    "channel_groups",
+    "dependency_graph",
+    "example_input",
+]
 
 
 def _tp():  # noqa: ANN202 - module object
@@ -104,22 +112,66 @@ def _channel_bias_pruner():  # noqa: ANN202
 
 
 def example_input(model: nn.Module, example: torch.Tensor | None = None) -> torch.Tensor:
-    """``example`` or, for zoo models, one zero sample of ``model.input_shape``."""
+    """``example`` or, for zoo models, one zero sample of ``model.input_shape`` on the
+    device and in the floating dtype of the model's first floating parameter or buffer."""
     if example is not None:
         return example
     shape = getattr(model, "input_shape", None)
     if shape is None:
         raise ConfigError(
-            f"{type(model).__name__} has no input_shape; pass example_input (one batch of inputs)"
+            f"{type(model).__name__} has no input_shape; pass example_input (one batch of "
+            "inputs, e.g. torch.zeros(1, *sample_shape))"
         )
-    param = next(model.parameters(), None)
-    device = param.device if param is not None else torch.device("cpu")
-    return torch.zeros(1, *shape, device=device)
+    ref = next((t for t in (*model.parameters(), *model.buffers()) if t.is_floating_point()), None)
+    if ref is None:
+        return torch.zeros(1, *shape)
+    return torch.zeros(1, *shape, device=ref.device, dtype=ref.dtype)
+
+
+def dependency_graph(model: nn.Module, example: torch.Tensor):  # noqa: ANN201 - tp.DependencyGraph
+    """Torch-Pruning's dependency graph of ``model`` traced with ``example``, for callers
+    that read only which module follows which; :func:`build_graph` also refuses models
+    whose channel correspondences the graph would get wrong.
+
+    The trace leaves the model as it was: it runs in eval mode (running statistics
+    untouched) and every submodule gets its own train/eval mode back; frozen parameters
+    require gradients during the trace only (the graph is read from the autograd graph of
+    one forward pass, so gradients must flow through frozen layers too), also under
+    ``torch.no_grad()``. Parameters used outside a layer (a per-channel offset) are
+    followed without Torch-Pruning's warning about them.
+    """
+    tp = _tp()
+    modes = [(m, m.training) for m in model.modules()]
+    frozen = [p for p in model.parameters() if not p.requires_grad]
+    model.eval()
+    try:
+        for p in frozen:
+            p.requires_grad_(True)
+        with torch.enable_grad(), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Unwrapped parameters detected")
+            return tp.DependencyGraph().build_dependency(
+                model,
+                example_inputs=example,
+                customized_pruners={ChannelBias: _channel_bias_pruner()},
+            )
+    except Exception as exc:  # tracing failures surface as many types
+        shape = tuple(example.shape) if isinstance(example, torch.Tensor) else type(example)
+        raise ConfigError(
+            f"could not trace {type(model).__name__} for channel dependencies with an example "
+            f"input of shape {shape} ({one_line(exc)}); the model needs a traceable forward "
+            "and an example_input it accepts"
+        ) from exc
+    finally:
+        for p in frozen:
+            p.requires_grad_(False)
+        for m, training in modes:
+            m.training = training
 
 
 def build_graph(model: nn.Module, example: torch.Tensor):  # noqa: ANN201 - tp.DependencyGraph
-    """Torch-Pruning's dependency graph of ``model`` traced with ``example``."""
-    tp = _tp()
+    """Torch-Pruning's dependency graph of ``model`` traced with ``example``
+    (:func:`dependency_graph`), refusing models with a submodule that declares
+    ``traceable_channels = False`` (its channel map is not one the graph can follow)."""
     opaque = [n for n, m in model.named_modules() if not getattr(m, "traceable_channels", True)]
     if opaque:
         kind = type(model.get_submodule(opaque[0])).__name__
@@ -128,21 +180,7 @@ def build_graph(model: nn.Module, example: torch.Tensor):  # noqa: ANN201 - tp.D
             f"({kind}) maps channels in a way the dependency graph cannot follow; use a "
             "shortcut with weights (resnet_cifar shortcut='conv1x1' or 'conv3x3')"
         )
-    was_training = model.training
-    model.eval()
-    try:
-        return tp.DependencyGraph().build_dependency(
-            model,
-            example_inputs=example,
-            customized_pruners={ChannelBias: _channel_bias_pruner()},
-        )
-    except Exception as exc:  # tracing failures surface as many types
-        raise ConfigError(
-            f"could not trace {type(model).__name__} for channel dependencies "
-            f"({type(exc).__name__}: {exc}); the model needs a traceable forward"
-        ) from exc
-    finally:
-        model.train(was_training)
+    return dependency_graph(model, example)
 
 
 def _role(tp, handler) -> str | None:  # noqa: ANN001

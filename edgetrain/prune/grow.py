@@ -36,7 +36,6 @@ Example:
 from __future__ import annotations
 
 import math
-import warnings
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -45,10 +44,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from edgetrain._optional import require
-from edgetrain.errors import EdgetrainError, one_line
+from edgetrain.errors import ConfigError, EdgetrainError
 from edgetrain.models.resnet import BasicBlock
-from edgetrain.models.surgery import register_grow_op
+from edgetrain.models.surgery import ChannelBias, register_grow_op, set_module
+from edgetrain.prune.graph import build_graph, dependency_graph
+from edgetrain.prune.graph import example_input as default_input
 
 __all__ = ["GROW_INITS", "deepen", "widen"]
 
@@ -89,59 +89,17 @@ def _names(model: nn.Module) -> dict[int, list[str]]:
     return names
 
 
-def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, module)
-
-
-def _reference_tensor(model: nn.Module) -> torch.Tensor | None:
-    for t in [*model.parameters(), *model.buffers()]:
-        if t.is_floating_point():
-            return t
-    return None
-
-
-def _example_input(model: nn.Module, example_input: torch.Tensor | None, what: str) -> Any:
-    if example_input is not None:
-        return example_input
-    shape = getattr(model, "input_shape", None)
-    if not shape:
-        raise EdgetrainError(
-            f"{what}: {type(model).__name__} has no input_shape to trace the model with; "
-            "pass example_input=torch.zeros(1, *sample_shape)"
-        )
-    ref = _reference_tensor(model)
-    if ref is None:
-        return torch.zeros(1, *shape)
-    return torch.zeros(1, *shape, device=ref.device, dtype=ref.dtype)
-
-
-def _dependency_graph(model: nn.Module, example: Any, what: str) -> Any:
-    """Torch-Pruning's dependency graph, traced in eval mode (running stats untouched)."""
-    tp = require("torch_pruning", "compress", "torch-pruning")
-    modes = [(m, m.training) for m in model.modules()]
-    # The graph is read from the autograd graph of one forward pass, so gradients must
-    # flow even through frozen layers (a requires-grad input confuses the tracer).
-    frozen = [p for p in model.parameters() if not p.requires_grad]
-    model.eval()
+def _graph(
+    model: nn.Module, example_input: torch.Tensor | None, what: str, channels: bool = True
+) -> Any:
+    """The dependency graph of ``model`` (:func:`~edgetrain.prune.graph.build_graph`, or
+    with ``channels=False`` one that only says which module follows which), with ``what``
+    in front of a refusal."""
     try:
-        for p in frozen:
-            p.requires_grad_(True)
-        with torch.enable_grad(), warnings.catch_warnings():
-            # Parameters used outside a layer (a per-channel offset) are handled by widen.
-            warnings.filterwarnings("ignore", message="Unwrapped parameters detected")
-            return tp.DependencyGraph().build_dependency(model, example_inputs=example)
-    except Exception as exc:  # a shape mismatch or an untraceable model
-        raise EdgetrainError(
-            f"{what}: tracing the model with the example input failed ({one_line(exc)}); "
-            "pass an example_input the model accepts"
-        ) from exc
-    finally:
-        for p in frozen:
-            p.requires_grad_(False)
-        for m, training in modes:
-            m.training = training
+        example = default_input(model, example_input)
+        return (build_graph if channels else dependency_graph)(model, example)
+    except ConfigError as exc:
+        raise ConfigError(f"{what}: {exc}") from exc
 
 
 def _copy_flags(new: nn.Module, old: nn.Module) -> nn.Module:
@@ -311,7 +269,9 @@ def widen(
 
     Raises:
         EdgetrainError: for an unknown or unsupported layer, a width below the current
-            one, grouped convolutions or unsupported layers among the tied ones.
+            one, grouped convolutions or unsupported layers among the tied ones, or a
+            model with a channel map the dependency graph cannot follow (a ``resnet_cifar``
+            with ``shortcut="pad"``).
 
     Example:
         >>> import torch
@@ -348,10 +308,8 @@ def widen(
             "only groups=1 convolutions can be widened"
         )
 
-    example = _example_input(model, example_input, f"widen '{layer_name}'")
-    DG = _dependency_graph(model, example, f"widen '{layer_name}'")
-    tp = require("torch_pruning", "compress", "torch-pruning")
-    fn = tp.prune_linear_out_channels if isinstance(root, nn.Linear) else tp.prune_conv_out_channels
+    DG = _graph(model, example_input, f"widen '{layer_name}'")
+    fn = DG.get_pruner_of_module(root).prune_out_channels
     group = DG.get_pruning_group(root, fn, idxs=list(range(n)))
 
     device = root.weight.device
@@ -368,8 +326,9 @@ def widen(
     for item in group.items:
         dep, idxs = item.dep, item.idxs
         module = dep.target.module
-        if isinstance(module, nn.Parameter):  # e.g. a per-channel offset or scale
-            _add_parameter(members, module, item, g, n, param_names, layer_name)
+        if isinstance(module, nn.Parameter | ChannelBias):  # a per-channel offset or scale
+            param = module.bias if isinstance(module, ChannelBias) else module
+            _add_parameter(members, param, item, g, n, param_names, layer_name)
             continue
         if not isinstance(module, nn.Module):
             raise EdgetrainError(
@@ -431,7 +390,7 @@ def widen(
                 old, entry["out"], entry["in"], g_dev, count_dev, n, noise, init, generator
             )
             for name in names[id(old)]:
-                _set_module(model, name, new)
+                set_module(model, name, new)
     return model
 
 
@@ -610,7 +569,8 @@ def _deepen_layer(
             "name a groups=1 convolution"
         )
     what = f"deepen after '{after}'"
-    DG = _dependency_graph(model, _example_input(model, example_input, what), what)
+    # Deepening keeps every channel where it is: only which module follows which is read.
+    DG = _graph(model, example_input, what, channels=False)
     channels = layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels
     if layer not in DG.module2node:
         raise EdgetrainError(f"{what}: the forward pass never calls '{after}'; name a used layer")
@@ -647,7 +607,7 @@ def _deepen_layer(
     block = nn.Sequential(parts)
     block.train(tail.training)
     for name in _names(model)[id(tail)]:
-        _set_module(model, name, block)
+        set_module(model, name, block)
     return model
 
 

@@ -33,6 +33,7 @@ from edgetrain.errors import ConfigError
 from edgetrain.models import WEIGHT_LAYER_TYPES
 from edgetrain.prune.graph import ChannelGroup, build_graph, channel_groups
 from edgetrain.prune.graph import example_input as default_input
+from edgetrain.prune.reconfigure import remove_channels
 
 if TYPE_CHECKING:
     from edgetrain.engine import Trainer
@@ -242,18 +243,14 @@ def resize_groups(
         )
     example = default_input(model, example)
     roots = [g.root for g in structure.groups]
-    shrink = []
+    shrink: dict[str, list[int]] = {}
     for group, target in zip(structure.groups, targets, strict=True):
         if target < group.size:
             with torch.no_grad():
                 order = structure.strengths(group).argsort()  # weakest first
-            shrink.append((group.root, sorted(int(i) for i in order[: group.size - target])))
+            shrink[group.root] = sorted(int(i) for i in order[: group.size - target])
     if shrink:
-        graph = build_graph(model, example)
-        for root, idxs in shrink:
-            module = model.get_submodule(root)
-            handler = graph.get_pruner_of_module(module).prune_out_channels
-            graph.get_pruning_group(module, handler, idxs=idxs).prune()
+        remove_channels(model, shrink, example_input=example)
     for root, target in zip(roots, targets, strict=True):
         current = int(model.get_submodule(root).weight.shape[0])
         if target > current:

@@ -31,12 +31,13 @@ from torch import nn
 
 from edgetrain.cost import analyze
 from edgetrain.engine.optim import rebind_parameters
+from edgetrain.errors import ConfigError
 from edgetrain.models import WEIGHT_LAYER_TYPES
 from edgetrain.models.surgery import set_module
 from edgetrain.prune.graph import ChannelGroup, build_graph, channel_groups
 from edgetrain.prune.graph import example_input as default_input
 
-__all__ = ["ReconfigureResult", "dead_channels", "reconfigure", "sparsify"]
+__all__ = ["ReconfigureResult", "dead_channels", "reconfigure", "remove_channels", "sparsify"]
 
 
 @dataclass
@@ -212,44 +213,12 @@ def reconfigure(
     macs_before = analyze(model, input_shape).total().forward_macs
     zeroed = sparsify(model, threshold) if threshold > 0 else 0
 
-    old_params = {id(p): name for name, p in model.named_parameters()}
-    old_shapes = {name: p.shape for name, p in model.named_parameters()}
+    names = {id(p): name for name, p in model.named_parameters()}
     graph, plan, bypassed = _prune_plan(model, example, output_layers)
-
-    if plan:
-        originals = {}
-        with torch.no_grad():
-            for name, p in model.named_parameters():
-                originals[name] = p.detach().clone()
-                p.grad = None
-                p.data = torch.arange(p.numel(), dtype=torch.float64, device=p.device).view(
-                    p.shape
-                )
-        try:
-            for group, dead in plan:
-                root = model.get_submodule(group.root)
-                handler = graph.get_pruner_of_module(root).prune_out_channels
-                graph.get_pruning_group(root, handler, idxs=dead).prune()
-        finally:
-            index: dict[str, torch.Tensor] = {}
-            with torch.no_grad():
-                for name, p in model.named_parameters():
-                    idx = p.detach().flatten().long()
-                    index[name] = idx
-                    orig = originals.get(name)
-                    if orig is not None:
-                        p.data = orig.flatten()[idx].view(p.shape).clone()
-    else:
-        index = {}
-    if optimizer is not None and (plan or bypassed):
-
-        def slice_state(name: str, new: torch.Tensor, state: dict[str, Any]) -> dict[str, Any]:
-            idx = index.get(name)
-            if idx is None:
-                return state
-            return {k: _slice_state(v, old_shapes[name], idx, new.shape) for k, v in state.items()}
-
-        rebind_parameters(optimizer, old_params, model, slice_state)
+    removals = {group.root: dead for group, dead in plan}
+    if removals or bypassed:
+        # Bypassed blocks already left the model: rebind their optimizer entries too.
+        remove_channels(model, removals, optimizer, example, graph=graph, names=names)
 
     return ReconfigureResult(
         model=model,
@@ -262,3 +231,79 @@ def reconfigure(
         macs_before=macs_before,
         macs_after=analyze(model, input_shape).total().forward_macs,
     )
+
+
+def remove_channels(
+    model: nn.Module,
+    removals: dict[str, list[int]],
+    optimizer: torch.optim.Optimizer | None = None,
+    example_input: torch.Tensor | None = None,
+    *,
+    graph: Any = None,
+    names: dict[int, str] | None = None,
+) -> nn.Module:
+    """Physically remove output channels of the named layers, and every channel coupled
+    to them, slicing the optimizer state alike; in place.
+
+    This is the one channel-removal path of edgetrain: PruneTrain's reconfiguration and
+    the compression pipeline's filter pruning both end here.
+
+    Args:
+        model: the model to thin.
+        removals: ``{layer name: [output channel indices]}``; each layer names the group
+            of channels coupled to its outputs (a residual add's whole group included).
+        optimizer: updated in place: parameters rebound, per-parameter state sliced.
+        example_input: one batch of inputs (default: zeros of ``model.input_shape``).
+        graph: a dependency graph already built for ``model`` as it is now.
+        names: ``{id(param): name}`` from before any earlier edit in the same step (so the
+            optimizer can also drop parameters of modules removed before this call).
+
+    Example:
+        >>> from edgetrain.models import create
+        >>> net = remove_channels(create("vgg_small"), {"conv1": [0, 1]})
+        >>> net.conv1.out_channels, net.conv2.in_channels
+        (14, 14)
+    """
+    example = default_input(model, example_input)
+    names = names if names is not None else {id(p): n for n, p in model.named_parameters()}
+    old_shapes = {name: p.shape for name, p in model.named_parameters()}
+    index: dict[str, torch.Tensor] = {}
+    removals = {k: sorted(set(v)) for k, v in removals.items() if v}
+    if removals:
+        graph = graph if graph is not None else build_graph(model, example)
+        for layer, idxs in removals.items():
+            size = int(model.get_submodule(layer).weight.shape[0])
+            if idxs[0] < 0 or idxs[-1] >= size or len(idxs) >= size:
+                raise ConfigError(
+                    f"cannot remove channels {idxs[:4]}... of '{layer}' ({size} channels): "
+                    "indices must be in range and at least one channel must stay"
+                )
+        originals = {}
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                originals[name] = p.detach().clone()
+                p.grad = None
+                p.data = torch.arange(p.numel(), dtype=torch.float64, device=p.device).view(p.shape)
+        try:
+            for layer, idxs in removals.items():
+                root = model.get_submodule(layer)
+                handler = graph.get_pruner_of_module(root).prune_out_channels
+                graph.get_pruning_group(root, handler, idxs=idxs).prune()
+        finally:
+            with torch.no_grad():
+                for name, p in model.named_parameters():
+                    idx = p.detach().flatten().long()
+                    index[name] = idx
+                    orig = originals.get(name)
+                    if orig is not None:
+                        p.data = orig.flatten()[idx].view(p.shape).clone()
+    if optimizer is not None:
+
+        def slice_state(name: str, new: torch.Tensor, state: dict[str, Any]) -> dict[str, Any]:
+            idx = index.get(name)
+            if idx is None:
+                return state
+            return {k: _slice_state(v, old_shapes[name], idx, new.shape) for k, v in state.items()}
+
+        rebind_parameters(optimizer, names, model, slice_state)
+    return model

@@ -9,7 +9,18 @@ import pytest
 
 from edgetrain.cli import app
 
-COMMANDS = ["demo", "train", "report", "data", "models", "cost", "finetune", "schedule"]
+COMMANDS = [
+    "demo",
+    "train",
+    "report",
+    "data",
+    "models",
+    "cost",
+    "finetune",
+    "schedule",
+    "prune-train",
+    "grow",
+]
 
 
 def test_help_lists_every_command_with_a_purpose(cli):
