@@ -206,7 +206,13 @@ def start_run(
             shutil.rmtree(run_dir.path)
         trainer.attach_run_dir(run_dir)
         run_dir.write_config(config.to_dict())
-    trainer.fit(config.epochs)
+    try:
+        trainer.fit(config.epochs)
+    except EdgetrainError:
+        # A callback refusing its settings at fit start: leave no run folder behind.
+        if trainer.is_main and trainer.state.epoch == 0 and run_dir.path.exists():
+            shutil.rmtree(run_dir.path)
+        raise
     return RunResult(run_dir, config, run_dir.read_summary(), trainer.is_main)
 
 

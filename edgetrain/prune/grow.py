@@ -778,11 +778,13 @@ def deepen(
 def _widen_op(
     model: nn.Module, *, init: str, layer: str, width: int, noise: float = 0.0
 ) -> nn.Module:
-    """``model.grow: [{op: widen, layer: NAME, width: N}]``. A layer already at least
-    ``width`` wide is left alone (a later pruning may have narrowed it)."""
-    module = _module(model, layer, "widen")
-    if int(module.weight.shape[0]) >= width:
-        return model
+    """``model.grow: [{op: widen, layer: NAME, width: N}]``."""
+    current = int(_module(model, layer, "widen").weight.shape[0])
+    if width <= current:
+        raise ConfigError(
+            f"widen '{layer}' to {width}: it already has {current} channels; "
+            f"give a width above {current}"
+        )
     return widen(model, layer, width, noise=noise, init=init)
 
 
