@@ -48,10 +48,13 @@ def median_ratio(a: list[float], b: list[float]) -> float:
     return statistics.median(x / y for x, y in zip(a, b, strict=True))
 
 
-def print_table(title: str, header: list[str], rows: list[list[Any]]) -> None:
+def print_table(
+    title: str, header: list[str], rows: list[list[Any]], width: int | None = None
+) -> None:
+    """A rich table (floats with 3 decimals); ``width``: console columns (default: auto)."""
     table = Table(title=title)
     for h in header:
         table.add_column(h, justify="right")
     for row in rows:
         table.add_row(*[f"{c:.3f}" if isinstance(c, float) else str(c) for c in row])
-    Console().print(table)
+    Console(width=width).print(table)

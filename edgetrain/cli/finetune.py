@@ -223,6 +223,7 @@ def compare_command(
 ) -> None:
     """A scenario's full comparison in one command: conventional, one more layer frozen,
     and each schedule in each mode, each with its LR grid; the scenario table as CSV.
+    With more than 10 classes a top-5 column (at the best top-1 epoch) is added.
 
     Example: edgetrain finetune compare --config digits-finetune --upper 0.05 --lower 0.01
     """
@@ -246,12 +247,14 @@ def compare_command(
         writer = csv.DictWriter(f, fieldnames=list(rows[0].to_dict()))
         writer.writeheader()
         writer.writerows(r.to_dict() for r in rows)
+    top5 = rows[0].best_top5 is not None  # the data set has more than 10 classes
     table = Table(title=f"scenario table: {base.name}")
     for h in (
         "schedule",
         "mode",
         "best LR",
         "best top-1 %",
+        *(["top-5 % at best top-1"] if top5 else []),
         "LR range",
         "ops/step",
         "rel. ops",
@@ -267,6 +270,7 @@ def compare_command(
             r.mode,
             f"{r.best_lr:.4g}",
             f"{r.best_accuracy:.2f}",
+            *([f"{r.best_top5:.2f}"] if top5 else []),
             f"{r.lr_low:.3g}..{r.lr_high:.3g}",
             f"{r.average_ops:,.0f}",
             f"{r.relative_ops:.3f}",

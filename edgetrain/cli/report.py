@@ -24,7 +24,8 @@ def report_command(
     scenario: bool = typer.Option(
         False,
         help="Add accuracy vs cumulative MACs, best-so-far and ops-to-target (the "
-        "first run is the reference).",
+        "first run is the reference; conventional runs at N and N+1 frozen layers are "
+        "drawn as dashed reference lines).",
     ),
 ) -> None:
     """Regenerate plots and a self-contained HTML report from run directories.

@@ -1,9 +1,10 @@
 """A scenario's full comparison: conventional fine-tuning, one more layer frozen, and
 each schedule in each mode, every case with its own learning-rate grid, as one table.
 
-Columns follow the spec's scenario table: schedule, mode, best LR, best accuracy, LR
-range, average ops per step, ops relative to conventional, peak ops, peak memory (naive
-and with reuse) and peak memory relative to conventional.
+Columns follow the spec's scenario table: schedule, mode, best LR, best accuracy (top-1,
+and top-5 when the data set has more than 10 classes), LR range, average ops per step, ops
+relative to conventional, peak ops, peak memory (naive and with reuse) and peak memory
+relative to conventional.
 """
 
 from __future__ import annotations
@@ -13,18 +14,27 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from edgetrain import data as data_sets
 from edgetrain import models
-from edgetrain.engine import RunConfig, load_config
+from edgetrain.engine import RunConfig, RunDirectory, load_config
 from edgetrain.finetune.costing import optimise_placement, schedule_cost
-from edgetrain.finetune.grid import lr_grid
+from edgetrain.finetune.grid import GridResult, lr_grid
 from edgetrain.finetune.schedule import DIGITS, Schedule
 
-__all__ = ["ScenarioRow", "compare_schedules", "scenario_cases"]
+__all__ = ["TOP5_MIN_CLASSES", "ScenarioRow", "compare_schedules", "scenario_cases"]
+
+# The table has a top-5 column only for data sets with more classes than this.
+TOP5_MIN_CLASSES = 10
 
 
 @dataclass(frozen=True)
 class ScenarioRow:
-    """One line of the scenario table."""
+    """One line of the scenario table.
+
+    ``best_top5`` is the top-5 accuracy of the best-LR run at its best top-1 epoch (the
+    model that ``best_accuracy`` describes); it is ``None``, and left out of
+    :meth:`to_dict`, when the data set has at most 10 classes.
+    """
 
     schedule: str
     mode: str
@@ -38,9 +48,17 @@ class ScenarioRow:
     peak_memory_bytes: int
     peak_memory_reuse_bytes: int
     relative_peak_memory: float
+    best_top5: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The row in table order; ``best_top5`` follows ``best_accuracy`` when present."""
+        d = asdict(self)
+        top5 = d.pop("best_top5")
+        if top5 is None:
+            return d
+        keys = list(d)
+        at = keys.index("best_accuracy") + 1
+        return {**{k: d[k] for k in keys[:at]}, "best_top5": top5, **{k: d[k] for k in keys[at:]}}
 
 
 def scenario_cases(schedules: Sequence[str], modes: Sequence[str]) -> list[Schedule]:
@@ -74,9 +92,12 @@ def compare_schedules(
     **grid_options: Any,
 ) -> list[ScenarioRow]:
     """Run every case of :func:`scenario_cases` with an LR grid; one row per case (costs
-    under ``profile``; ops are its calibrated estimate when it is not ``reference``)."""
+    under ``profile``; ops are its calibrated estimate when it is not ``reference``).
+    Rows carry ``best_top5`` when the data set has more than 10 classes."""
     model = models.create(config.model.name, **config.model.options)
     shape = tuple(model.input_shape)
+    classes = data_sets.describe(config.data.name, **config.data.options).num_classes
+    with_top5 = classes > TOP5_MIN_CLASSES
     cases = scenario_cases(schedules, modes)
     reference = schedule_cost(model, shape, cases[0], profile=profile)
     rows = []
@@ -109,6 +130,16 @@ def compare_schedules(
                 peak_memory_bytes=cost.peak_memory_bytes,
                 peak_memory_reuse_bytes=cost.peak_memory_reuse_bytes,
                 relative_peak_memory=cost.peak_memory_bytes / reference.peak_memory_bytes,
+                best_top5=_top5_at_best(grid) if with_top5 else None,
             )
         )
     return rows
+
+
+def _top5_at_best(grid: GridResult) -> float:
+    """Validation top-5 of the grid's best run at its best top-1 epoch (NaN if not logged)."""
+    trial = next(t for t in grid.trials if t.lr == grid.best_lr)
+    for record in RunDirectory(trial.run_dir).read_metrics():
+        if record.get("epoch") == trial.epoch and "val_top5" in record:
+            return float(record["val_top5"])
+    return float("nan")

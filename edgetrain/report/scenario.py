@@ -5,6 +5,11 @@ schedule's cycle, or every trainable layer), so the metrics' cumulative step cou
 into cumulative training MACs. From these: accuracy vs cumulative MACs, best-so-far
 accuracy, the operations each run needed to reach the reference run's best accuracy, and
 epochs-to-target against the operation reduction.
+
+The conventional fine-tuning runs among them are reference lines (as in the spec):
+conventional fine-tuning with N frozen layers (the run training the most layers, every
+step) and the same with one more layer frozen (N+1), e.g. ``4444`` and ``4440`` of
+``edgetrain finetune compare``.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -24,7 +30,10 @@ from edgetrain.engine import load_checkpoint  # noqa: E402
 from edgetrain.finetune import Schedule, schedule_cost  # noqa: E402
 from edgetrain.report.extract import RunRecord  # noqa: E402
 
-__all__ = ["RunOps", "plot_scenario", "run_ops"]
+__all__ = ["ReferenceRun", "RunOps", "plot_scenario", "reference_runs", "run_ops"]
+
+# (colour, line style) of the reference lines: conventional, then one more layer frozen.
+_REFERENCE_STYLES = (("black", "--"), ("dimgray", ":"))
 
 
 @dataclass(frozen=True)
@@ -38,19 +47,83 @@ class RunOps:
     macs_to_target: float | None
 
 
-def _step_macs(run: RunRecord) -> float:
-    arch = load_checkpoint(run.path / "checkpoints" / "last.pt")["architecture"] or {}
-    model = models.create(arch["name"], **arch.get("options", {}))
-    shape = tuple(arch["input_shape"])
-    batch = int(run.config.get("data", {}).get("batch_size", 1))
+@dataclass(frozen=True)
+class ReferenceRun:
+    """A conventional run drawn as a reference: ``extra_frozen`` is 0 for conventional
+    fine-tuning (N frozen layers) and 1 for one more layer frozen (N+1)."""
+
+    index: int
+    name: str
+    trained_layers: int
+    extra_frozen: int
+    best_accuracy: float
+
+    @property
+    def label(self) -> str:
+        return "conventional" if self.extra_frozen == 0 else "conventional, 1 more frozen"
+
+
+def _schedule(run: RunRecord) -> Schedule | None:
     for cb in run.config.get("callbacks", []):
         if cb.get("name") == "layer-schedule":
-            schedule = Schedule.parse(cb["schedule"])
-            return schedule_cost(model, shape, schedule, batch_size=batch).average_step_macs
-    freeze = run.config.get("model", {}).get("freeze", [])
-    if freeze:
-        models.freeze(model, freeze)
+            return Schedule.parse(cb["schedule"])
+    return None
+
+
+def _model(run: RunRecord, freeze: bool) -> tuple[Any, tuple[int, ...]]:
+    """The run's model as its checkpoint describes it (with the recipe's ``model.freeze``
+    applied when ``freeze``) and its input shape."""
+    arch = load_checkpoint(run.path / "checkpoints" / "last.pt")["architecture"] or {}
+    model = models.create(arch["name"], **arch.get("options", {}))
+    frozen = run.config.get("model", {}).get("freeze", [])
+    if freeze and frozen:
+        models.freeze(model, frozen)
+    return model, tuple(arch["input_shape"])
+
+
+def _step_macs(run: RunRecord) -> float:
+    batch = int(run.config.get("data", {}).get("batch_size", 1))
+    schedule = _schedule(run)
+    model, shape = _model(run, freeze=schedule is None)
+    if schedule is not None:
+        return schedule_cost(model, shape, schedule, batch_size=batch).average_step_macs
     return float(analyze(model, shape, plans=["all"], batch_size=batch).steps()[0].step_macs)
+
+
+def reference_runs(runs: Sequence[RunRecord]) -> list[ReferenceRun]:
+    """The conventional runs to draw as references, conventional first.
+
+    A run is conventional when it has no layer schedule or a ``conventional``-mode one
+    (every trained row updated every step at the base rate: ``4444``, ``4440``). The one
+    training the most weight layers is *conventional* (N frozen); one training exactly
+    one layer fewer is *one more frozen* (N+1). Among several runs of one depth (the
+    trials of an LR grid), the one with the best validation top-1 is taken.
+    """
+    found: dict[int, tuple[float, int]] = {}  # trained layers -> (best top-1, run index)
+    for i, run in enumerate(runs):
+        best = run.best
+        schedule = _schedule(run)
+        if best is None or (schedule is not None and schedule.mode != "conventional"):
+            continue
+        if schedule is not None:
+            trained = schedule.trained_rows
+        else:
+            model, _ = _model(run, freeze=True)
+            trained = sum(
+                any(p.requires_grad for p in m.parameters())
+                for _, m in models.parameter_layers(model)
+            )
+        accuracy = float(best["val_top1"])
+        if trained not in found or accuracy > found[trained][0]:  # ties: the first run
+            found[trained] = (accuracy, i)
+    if not found:
+        return []
+    deepest = max(found)
+    return [
+        ReferenceRun(found[n][1], runs[found[n][1]].name, n, extra, found[n][0])
+        for extra, n in enumerate((deepest, deepest - 1))
+        if n in found
+    ]
 
 
 def run_ops(runs: Sequence[RunRecord], reference: int = 0) -> list[RunOps]:
@@ -73,22 +146,44 @@ def run_ops(runs: Sequence[RunRecord], reference: int = 0) -> list[RunOps]:
     return out
 
 
-def plot_scenario(runs: Sequence[RunRecord], ops: Sequence[RunOps], out_dir: str | Path) -> Path:
+def plot_scenario(
+    runs: Sequence[RunRecord],
+    ops: Sequence[RunOps],
+    out_dir: str | Path,
+    references: Sequence[ReferenceRun] | None = None,
+) -> Path:
     """``scenario.png``: accuracy vs cumulative MACs, best-so-far accuracy, and
-    epochs-to-target vs operation reduction."""
+    epochs-to-target vs operation reduction.
+
+    The reference runs (default: :func:`reference_runs`) are drawn in black dashed
+    (conventional, N frozen) and grey dotted (one more layer frozen, N+1) lines, each
+    with a horizontal line at its best accuracy, in the first two panels.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    refs = {r.index: r for r in (reference_runs(runs) if references is None else references)}
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), dpi=100)
-    for run, o in zip(runs, ops, strict=True):
+    for i, (run, o) in enumerate(zip(runs, ops, strict=True)):
         pts = [m for m in run.metrics if "val_top1" in m]
         macs = [o.step_macs * m["step"] for m in pts]
         acc = [m["val_top1"] for m in pts]
-        axes[0].plot(macs, acc, marker=".", label=run.name)
         best, best_so_far = float("-inf"), []
         for a in acc:
             best = max(best, a)
             best_so_far.append(best)
-        axes[1].plot([m["epoch"] for m in pts], best_so_far, marker=".", label=run.name)
+        epochs = [m["epoch"] for m in pts]
+        ref = refs.get(i)
+        if ref is None:
+            axes[0].plot(macs, acc, marker=".", label=run.name)
+            axes[1].plot(epochs, best_so_far, marker=".", label=run.name)
+        else:
+            color, style = _REFERENCE_STYLES[min(ref.extra_frozen, 1)]
+            label = f"{ref.label} ({ref.trained_layers} trained): {run.name}"
+            line = {"color": color, "linestyle": style, "linewidth": 2.0}
+            axes[0].plot(macs, acc, marker=".", label=label, **line)
+            axes[1].plot(epochs, best_so_far, marker=".", label=label, **line)
+            for ax in axes[:2]:
+                ax.axhline(ref.best_accuracy, color=color, linestyle=style, linewidth=0.8)
         if o.epochs_to_target is not None:
             axes[2].scatter(1 - o.relative_ops, o.epochs_to_target)
             axes[2].annotate(run.name, (1 - o.relative_ops, o.epochs_to_target), fontsize="x-small")
@@ -105,6 +200,8 @@ def plot_scenario(runs: Sequence[RunRecord], ops: Sequence[RunOps], out_dir: str
     for ax in axes:
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize="x-small")
+    if refs:
+        axes[1].legend(fontsize="x-small")
     fig.tight_layout()
     path = out / "scenario.png"
     fig.savefig(path)

@@ -251,6 +251,7 @@ def test_compare_builds_the_scenario_table(cli, recipe, tmp_path):
     with (tmp_path / "runs" / "tiny-compare.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert [r["schedule"] for r in rows] == ["4444", "4440", "4421", "4421_rdo"]
+    assert "best_top5" not in rows[0] and "top-5" not in out  # digits: 10 classes only
     rel = {r["schedule"]: float(r["relative_ops"]) for r in rows}
     assert rel["4444"] == 1.0 and rel["4421"] < rel["4440"] < 1.0
     assert float(rows[0]["best_lr"]) == 0.02
@@ -272,3 +273,48 @@ def test_compare_builds_the_scenario_table(cli, recipe, tmp_path):
             code=2,
         ).output
     )
+
+
+def test_compare_adds_a_top5_column_with_more_than_10_classes(cli, tmp_path):
+    import csv
+
+    from PIL import Image
+
+    for c in range(12):
+        folder = tmp_path / "images" / f"c{c:02d}"
+        folder.mkdir(parents=True)
+        for i in range(5):
+            Image.new("L", (8, 8), (20 * c + 3 * i) % 256).save(folder / f"{i}.png")
+    recipe = tmp_path / "many.yaml"
+    recipe.write_text(
+        RECIPE.replace("name: tiny", "name: many").replace(
+            "name: digits\n  options: {test_fraction: 0.5}",
+            f"name: image-folder\n  options: {{root: {tmp_path / 'images'}, channels: 1}}",
+        )
+    )
+    out = cli(
+        "finetune",
+        "compare",
+        "--config",
+        str(recipe),
+        "--schedules",
+        "21",
+        "--modes",
+        "bpls",
+        "--upper",
+        "0.02",
+        "--lower",
+        "0.02",
+        "--epochs",
+        "1",
+        "--no-progress",
+    ).output
+    assert "top-5 % at best top-1" in out
+    with (tmp_path / "runs" / "many-compare.csv").open() as f:
+        reader = csv.DictReader(f)
+        rows = list(reader)
+    header = reader.fieldnames
+    assert header[header.index("best_accuracy") + 1] == "best_top5"
+    assert [r["schedule"] for r in rows] == ["22", "20", "21"]
+    for r in rows:
+        assert float(r["best_accuracy"]) <= float(r["best_top5"]) <= 100.0

@@ -1,5 +1,5 @@
 """The operations-aware scenario comparison: step MACs from the cost model, MACs and
-epochs to reach the reference run's best accuracy."""
+epochs to reach the reference run's best accuracy, and the conventional reference runs."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from edgetrain.engine import load_config, start_run
 from edgetrain.finetune import Schedule, schedule_cost
 from edgetrain.models import create
 from edgetrain.report import build_report, load_runs
-from edgetrain.report.scenario import run_ops
+from edgetrain.report.scenario import plot_scenario, reference_runs, run_ops
 
 
 def _tree(name: str, callbacks: list) -> dict:
@@ -56,3 +56,43 @@ def test_report_with_scenario(runs, tmp_path):
     assert lines[0] == "run,step_macs,relative_ops,epochs_to_target,macs_to_target"
     assert len(lines) == 3 and lines[1].startswith("conv,")
     assert page.read_text().count("data:image/png;base64,") == 3
+
+
+# ------------------------------------------------------------------ reference lines
+@pytest.fixture(scope="module")
+def compare_runs(tmp_path_factory):
+    """Runs named as ``edgetrain finetune compare`` names its cases (one epoch each)."""
+    root = tmp_path_factory.mktemp("compare")
+    for case in ("4421", "4444", "4440", "4444_lr4421"):
+        tree = {**_tree(f"c-{case}", [{"name": "layer-schedule", "schedule": case}]), "epochs": 1}
+        start_run(load_config(tree), root, progress=False)
+    return {case: root / f"c-{case}" for case in ("4421", "4444", "4440", "4444_lr4421")}
+
+
+def test_reference_runs_are_conventional_and_one_more_frozen(compare_runs):
+    order = ["4421", "4444_lr4421", "4440", "4444"]
+    runs = load_runs([compare_runs[c] for c in order])
+    refs = reference_runs(runs)
+    assert [(r.index, r.name, r.trained_layers, r.extra_frozen) for r in refs] == [
+        (3, "c-4444", 4, 0),
+        (2, "c-4440", 3, 1),
+    ]
+    assert refs[0].label == "conventional" and refs[1].label == "conventional, 1 more frozen"
+    assert refs[0].best_accuracy == runs[3].best["val_top1"]
+    # bpls and pllr runs are never references; without the N+1 run only N is one
+    assert reference_runs(runs[:2]) == []
+    assert [r.name for r in reference_runs(load_runs([compare_runs["4444"]]))] == ["c-4444"]
+
+
+def test_a_run_without_schedule_counts_its_trainable_layers(runs, compare_runs):
+    # "conv" trains all 7 layers of vgg_small: it is N; 4444 (4 layers) is not N+1
+    refs = reference_runs(load_runs([runs[1], compare_runs["4444"], runs[0]]))
+    assert [(r.name, r.trained_layers, r.extra_frozen) for r in refs] == [("conv", 7, 0)]
+
+
+def test_plot_scenario_draws_the_references(compare_runs, tmp_path):
+    records = load_runs([compare_runs[c] for c in ("4444", "4440", "4421")])
+    path = plot_scenario(records, run_ops(records), tmp_path / "plots")
+    assert path == tmp_path / "plots" / "scenario.png" and path.stat().st_size > 0
+    none = plot_scenario(records[2:], run_ops(records[2:]), tmp_path / "bare", references=[])
+    assert none.is_file()
