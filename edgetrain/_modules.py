@@ -1,10 +1,11 @@
-"""Selecting a model's modules by name: exact names or ``re:<regex>`` patterns.
+"""Selecting a model's modules by name: exact names, shell-style globs or ``re:<regex>``.
 
 Shared by everything that names layers (freezing, checkpoint exclusion, cost-model plans).
 """
 
 from __future__ import annotations
 
+import fnmatch
 import re
 from collections.abc import Sequence
 
@@ -21,7 +22,8 @@ def param_owners(model: nn.Module) -> list[str]:
 
 
 def select_modules(model: nn.Module, patterns: Sequence[str]) -> list[tuple[str, nn.Module]]:
-    """Modules whose name equals a pattern, or matches a ``re:<regex>`` pattern (fullmatch).
+    """Modules whose name equals a pattern, matches a shell-style glob (``layer1.*.conv1``;
+    ``*`` also matches dots, as in :mod:`fnmatch`) or a ``re:<regex>`` pattern (fullmatch).
 
     Raises:
         EdgetrainError: naming a pattern that matches nothing (or is not a valid regex),
@@ -31,6 +33,8 @@ def select_modules(model: nn.Module, patterns: Sequence[str]) -> list[tuple[str,
         >>> from torch import nn
         >>> net = nn.Sequential(nn.Linear(2, 2), nn.ReLU(), nn.Linear(2, 1))
         >>> [n for n, _ in select_modules(net, ["re:[02]"])]
+        ['0', '2']
+        >>> [n for n, _ in select_modules(net, ["[!1]"])]
         ['0', '2']
     """
     named = dict(model.named_modules())
@@ -44,6 +48,8 @@ def select_modules(model: nn.Module, patterns: Sequence[str]) -> list[tuple[str,
                     f"layer pattern '{pattern}' is not a valid regex ({exc})"
                 ) from None
             hits = {n: m for n, m in named.items() if n and rx.fullmatch(n)}
+        elif any(c in pattern for c in "*?["):  # module names never hold these characters
+            hits = {n: m for n, m in named.items() if n and fnmatch.fnmatchcase(n, pattern)}
         else:
             hits = {pattern: named[pattern]} if pattern and pattern in named else {}
         if not hits:

@@ -10,11 +10,14 @@ import typer
 
 from edgetrain import __version__
 from edgetrain import analysis as _analysis  # noqa: F401  (registers weight-snapshots)
+from edgetrain.cli import compress as _compress
 from edgetrain.cli import cost as _cost
 from edgetrain.cli import data as _data
 from edgetrain.cli import finetune as _finetune
 from edgetrain.cli import schedule as _schedule
+from edgetrain.cli.bench import bench_command
 from edgetrain.cli.demo import demo_command
+from edgetrain.cli.export import export_command
 from edgetrain.cli.models import models_command
 from edgetrain.cli.prune import grow_command, prune_train_command
 from edgetrain.cli.report import report_command
@@ -55,9 +58,12 @@ app.command("grow")(grow_command)
 app.command("report")(report_command)
 app.add_typer(_data.app, name="data")
 app.add_typer(_cost.app, name="cost")
+app.add_typer(_compress.app, name="compress")
 app.add_typer(_finetune.app, name="finetune")
 app.add_typer(_schedule.app, name="schedule")
 app.command("models")(models_command)
+app.command("export")(export_command)
+app.command("bench")(bench_command)
 
 
 def main() -> None:

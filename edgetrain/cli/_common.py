@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
+from typer.core import TyperGroup
 
 from edgetrain._yaml import YAMLError, safe_load
 from edgetrain.errors import EdgetrainError
@@ -18,6 +19,7 @@ __all__ = [
     "EXIT_BAD_INPUT",
     "EXIT_INTERRUPTED",
     "console",
+    "default_command_group",
     "err_console",
     "handle_errors",
     "parse_options",
@@ -49,6 +51,19 @@ def handle_errors(fn: F) -> F:
             raise fail(str(exc)) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def default_command_group(default: str) -> type[TyperGroup]:
+    """A command group that runs its ``default`` sub-command when the first argument names
+    no sub-command (``edgetrain cost MODEL`` is ``edgetrain cost analyze MODEL``)."""
+
+    class _DefaultCommandGroup(TyperGroup):
+        def resolve_command(self, ctx, args):  # noqa: ANN001, ANN201 - click's signature
+            if args and args[0] not in self.commands and not args[0].startswith("-"):
+                args = [default, *args]
+            return super().resolve_command(ctx, args)
+
+    return _DefaultCommandGroup
 
 
 def parse_options(items: list[str] | None, flag: str = "--option") -> dict[str, Any]:

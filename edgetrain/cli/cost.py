@@ -6,27 +6,23 @@ from pathlib import Path
 
 import typer
 from rich.table import Table
-from typer.core import TyperGroup
 
 from edgetrain import models as zoo
-from edgetrain.cli._common import console, handle_errors, kib, parse_options
+from edgetrain.cli._common import (
+    console,
+    default_command_group,
+    handle_errors,
+    kib,
+    parse_options,
+)
 from edgetrain.cost import ALL, analyze, load_profile
 from edgetrain.cost.calibrate import calibrate
 from edgetrain.cost.report import CostReport, StepCost
 from edgetrain.errors import ConfigError
 
-
-class _ModelFirstGroup(TyperGroup):
-    """``edgetrain cost MODEL ...`` runs ``analyze``; ``edgetrain cost calibrate`` calibrates."""
-
-    def resolve_command(self, ctx, args):  # noqa: ANN001, ANN201 - click's signature
-        if args and args[0] not in self.commands and not args[0].startswith("-"):
-            args = ["analyze", *args]
-        return super().resolve_command(ctx, args)
-
-
+# ``edgetrain cost MODEL ...`` runs ``analyze``; ``edgetrain cost calibrate`` calibrates.
 app = typer.Typer(
-    cls=_ModelFirstGroup,
+    cls=default_command_group("analyze"),
     help="What inference and training steps cost: MACs, memory, energy (and calibration). "
     "'edgetrain cost MODEL ...' is short for 'edgetrain cost analyze MODEL ...'.",
     epilog="Example: edgetrain cost vgg_small --input 3x32x32 --trainable last:2",

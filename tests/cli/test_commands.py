@@ -20,6 +20,9 @@ COMMANDS = [
     "schedule",
     "prune-train",
     "grow",
+    "compress",
+    "export",
+    "bench",
 ]
 
 
@@ -50,6 +53,11 @@ def test_help_lists_every_command_with_a_purpose(cli):
         ["schedule"],
         ["schedule", "show"],
         ["schedule", "suggest"],
+        ["compress"],
+        ["compress", "run"],
+        ["compress", "sensitivity"],
+        ["export"],
+        ["bench"],
     ],
 )
 def test_every_command_help_has_an_example(cli, args):

@@ -1,0 +1,72 @@
+"""Compression: recipes, L1 filter pruning with physical removal, fine-tuning, sensitivity,
+int8 quantization, ONNX export and latency benchmarks on a runtime.
+
+Nothing here imports ONNX or ONNX Runtime until a function needs them (the
+``[compress]`` extra); pruning needs Torch-Pruning (``[prune]``).
+
+Example:
+    >>> from edgetrain.compress import apply, load_recipe
+    >>> from edgetrain.models import create
+    >>> net, report = apply(create("resnet20"), "resnet20-l1")  # doctest: +SKIP
+    >>> print(report.summary())  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from edgetrain.compress.apply import CompressReport, PrunerReport, apply, is_ruined
+from edgetrain.compress.benchmark import BenchmarkResult, RepeatStats, benchmark
+from edgetrain.compress.export import ExportResult, check_onnx, export_onnx
+from edgetrain.compress.finetune import (
+    FinetuneResult,
+    finetune,
+    finetune_config,
+    save_compressed,
+)
+from edgetrain.compress.l1 import filters_to_remove, l1_filter
+from edgetrain.compress.pruning import PRUNERS, PrunedGroup
+from edgetrain.compress.quantize import (
+    QUANTIZE_METHODS,
+    QuantizeResult,
+    int8_speed_note,
+    quantize_onnx,
+)
+from edgetrain.compress.recipe import Recipe, list_shipped_recipes, load_recipe
+from edgetrain.compress.runtime import RUNTIMES, Measurement, Runtime
+from edgetrain.compress.sensitivity import SensitivityRow, sensitivity
+from edgetrain.compress.source import TrainedRun, evaluate_model, load_trained_run
+
+__all__ = [
+    "PRUNERS",
+    "QUANTIZE_METHODS",
+    "RUNTIMES",
+    "BenchmarkResult",
+    "CompressReport",
+    "ExportResult",
+    "FinetuneResult",
+    "Measurement",
+    "PrunedGroup",
+    "PrunerReport",
+    "QuantizeResult",
+    "Recipe",
+    "RepeatStats",
+    "Runtime",
+    "SensitivityRow",
+    "TrainedRun",
+    "apply",
+    "benchmark",
+    "check_onnx",
+    "evaluate_model",
+    "export_onnx",
+    "filters_to_remove",
+    "finetune",
+    "finetune_config",
+    "int8_speed_note",
+    "is_ruined",
+    "l1_filter",
+    "list_shipped_recipes",
+    "load_recipe",
+    "load_trained_run",
+    "quantize_onnx",
+    "save_compressed",
+    "sensitivity",
+]

@@ -1,0 +1,140 @@
+"""L1 filter pruning with physical removal (Li et al., "Pruning Filters for Efficient
+ConvNets", ICLR 2017).
+
+Each listed layer's output filters are ranked by their mean absolute weight (the L1 norm
+divided by the filter size: the same order within a layer, comparable across layers
+with different kernels); the ``m = floor(sparsity * n)`` lowest-ranked filters go, at most
+``n - 1``, and so does every filter tied with the ``m``-th smallest score (still at most
+``n - 1``). The ranking is deterministic: a stable sort by score, then by index.
+
+Layers whose output channels are tied (every conv feeding one residual add) lose the
+same channels: such a group is ranked by the mean, over its tied producers, of each
+producer's per-filter score, so every producer has an equal say whatever its kernel size.
+
+Removal is physical ("thinning"): the filters, their batch-norm channels and every
+consumer's input channels are cut by :func:`~edgetrain.prune.reconfigure.remove_channels`,
+the one channel-removal path of edgetrain, so the result is a dense, smaller network.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from edgetrain.compress.pruning import (
+    PRUNERS,
+    PrunedGroup,
+    TiedLayers,
+    check_prunable,
+    tied_layers,
+)
+from edgetrain.prune.graph import build_graph, channel_groups
+from edgetrain.prune.graph import example_input as default_input
+from edgetrain.prune.reconfigure import remove_channels
+
+__all__ = ["filter_scores", "filters_to_remove", "group_scores", "l1_filter"]
+
+# Products like 0.29 * 100 = 28.999999999999996 must floor to 29, as written.
+_FLOOR_SLACK = 1e-9
+
+
+def filter_scores(weight: torch.Tensor) -> torch.Tensor:
+    """Mean ``|w|`` of each output filter (dimension 0), in float64."""
+    return weight.detach().double().abs().reshape(weight.shape[0], -1).mean(dim=1).cpu()
+
+
+def filters_to_remove(scores: Sequence[float] | torch.Tensor, sparsity: float) -> list[int]:
+    """Indices of the filters L1 pruning removes at ``sparsity``, ascending.
+
+    ``m = floor(sparsity * n)`` filters with the smallest scores, at most ``n - 1``;
+    filters whose score equals the ``m``-th smallest go too (still at most ``n - 1``,
+    the higher indices among equal scores staying).
+
+    Example:
+        >>> filters_to_remove([0.3, 0.1, 0.2, 0.1], 0.25)
+        [1, 3]
+    """
+    values = scores.tolist() if isinstance(scores, torch.Tensor) else list(scores)
+    n = len(values)
+    m = min(math.floor(sparsity * n + _FLOOR_SLACK), n - 1)
+    if m <= 0:
+        return []
+    order = sorted(range(n), key=lambda i: (values[i], i))
+    threshold = values[order[m - 1]]
+    removed = [i for i in order if values[i] <= threshold][: n - 1]
+    return sorted(removed)
+
+
+def group_scores(model: nn.Module, target: TiedLayers) -> torch.Tensor:
+    """Per channel of the group: the mean over its tied producers of their filter scores."""
+    size = target.group.size
+    total = torch.zeros(size, dtype=torch.float64)
+    count = torch.zeros(size, dtype=torch.float64)
+    seen: set[str] = set()
+    for member in target.group.members:
+        if member.role != "out" or not member.is_weight_layer or member.name in seen:
+            continue
+        seen.add(member.name)
+        scores = filter_scores(model.get_submodule(member.name).weight)
+        root = torch.tensor(member.root_idxs, dtype=torch.long)
+        total.index_add_(0, root, scores[torch.tensor(member.idxs, dtype=torch.long)])
+        count.index_add_(0, root, torch.ones(len(member.idxs), dtype=torch.float64))
+    return total / count.clamp(min=1)
+
+
+@PRUNERS.register("l1_filter", structured=True)
+def l1_filter(
+    model: nn.Module,
+    layers: Sequence[str],
+    sparsity: float,
+    *,
+    example_input: torch.Tensor | None = None,
+) -> list[PrunedGroup]:
+    """Remove the filters with the smallest mean |w| (Li et al., 2017), physically.
+
+    Args:
+        model: the model, thinned in place.
+        layers: conv/linear layers to prune; layers with tied outputs (one residual add)
+            must be listed together and lose the same channels.
+        sparsity: fraction of each layer's (or tied group's) filters to remove, in [0, 1).
+        example_input: one batch of inputs (default: zeros of ``model.input_shape``).
+
+    Returns:
+        One :class:`PrunedGroup` per layer or tied group, in the order first listed.
+
+    Example:
+        >>> from edgetrain.models import create
+        >>> net = create("resnet20")
+        >>> [g.after for g in l1_filter(net, ["layer1.0.conv1"], 0.5)]  # doctest: +SKIP
+        [8]
+    """
+    example = default_input(model, example_input)
+    graph = build_graph(model, example)
+    tied = tied_layers(model, example, channel_groups(model, example, graph=graph))
+    targets = check_prunable(model, list(layers), example, tied, what="l1_filter")
+    removals: dict[str, list[int]] = {}
+    results: list[PrunedGroup] = []
+    for target in targets:
+        removed = filters_to_remove(group_scores(model, target), sparsity)
+        root = target.group.root
+        removals[root] = _root_indices(target, removed)
+        results.append(
+            PrunedGroup(
+                layers=target.producers,
+                before=target.group.size,
+                after=target.group.size - len(removed),
+                removed=tuple(removed),
+            )
+        )
+    remove_channels(model, removals, example_input=example, graph=graph)
+    return results
+
+
+def _root_indices(target: TiedLayers, channels: list[int]) -> list[int]:
+    """The root layer's output indices of group channels ``channels``."""
+    root = next(m for m in target.group.members if m.name == target.group.root and m.role == "out")
+    index = dict(zip(root.root_idxs, root.idxs, strict=True))
+    return [index[c] for c in channels]

@@ -1,0 +1,360 @@
+"""Runtimes that run an exported model and time it: ONNX Runtime in-process, or a command.
+
+A runtime answers one question, "how long does this model take at this batch?", with
+one :class:`Measurement` per call; :func:`~edgetrain.compress.benchmark` turns repeated
+measurements into statistics. Runtimes are registered by name (``RUNTIMES``):
+
+- ``onnxruntime``: an ONNX Runtime CPU session with fixed thread counts and sequential
+  execution; optionally a second, profiled session whose per-node kernel times give the
+  *compute latency* (the run time without session and input/output overhead). The
+  latency runs are never profiled: the profiler adds a few microseconds around every
+  node and slows the kernels themselves a little (about 5-10 % on small CNNs), so on
+  models of well under a millisecond the kernel sum can exceed the unprofiled latency.
+- ``command``: any program, given as an argument list (never a shell string), that
+  receives the model path and prints a JSON object with ``latency_ms``. This is how a
+  phone (``adb shell ...``) or a board behind another host is measured.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import math
+import shlex
+import subprocess
+import tempfile
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from edgetrain._optional import require
+from edgetrain.errors import EdgetrainError, one_line
+from edgetrain.registry import Registry
+
+__all__ = [
+    "PLACEHOLDERS",
+    "RUNTIMES",
+    "CommandRuntime",
+    "Measurement",
+    "OnnxRuntime",
+    "Runtime",
+    "node_time_per_run",
+    "onnx_session",
+]
+
+#: Whole-value placeholders of a command template, each replaced inside its argument.
+PLACEHOLDERS = ("{model}", "{batch}", "{runs}", "{warmup}", "{threads}")
+
+_DTYPES = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(double)": np.float64,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+    "tensor(int8)": np.int8,
+    "tensor(uint8)": np.uint8,
+    "tensor(bool)": np.bool_,
+}
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """Latencies of the timed runs of one measurement (milliseconds, one per run).
+
+    ``compute_ms`` holds the per-run kernel times where the runtime can tell them apart
+    from overhead (ONNX Runtime's profiler), else None.
+    """
+
+    latencies_ms: list[float]
+    compute_ms: list[float] | None = None
+
+
+class Runtime(ABC):
+    """Runs a model file and reports its latency."""
+
+    name: ClassVar[str]
+
+    def batch_note(self, path: Path, batch: int) -> str | None:
+        """Why this runtime cannot run ``path`` at ``batch``, or None when it can."""
+        return None
+
+    @abstractmethod
+    def measure(
+        self, path: Path, *, batch: int, warmup: int, runs: int, threads: int, profile: bool
+    ) -> Measurement:
+        """Warm up, then time ``runs`` inferences of a random batch of ``batch`` samples."""
+
+
+RUNTIMES: Registry[Runtime] = Registry("runtime")
+
+
+def onnx_session(source: str | Path | bytes, threads: int = 1, **options: Any) -> Any:
+    """An ONNX Runtime CPU session with fixed thread counts and sequential execution.
+
+    Args:
+        source: an ``.onnx`` file or a serialized model.
+        threads: intra-op threads (one inter-op thread: nodes run one after another).
+        **options: further ``SessionOptions`` attributes, e.g. ``enable_profiling=True``.
+
+    Raises:
+        EdgetrainError: the file is missing or ONNX Runtime cannot load it.
+    """
+    ort = require("onnxruntime", "compress")
+    in_memory = isinstance(source, bytes)
+    if not in_memory and not Path(source).is_file():
+        raise EdgetrainError(f"ONNX file '{source}' not found; check the path")
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.log_severity_level = 3  # errors only: ORT's optimizer notes are not for users
+    for key, value in options.items():
+        setattr(so, key, value)
+    try:
+        return ort.InferenceSession(
+            source if in_memory else str(source), so, providers=["CPUExecutionProvider"]
+        )
+    except Exception as exc:  # ORT raises its own pybind classes, all plain Exceptions
+        name = "the model" if in_memory else f"'{source}'"
+        raise EdgetrainError(
+            f"ONNX Runtime cannot load {name}: {one_line(exc)}; check that it is a valid "
+            "ONNX file (edgetrain export writes one)"
+        ) from None
+
+
+@RUNTIMES.register("onnxruntime")
+@dataclass
+class OnnxRuntime(Runtime):
+    """ONNX Runtime on this machine's CPU: fixed threads, sequential execution."""
+
+    name: ClassVar[str] = "onnxruntime"
+
+    def batch_note(self, path: Path, batch: int) -> str | None:
+        for meta in onnx_session(path).get_inputs():
+            first = meta.shape[0] if meta.shape else None
+            if isinstance(first, int) and first != batch:
+                return (
+                    f"input '{meta.name}' has a fixed batch of {first}; export the model with "
+                    "a dynamic batch (edgetrain export does by default)"
+                )
+        return None
+
+    def measure(
+        self, path: Path, *, batch: int, warmup: int, runs: int, threads: int, profile: bool
+    ) -> Measurement:
+        session = onnx_session(path, threads)
+        feeds = _random_feeds(session, batch)
+        _run(session, feeds, path)
+        for _ in range(warmup):
+            session.run(None, feeds)
+        latencies = []
+        for _ in range(runs):
+            start = time.perf_counter_ns()
+            session.run(None, feeds)
+            latencies.append((time.perf_counter_ns() - start) / 1e6)
+        compute = _profiled_compute_ms(path, feeds, warmup, runs, threads) if profile else None
+        return Measurement(latencies, compute)
+
+
+@RUNTIMES.register("command")
+@dataclass
+class CommandRuntime(Runtime):
+    """A program that runs the model and prints ``{"latency_ms": ...}`` as JSON.
+
+    Args:
+        command: the argument list, e.g. ``["adb", "shell", "bench", "{model}"]``. It runs
+            without a shell; ``{model}`` (required), ``{batch}``, ``{runs}``,
+            ``{warmup}`` and ``{threads}`` are replaced inside their argument, which stays
+            one argument whatever the value holds.
+        timeout_s: seconds one call may take.
+
+    The program prints one JSON object (on stdout, alone or as its last line) with
+    ``latency_ms``: a number or a list of per-run latencies; ``compute_ms`` (same forms)
+    is optional.
+    """
+
+    command: list[str] = field(default_factory=list)
+    timeout_s: float = 600.0
+    name: ClassVar[str] = "command"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.command, str) or not self.command:
+            raise EdgetrainError(
+                "the command runtime needs an argument list such as "
+                '["prog", "--model", "{model}"], not a shell string'
+            )
+        if not all(isinstance(a, str) for a in self.command):
+            raise EdgetrainError(f"command {self.command!r} must hold strings only")
+        if not any("{model}" in a for a in self.command):
+            raise EdgetrainError(
+                f"command {self.command!r} has no '{{model}}' argument; add one where the "
+                "model path goes"
+            )
+        if self.timeout_s <= 0:
+            raise EdgetrainError(f"timeout_s={self.timeout_s} must be positive")
+
+    def batch_note(self, path: Path, batch: int) -> str | None:
+        if batch != 1 and not any("{batch}" in a for a in self.command):
+            return "the command has no '{batch}' argument, so it runs batch 1 only"
+        return None
+
+    def measure(
+        self, path: Path, *, batch: int, warmup: int, runs: int, threads: int, profile: bool
+    ) -> Measurement:
+        values = {
+            "{model}": str(path),
+            "{batch}": str(batch),
+            "{runs}": str(runs),
+            "{warmup}": str(warmup),
+            "{threads}": str(threads),
+        }
+        args = [_substitute(a, values) for a in self.command]
+        shown = _shorten(shlex.join(args))
+        try:
+            done = subprocess.run(
+                args,
+                capture_output=True,
+                text=True,
+                timeout=self.timeout_s,
+                stdin=subprocess.DEVNULL,
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            raise EdgetrainError(
+                f"command runtime: '{shown}' did not finish within {self.timeout_s:g} s; "
+                "check the device or raise the timeout"
+            ) from None
+        except OSError as exc:
+            raise EdgetrainError(
+                f"command runtime: cannot start '{args[0]}': {one_line(exc)}; check the "
+                "program in the command template"
+            ) from None
+        if done.returncode != 0:
+            tail = (done.stderr or done.stdout).strip().splitlines()
+            why = f": {_shorten(tail[-1])}" if tail else ""
+            raise EdgetrainError(
+                f"command runtime: '{shown}' exited with status {done.returncode}{why}"
+            )
+        return _parse_output(done.stdout, shown)
+
+
+def _substitute(arg: str, values: dict[str, str]) -> str:
+    for key, value in values.items():
+        arg = arg.replace(key, value)
+    return arg
+
+
+def _shorten(text: str, limit: int = 120) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _parse_output(stdout: str, shown: str) -> Measurement:
+    """The Measurement in a command's stdout: a JSON object, alone or on the last line."""
+    text = stdout.strip()
+    lines = text.splitlines()
+    obj: Any = None
+    for candidate in (text, lines[-1] if lines else ""):
+        try:
+            obj = json.loads(candidate)
+            break
+        except json.JSONDecodeError:
+            continue
+    example = 'e.g. {"latency_ms": 1.5} or {"latency_ms": [1.5, 1.6]}'
+    if not isinstance(obj, dict) or "latency_ms" not in obj:
+        got = f"last line: {_shorten(lines[-1], 60)!r}" if lines else "it printed nothing"
+        raise EdgetrainError(
+            f"command runtime: '{shown}' printed no JSON object with 'latency_ms' ({got}); "
+            f"make it print {example}"
+        )
+    latencies = _milliseconds(obj["latency_ms"], "latency_ms", shown, example)
+    compute = obj.get("compute_ms")
+    return Measurement(
+        latencies, None if compute is None else _milliseconds(compute, "compute_ms", shown, example)
+    )
+
+
+def _milliseconds(value: Any, key: str, shown: str, example: str) -> list[float]:
+    values = value if isinstance(value, list) else [value]
+    ok = bool(values) and all(
+        isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+        for v in values
+    )
+    if not ok:
+        raise EdgetrainError(
+            f"command runtime: '{shown}' printed {key}={_shorten(json.dumps(value), 60)}; "
+            f"it must be a positive number or a non-empty list of them, {example}"
+        )
+    return [float(v) for v in values]
+
+
+def _random_feeds(session: Any, batch: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    feeds = {}
+    for meta in session.get_inputs():
+        shape = [
+            batch if i == 0 and not isinstance(d, int) else d for i, d in enumerate(meta.shape)
+        ]
+        if not all(isinstance(d, int) for d in shape):
+            raise EdgetrainError(
+                f"input '{meta.name}' has symbolic dimensions {meta.shape} beyond the batch; "
+                "export the model with a fixed sample shape to benchmark it"
+            )
+        dtype = _DTYPES.get(meta.type)
+        if dtype is None:
+            raise EdgetrainError(
+                f"input '{meta.name}' has type {meta.type}, which bench cannot feed"
+            )
+        if np.issubdtype(dtype, np.floating):
+            feeds[meta.name] = rng.standard_normal(shape).astype(dtype)
+        else:
+            feeds[meta.name] = np.zeros(shape, dtype=dtype)
+    return feeds
+
+
+def _run(session: Any, feeds: dict[str, np.ndarray], path: Path) -> None:
+    """One run that turns ONNX Runtime's failures into a one-line error."""
+    try:
+        session.run(None, feeds)
+    except Exception as exc:  # ORT's pybind errors
+        raise EdgetrainError(f"ONNX Runtime cannot run '{path}': {one_line(exc)}") from None
+
+
+def _profiled_compute_ms(
+    path: Path, feeds: dict[str, np.ndarray], warmup: int, runs: int, threads: int
+) -> list[float]:
+    """Per-run sums of node kernel times from ONNX Runtime's profiler (warm-up runs dropped)."""
+    with tempfile.TemporaryDirectory(prefix="edgetrain-ort-profile-") as tmp:
+        session = onnx_session(
+            path, threads, enable_profiling=True, profile_file_prefix=str(Path(tmp) / "ort")
+        )
+        for _ in range(warmup + runs):
+            session.run(None, feeds)
+        events = json.loads(Path(session.end_profiling()).read_text())
+    return node_time_per_run(events)[warmup:]
+
+
+def node_time_per_run(events: Sequence[dict[str, Any]]) -> list[float]:
+    """Milliseconds of node kernel time in each ``model_run`` of an ORT profile, in order.
+
+    A node event belongs to the run whose ``[ts, ts + dur]`` interval holds its start.
+    """
+    runs = sorted(
+        (e["ts"], e["ts"] + e["dur"])
+        for e in events
+        if e.get("cat") == "Session" and e.get("name") == "model_run"
+    )
+    starts = [r[0] for r in runs]
+    totals = [0.0] * len(runs)
+    for e in events:
+        if e.get("cat") != "Node" or not str(e.get("name", "")).endswith("_kernel_time"):
+            continue
+        i = bisect.bisect_right(starts, e["ts"]) - 1
+        if i >= 0 and e["ts"] <= runs[i][1]:
+            totals[i] += e["dur"] / 1e3  # microseconds -> ms
+    return totals

@@ -1,0 +1,155 @@
+"""``edgetrain compress`` end to end on a tiny ResNet trained on the digits."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from edgetrain.cli import app
+from edgetrain.engine import load_checkpoint, load_trained_model
+
+pytest.importorskip("torch_pruning")
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+TRAIN = """
+name: tiny
+epochs: 3
+data:
+  name: digits
+  batch_size: 32
+model:
+  name: resnet_cifar
+  options: {stages: 1, blocks: [2], widths: [8], input_size: 8}
+optimizer: {name: sgd, lr: 0.05, momentum: 0.9}
+"""
+
+RECIPE = """
+version: 1
+pruners:
+  inner: {method: l1_filter, sparsity: 0.5, layers: ["layer1.*.conv1"]}
+finetune: {epochs: 1, lr: 0.01, scheduler: {name: exponential, gamma: 0.9, start_epoch: 1}}
+"""
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A run directory of a one-stage ResNet trained for three epochs by ``edgetrain train``."""
+    root = tmp_path_factory.mktemp("compress-cli")
+    (root / "tiny.yaml").write_text(TRAIN)
+    (root / "recipe.yaml").write_text(RECIPE)
+    args = ["train", str(root / "tiny.yaml"), "--runs-dir", str(root / "runs")]
+    result = CliRunner().invoke(app, [*args, "--no-progress", "--no-report"])
+    assert result.exit_code == 0, result.output
+    return root
+
+
+def _one_line(output: str) -> str:
+    lines = [ln for ln in output.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1, output
+    return lines[0]
+
+
+def test_compress_prunes_evaluates_finetunes_and_writes_a_run_directory(cli, trained, tmp_path):
+    run, out = trained / "runs" / "tiny", tmp_path / "tiny-c"
+    args = ("compress", str(run), "--recipe", str(trained / "recipe.yaml"), "--out", str(out))
+    output = cli(*args, "--no-progress", "--no-report").output
+    for text in ("pruned layers", "layer1.0.conv1", "8 -> 4", "inference MACs", "test top-1"):
+        assert text in output
+
+    report = json.loads((out / "compress.json").read_text())
+    assert report["filters_after"]["layer1.0.conv1"] == 4
+    assert report["macs_after"] < report["macs_before"]
+    assert 0 <= report["top1_after"] <= 100 and report["top1_before"] > 10
+    assert isinstance(report["ruined"], bool) and report["num_classes"] == 10
+    assert report["finetune"]["epochs"] == 1
+    assert report["source"].endswith("best.pt")
+    assert (out / "recipe.yaml").is_file() and (out / "config.yaml").is_file()
+
+    assert load_checkpoint(out / "checkpoints" / "compressed.pt")["architecture"]["pruned"]
+    tuned = load_trained_model(out)
+    assert tuned.layer1[0].conv1.out_channels == 4
+    assert json.loads((out / "summary.json").read_text())["status"] == "completed"
+
+
+def test_no_finetune_keeps_only_the_compressed_model(cli, trained, tmp_path):
+    run = trained / "runs" / "tiny"
+    args = ("compress", "run", str(run), "--recipe", str(trained / "recipe.yaml"))
+    cli(*args, "--no-finetune", "--set", "inner.sparsity=0.25")
+    out = tmp_path / "runs" / "tiny-recipe"  # default: runs/<run name>-<recipe name>
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoints", "compress.json", "recipe.yaml"]
+    report = json.loads((out / "compress.json").read_text())
+    assert report["finetune"] is None
+    assert report["recipe"]["pruners"]["inner"]["sparsity"] == 0.25
+    model = load_trained_model(out / "checkpoints" / "compressed.pt")
+    assert model.layer1[1].conv1.out_channels == 6
+
+
+@pytest.mark.parametrize(
+    ("recipe", "extra", "message"),
+    [
+        (
+            RECIPE.replace("layer1.*.conv1", "layer2.*.conv1"),
+            (),
+            "pruners.inner.layers: 'layer2.*.conv1' matches no module; conv/linear layers:",
+        ),
+        (RECIPE.replace("sparsity: 0.5", "sparsity: 1.5"), (), "sparsity: must be in [0, 1)"),
+        (RECIPE, ("--set", "inner.sparsity=2"), "pruners.inner.sparsity: must be in [0, 1)"),
+        (RECIPE.replace("layer1.*.conv1", "layer1.0.conv2"), (), "shares its output channels"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2_and_leaves_no_output(
+    cli, trained, tmp_path, recipe, extra, message
+):
+    path = tmp_path / "bad.yaml"
+    path.write_text(recipe)
+    out = tmp_path / "out"
+    args = ("compress", str(trained / "runs" / "tiny"), "--recipe", str(path), "--out", str(out))
+    assert message in _one_line(cli(*args, *extra, code=2).output)
+    assert not out.exists()
+
+
+def test_missing_run_or_recipe_and_existing_output_are_refused(cli, trained, tmp_path):
+    run, recipe = str(trained / "runs" / "tiny"), str(trained / "recipe.yaml")
+    line = _one_line(cli("compress", run, "--recipe", "nope.yaml", code=2).output)
+    assert "compression recipe 'nope.yaml' not found" in line and "resnet20-l1" in line
+    line = _one_line(cli("compress", str(tmp_path), "--recipe", recipe, code=2).output)
+    assert "no checkpoint in" in line
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "x").write_text("")
+    args = ("compress", run, "--recipe", recipe, "--out", str(tmp_path / "taken"))
+    assert "pass --overwrite" in _one_line(cli(*args, code=2).output)
+
+
+def test_sensitivity_writes_csv_and_plot(cli, trained, tmp_path):
+    out = tmp_path / "sens"
+    output = cli(
+        "compress",
+        "sensitivity",
+        str(trained / "runs" / "tiny"),
+        "--layers",
+        "layer1.*.conv1",
+        "--group",
+        "layer1.0.conv1,layer1.1.conv1",
+        "--sparsities",
+        "0.5,0.75",
+        "--out",
+        str(out),
+    ).output
+    assert "layer1.1.conv1" in output and "0.75" in output
+    with (out / "sensitivity.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [r["target"] for r in rows] == ["layer1.0.conv1"] * 3 + ["layer1.1.conv1"] * 3 + [
+        "layer1.0.conv1+layer1.1.conv1"
+    ] * 3
+    assert [int(r["filters_after"]) for r in rows[:3]] == [8, 4, 2]
+    assert (out / "sensitivity.png").read_bytes()[:4] == b"\x89PNG"
+    line = _one_line(
+        cli(
+            "compress", "sensitivity", str(trained / "runs" / "tiny"), "--sparsities", "x", code=2
+        ).output
+    )
+    assert "--sparsities 'x' must be comma-separated numbers" in line

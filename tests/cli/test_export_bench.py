@@ -1,0 +1,76 @@
+"""``edgetrain export`` and ``edgetrain bench`` end to end on a run trained on digits."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+
+pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+FAKE_BENCH = 'import json, sys; print(json.dumps({"latency_ms": [1.5, 2.5], "argv": sys.argv}))'
+
+
+def _one_line(output: str) -> str:
+    lines = [ln for ln in output.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1, output
+    return lines[0]
+
+
+def test_export_then_bench_a_trained_run(cli, tiny_recipe, tmp_path):
+    cli("train", str(tiny_recipe), "--epochs", "1", "--no-progress", "--no-report")
+    run = tmp_path / "runs" / "tiny"
+
+    out = cli("export", str(run), "--out", "model.onnx", "--opset", "17").output
+    assert (tmp_path / "model.onnx").is_file()
+    assert "wrote model.onnx" in out and "opset 17" in out and "input Nx1x8x8" in out
+    assert "max abs error" in out
+    cli("export", str(run), "--checkpoint", "last")  # default: model.onnx in the run
+    assert (run / "model.onnx").is_file()
+
+    out = cli(
+        "bench", "model.onnx", "--runs", "5", "--warmup", "1", "--batch", "4", "--json", "b.json"
+    ).output
+    for word in ("median", "p90", "compute", "samples/s @4", "spread"):
+        assert word in out, word
+    result = json.loads((tmp_path / "b.json").read_text())
+    assert result["runtime"] == "onnxruntime" and result["threads"] == 1
+    assert len(result["repeats"]) == 3 and result["runs"] == 5
+    assert result["latency_ms"] > 0 and result["compute_ms"] > 0 and result["throughput"] > 0
+    assert result["file_bytes"] == (tmp_path / "model.onnx").stat().st_size
+
+    script = tmp_path / "fake_bench.py"
+    script.write_text(FAKE_BENCH)
+    command = json.dumps([sys.executable, str(script), "{model}"])
+    out = cli("bench", "model.onnx", "--command", command, "--repeats", "2").output
+    assert "on command" in out and "2.000" in out  # median of [1.5, 2.5]
+    assert "throughput skipped" in out
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["export", "runs/none"], "does not exist"),
+        (["export", ".", "--checkpoint", "first"], "must be best or last"),
+        (["bench", "none.onnx"], "not found"),
+        (["bench", "bad.onnx", "--runs", "1", "--repeats", "1"], "ONNX Runtime cannot load"),
+        (["bench", "bad.onnx", "--runtime", "tflite"], "unknown runtime 'tflite'"),
+        (["bench", "bad.onnx", "--runtime", "command"], "needs --command"),
+        (["bench", "bad.onnx", "--command", "prog {model}"], "must be a JSON list"),
+        (["bench", "bad.onnx", "--command", '["prog"]'], "no '{model}' argument"),
+        (
+            ["bench", "bad.onnx", "--runtime", "onnxruntime", "--command", '["p", "{model}"]'],
+            "goes with --runtime command",
+        ),
+    ],
+)
+def test_bad_input_is_one_line_exit_2(cli, tmp_path, args, needle):
+    (tmp_path / "bad.onnx").write_bytes(b"not a model")
+    result = cli(*args, code=2)
+    assert needle in _one_line(result.output)
+    if args[0] == "export":
+        assert [p.name for p in tmp_path.rglob("*.onnx")] == ["bad.onnx"]

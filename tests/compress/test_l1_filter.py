@@ -1,0 +1,180 @@
+"""L1 filter pruning: ranking and rounding, tied groups, physical removal on ResNets."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from edgetrain.compress.l1 import filter_scores, filters_to_remove, l1_filter
+from edgetrain.errors import ConfigError
+from edgetrain.models import create
+
+pytest.importorskip("torch_pruning")
+
+
+@pytest.mark.parametrize(
+    ("scores", "sparsity", "removed"),
+    [
+        ([0.5, 0.1, 0.4, 0.2, 0.3], 0.5, [1, 3]),  # floor(2.5) = 2
+        ([0.5, 0.1, 0.4, 0.2, 0.3], 0.19, []),  # floor(0.95) = 0
+        ([0.4, 0.3, 0.2, 0.1], 0.99, [1, 2, 3]),  # at most n - 1
+        ([0.5, 0.25, 0.25, 0.75], 0.25, [1, 2]),  # ties with the m-th smallest go too
+        ([0.5, 0.25, 0.25, 0.25], 0.5, [1, 2, 3]),
+        ([0.25, 0.25, 0.25, 0.25], 0.25, [0, 1, 2]),  # ties, still at most n - 1
+        ([0.3, 0.2], 0.0, []),
+        ([0.7], 0.9, []),  # a single filter always stays
+    ],
+)
+def test_filters_to_remove_floor_cap_and_ties(scores, sparsity, removed):
+    assert filters_to_remove(scores, sparsity) == removed
+    assert filters_to_remove(torch.tensor(scores, dtype=torch.float64), sparsity) == removed
+
+
+def test_sparsity_floors_as_written_despite_float_products():
+    scores = [float(i) for i in range(100)]
+    assert 0.29 * 100 < 29  # 28.999999999999996
+    assert filters_to_remove(scores, 0.29) == list(range(29))
+
+
+def test_ranking_is_deterministic_and_stable():
+    scores = torch.tensor([0.5, 0.25, 0.25, 0.25, 0.5, 0.75], dtype=torch.float64)
+    first = filters_to_remove(scores, 0.5)
+    assert first == [1, 2, 3]
+    assert all(filters_to_remove(scores.clone(), 0.5) == first for _ in range(5))
+
+
+def test_filter_scores_are_mean_absolute_weights():
+    w = torch.zeros(3, 2, 2, 2)
+    w[0] = 1.0
+    w[1, 0] = -2.0  # half the entries: mean |w| = 1
+    w[2, :, 0, 0] = 4.0  # a quarter: mean |w| = 1
+    assert filter_scores(w).tolist() == [1.0, 1.0, 1.0]
+    assert filter_scores(torch.tensor([[3.0, -1.0], [0.0, -0.5]])).tolist() == [2.0, 0.25]
+
+
+class Chain(nn.Module):
+    """conv(1->4) - bn - relu - conv(4->3) - pool - linear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 1, bias=False)
+        self.bn = nn.BatchNorm2d(4)
+        self.conv2 = nn.Conv2d(4, 3, 1)
+        self.fc = nn.Linear(3, 2)
+        self.input_shape = (1, 4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv2(torch.relu(self.bn(self.conv(x))))
+        return self.fc(x.mean(dim=(2, 3)))
+
+
+def _filled(shape: tuple[int, ...], values: list[float]) -> torch.Tensor:
+    """Filters of constant |w| = values[i], with alternating signs (|w| must be used)."""
+    w = torch.tensor(values).view(-1, *([1] * (len(shape) - 1))).expand(shape).clone()
+    signs = torch.tensor([1.0, -1.0]).repeat(w[0].numel() // 2 + 1)[: w[0].numel()]
+    return w * signs.view(w[0].shape)
+
+
+def test_l1_filter_removes_the_weakest_filters_and_every_consumer_input():
+    net = Chain()
+    with torch.no_grad():
+        net.conv.weight.copy_(_filled((4, 1, 1, 1), [0.3, -0.1, 0.2, 0.1]))
+        net.bn.running_mean.copy_(torch.arange(4.0))
+        net.bn.weight.copy_(torch.arange(4.0) + 10)
+    original = copy.deepcopy(net)
+    (group,) = l1_filter(net, ["conv"], 0.25)  # m = 1; filter 3 ties filter 1
+    assert group.layers == ("conv",)
+    assert (group.before, group.after, group.removed) == (4, 2, (1, 3))
+    kept = [0, 2]
+    assert torch.equal(net.conv.weight, original.conv.weight[kept])
+    assert torch.equal(net.bn.running_mean, original.bn.running_mean[kept])
+    assert torch.equal(net.bn.weight, original.bn.weight[kept])
+    assert torch.equal(net.conv2.weight, original.conv2.weight[:, kept])
+    assert net(torch.randn(2, 1, 4, 4)).shape == (2, 2)
+
+
+def test_a_residual_group_is_ranked_by_the_mean_over_its_tied_producers():
+    net = create("resnet_cifar", stages=1, blocks=[2], widths=[4], in_channels=1, input_size=8)
+    stem, c2a, c2b = [0.25, 0.125, 0.75, 0.875], [0.875, 0.5, 0.125, 0.25], [0.75, 0.25, 0.25, 0.75]
+    with torch.no_grad():
+        net.conv1.weight.copy_(_filled((4, 1, 3, 3), stem))
+        net.layer1[0].conv2.weight.copy_(_filled((4, 4, 3, 3), c2a))
+        net.layer1[1].conv2.weight.copy_(_filled((4, 4, 3, 3), c2b))
+    # Alone, the stem would lose channels 0 and 1, layer1.0.conv2 channels 2 and 3; the
+    # group means are 0.625, 0.29, 0.375, 0.625: channels 1 and 2 go.
+    assert filters_to_remove(stem, 0.5) == [0, 1]
+    assert filters_to_remove(c2a, 0.5) == [2, 3]
+    original = copy.deepcopy(net)
+    (group,) = l1_filter(net, ["conv1", "layer1.0.conv2", "layer1.1.conv2"], 0.5)
+    assert group.layers == ("conv1", "layer1.0.conv2", "layer1.1.conv2")
+    assert group.removed == (1, 2)
+    kept = [0, 3]
+    assert torch.equal(net.conv1.weight, original.conv1.weight[kept])
+    assert torch.equal(net.layer1[1].conv2.weight, original.layer1[1].conv2.weight[kept])
+    assert torch.equal(net.layer1[0].conv1.weight, original.layer1[0].conv1.weight[:, kept])
+    assert torch.equal(net.fc.weight, original.fc.weight[:, kept])
+
+
+def test_tied_layers_listed_in_part_are_refused():
+    net = create("resnet_cifar", stages=1, blocks=[2], widths=[4], in_channels=1, input_size=8)
+    with pytest.raises(ConfigError, match="'layer1.0.conv2' shares its output channels with conv1"):
+        l1_filter(net, ["layer1.0.conv2"], 0.5)
+    with pytest.raises(ConfigError, match="'fc' is the model's output layer"):
+        l1_filter(net, ["fc"], 0.5)
+    assert net.conv1.out_channels == 4  # untouched
+
+
+def _stage_layers(depth: int) -> tuple[list[str], list[str]]:
+    n = (depth - 2) // 6
+    residual = ["conv1", "layer2.0.shortcut.0", "layer3.0.shortcut.0"]
+    residual += [f"layer{s}.{i}.conv2" for s in (1, 2, 3) for i in range(n)]
+    inner = [f"layer{s}.{i}.conv1" for s in (1, 2, 3) for i in range(n)]
+    return residual, inner
+
+
+@pytest.mark.parametrize("depth", [20, 32, 56])
+def test_thinned_resnet_equals_a_fresh_network_of_the_reduced_widths(depth):
+    torch.manual_seed(depth)
+    net = create(f"resnet{depth}")
+    with torch.no_grad():  # running statistics that are not the defaults
+        for m in net.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.normal_()
+                m.running_var.uniform_(0.5, 2.0)
+    original = copy.deepcopy(net)
+    residual, inner = _stage_layers(depth)
+    groups = l1_filter(net, residual + inner, 0.5)
+    assert len(groups) == 3 + len(inner)  # one tied group per stage, one per inner conv
+    assert {(g.before, g.after) for g in groups} == {(16, 8), (32, 16), (64, 32)}
+
+    n = (depth - 2) // 6
+    fresh = create("resnet_cifar", blocks=(n, n, n), widths=(8, 16, 32), shortcut="conv1x1").eval()
+    state = net.state_dict()
+    assert {k: v.shape for k, v in state.items()} == {
+        k: v.shape for k, v in fresh.state_dict().items()
+    }
+    fresh.load_state_dict(state)
+    x = torch.randn(2, 3, 32, 32)
+    net.eval()
+    torch.testing.assert_close(net(x), fresh(x), rtol=0, atol=0)
+
+    # The kept filters are the original ones: outputs and inputs sliced alike.
+    kept = {
+        layer: [i for i in range(g.before) if i not in g.removed]
+        for g in groups
+        for layer in g.layers
+    }
+    previous = kept["conv1"]
+    for s in (1, 2, 3):
+        stage = kept["conv1"] if s == 1 else kept[f"layer{s}.0.shortcut.0"]
+        for i in range(n):
+            block_in = previous if i == 0 else stage
+            for j, src in ((1, block_in), (2, kept[f"layer{s}.{i}.conv1"])):
+                name = f"layer{s}.{i}.conv{j}"
+                w0 = original.get_submodule(name).weight
+                assert torch.equal(net.get_submodule(name).weight, w0[kept[name]][:, src])
+        previous = stage
+    assert torch.equal(net.fc.weight, original.fc.weight[:, previous])
