@@ -22,7 +22,10 @@ __all__ = ["grow_command", "prune_train_command"]
 
 @handle_errors
 def prune_train_command(
-    config: str = typer.Argument(..., help="YAML recipe (path, or name of a shipped recipe)."),
+    config: str = typer.Argument(
+        None, help="YAML recipe (path, or name of a shipped recipe); or give --config."
+    ),
+    config_opt: str = typer.Option(None, "--config", help="The recipe, as an option."),
     ratio: float = typer.Option(0.2, help="Group-lasso penalty ratio in (0, 1)."),
     interval: int = typer.Option(10, min=1, help="Epochs between reconfigurations."),
     threshold: float = typer.Option(1e-4, min=0.0, help="Weights below it are zeroed."),
@@ -49,6 +52,7 @@ def prune_train_command(
 
     Example: edgetrain prune-train digits-resnet20 --ratio 0.2 --interval 5 --epochs 30
     """
+    config = _recipe_argument(config, config_opt)
     overrides = [*(set_ or []), *([f"precision={precision}"] if precision else [])]
     base = load_config(resolve_recipe(config), overrides, full=full, epochs=epochs, seed=seed)
     tree = base.to_dict()
@@ -102,6 +106,16 @@ def print_pruning(run_dir: Path) -> None:
     console.print(table)
 
 
+def _recipe_argument(positional: str | None, option: str | None) -> str:
+    """The recipe given as the argument or as --config (not both, not neither)."""
+    if positional and option and positional != option:
+        raise ConfigError(f"two recipes given ('{positional}' and --config '{option}'); give one")
+    recipe = positional or option
+    if not recipe:
+        raise ConfigError("pass a recipe (e.g. digits-resnet20 or --config recipe.yaml)")
+    return recipe
+
+
 def _grow_ops(widen: list[str], deepen: list[str]) -> list[dict[str, object]]:
     ops: list[dict[str, object]] = []
     for item in widen:
@@ -116,8 +130,9 @@ def _grow_ops(widen: list[str], deepen: list[str]) -> list[dict[str, object]]:
 @handle_errors
 def grow_command(
     config: str = typer.Argument(
-        ..., help="YAML recipe (path or shipped name) the grown model trains with."
+        None, help="YAML recipe (path or shipped name) the grown model trains with."
     ),
+    config_opt: str = typer.Option(None, "--config", help="The recipe, as an option."),
     from_: str = typer.Option(
         None, "--from", help="Run directory (or checkpoint) of the trained model to grow."
     ),
@@ -125,8 +140,9 @@ def grow_command(
         None, help="LAYER=WIDTH: widen a conv/linear (and every layer tied to it); repeatable."
     ),
     deepen: list[str] = typer.Option(
-        None, help="Insert an identity layer after a conv, or an identity block after a "
-        "residual block (e.g. layer2.1); repeatable."
+        None,
+        help="Insert an identity layer after a conv, or an identity block after a "
+        "residual block (e.g. layer2.1); repeatable.",
     ),
     init: str = typer.Option(
         "net2net", help="net2net (function-preserving) or random (the control)."
@@ -147,6 +163,7 @@ def grow_command(
     Example: edgetrain grow digits-resnet20 --from runs/digits-resnet20
     --widen layer1.0.conv1=32 --deepen layer2.2 --epochs 5
     """
+    config = _recipe_argument(config, config_opt)
     ops = _grow_ops(list(widen or []), list(deepen or []))
     if not ops:
         raise ConfigError("nothing to grow; pass --widen LAYER=WIDTH and/or --deepen LAYER")

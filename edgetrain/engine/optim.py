@@ -23,7 +23,8 @@ from edgetrain.registry import Registry, check_kwargs
 __all__ = [
     "OPTIMIZERS",
     "SCHEDULERS",
-    "build_optimizer", "build_scheduler",
+    "build_optimizer",
+    "build_scheduler",
     "rebind_parameters",
     "scheduler_interval",
 ]

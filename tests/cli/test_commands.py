@@ -243,6 +243,8 @@ def test_keyword_transfer_recipes(cli, monkeypatch, tmp_path):
 def test_demo_quick(cli, tmp_path):
     out = cli("demo", "--size", "quick", "--runs-dir", "demo", "--no-progress").output
     assert "pretrain" in out and "fine-tune" in out and "no fine-tune" in out
+    assert "prune-train" in out and "PruneTrain (ratio" in out and "inference MACs" in out
+    assert (tmp_path / "demo" / "digits-pretrain-prunetrain" / "plots" / "channels.png").is_file()
     assert (tmp_path / "demo" / "report.html").is_file()
     ft = json.loads((tmp_path / "demo" / "digits-finetune" / "summary.json").read_text())
     pre = json.loads((tmp_path / "demo" / "digits-pretrain" / "summary.json").read_text())

@@ -76,7 +76,8 @@ def test_prune_train_trains_reports_and_prints_the_table(cli, recipe, tmp_path):
 
 
 def test_prune_train_run_name_and_resume_of_a_pruned_run(cli, recipe, tmp_path):
-    args = ("prune-train", str(recipe), *ARGS, "--name", "p", "--no-progress", "--no-report")
+    args = ("prune-train", "--config", str(recipe), *ARGS, "--name", "p", "--no-progress")
+    args = (*args, "--no-report")
     cli(*args)
     run = tmp_path / "runs" / "p"
     assert not (run / "plots" / "channels.png").exists()
@@ -84,6 +85,12 @@ def test_prune_train_run_name_and_resume_of_a_pruned_run(cli, recipe, tmp_path):
     records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [1, 2, 3]
     assert "channels" in records[-1]
+
+
+def test_prune_train_needs_exactly_one_recipe(cli, recipe):
+    assert "pass a recipe" in _one_line(cli("prune-train", code=2).output)
+    out = cli("prune-train", str(recipe), "--config", "other.yaml", code=2).output
+    assert "two recipes given" in _one_line(out)
 
 
 @pytest.mark.parametrize(
