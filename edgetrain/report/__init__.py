@@ -53,11 +53,10 @@ def build_report(
             best-so-far, epochs-to-target vs ops saved), the first run as reference, and
             write ``<page>_scenario.csv``. Conventional runs at N and N+1 frozen layers
             (e.g. ``4444`` and ``4440``) are drawn as dashed reference lines.
-        similarity: add the per-layer distance/angle heat maps between the runs (they
-            need weight snapshots) and write ``similarity.csv`` beside the page.
 
     Returns:
-        The path of the HTML page. Each run's own curves go to ``<run>/plots/``;
+        The path of the HTML page. Each run's own curves go to ``<run>/plots/`` (with
+        ``channels.png`` and ``pruning.png`` for runs whose architecture changed);
         overlays of several runs go to ``<out stem>_plots/`` beside the page.
     """
     runs = load_runs(list(run_dirs))
