@@ -43,6 +43,7 @@ from rich.console import Console
 from edgetrain import data as data_sets
 from edgetrain.engine import RunConfig, RunDirectory, load_config, start_run
 from edgetrain.finetune import compare_schedules, scenario_cases
+from edgetrain.finetune.compare import scenario_table
 from edgetrain.recipes import recipe_path
 
 SCHEDULES = "4442,4432,4422,4422_m,4421,4211_m"
@@ -220,43 +221,6 @@ def verdict_lines(v: dict[str, Any]) -> list[str]:
     return lines
 
 
-def table_rows(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
-    """Header and formatted cells of the scenario table (top-5 only when present)."""
-    top5 = "best_top5" in rows[0]
-    header = [
-        "schedule",
-        "mode",
-        "best LR",
-        "best top-1 %",
-        *(["top-5 % at best top-1"] if top5 else []),
-        "LR range",
-        "ops/step",
-        "rel. ops",
-        "peak ops",
-        "peak mem KiB",
-        "reuse KiB",
-        "rel. mem",
-    ]
-    cells = [
-        [
-            r["schedule"],
-            r["mode"],
-            f"{r['best_lr']:.4g}",
-            f"{r['best_accuracy']:.2f}",
-            *([f"{r['best_top5']:.2f}"] if top5 else []),
-            f"{r['lr_low']:.3g}..{r['lr_high']:.3g}",
-            f"{r['average_ops']:,.0f}",
-            f"{r['relative_ops']:.3f}",
-            f"{r['peak_ops']:,}",
-            f"{r['peak_memory_bytes'] / 1024:,.1f}",
-            f"{r['peak_memory_reuse_bytes'] / 1024:,.1f}",
-            f"{r['relative_peak_memory']:.3f}",
-        ]
-        for r in rows
-    ]
-    return header, cells
-
-
 def epochs_text(n: int) -> str:
     return f"{n} epoch{'' if n == 1 else 's'}"
 
@@ -297,7 +261,7 @@ def run_scenario(key: str, args: argparse.Namespace) -> dict[str, Any]:
     info = data_sets.describe(config.data.name, **config.data.options)
     point = 100.0 / info.split_sizes["test"]
     seconds = time.perf_counter() - started
-    header, cells = table_rows(records)
+    header, cells = scenario_table(rows)
     print_table(
         f"scenario {key}: {scenario.title}, fine-tuning {epochs_text(args.epochs)} per trial, "
         f"LR grid per case ({seconds / 60:.1f} min)",

@@ -9,11 +9,12 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from edgetrain.cli._common import console, handle_errors, kib
+from edgetrain.cli._common import console, handle_errors
 from edgetrain.cli.train import resolve_recipe, run_and_report
 from edgetrain.engine import load_config
 from edgetrain.errors import ConfigError
 from edgetrain.finetune import MODES, Schedule, compare_schedules, lr_grid, sweep_depth
+from edgetrain.finetune.compare import scenario_table
 from edgetrain.report.depth import plot_depth
 
 app = typer.Typer(
@@ -247,37 +248,11 @@ def compare_command(
         writer = csv.DictWriter(f, fieldnames=list(rows[0].to_dict()))
         writer.writeheader()
         writer.writerows(r.to_dict() for r in rows)
-    top5 = rows[0].best_top5 is not None  # the data set has more than 10 classes
+    header, cells = scenario_table(rows)
     table = Table(title=f"scenario table: {base.name}")
-    for h in (
-        "schedule",
-        "mode",
-        "best LR",
-        "best top-1 %",
-        *(["top-5 % at best top-1"] if top5 else []),
-        "LR range",
-        "ops/step",
-        "rel. ops",
-        "peak ops",
-        "peak mem KiB",
-        "reuse KiB",
-        "rel. mem",
-    ):
+    for h in header:
         table.add_column(h, justify="left" if h in ("schedule", "mode") else "right")
-    for r in rows:
-        table.add_row(
-            r.schedule,
-            r.mode,
-            f"{r.best_lr:.4g}",
-            f"{r.best_accuracy:.2f}",
-            *([f"{r.best_top5:.2f}"] if top5 else []),
-            f"{r.lr_low:.3g}..{r.lr_high:.3g}",
-            f"{r.average_ops:,.0f}",
-            f"{r.relative_ops:.3f}",
-            f"{r.peak_ops:,}",
-            kib(r.peak_memory_bytes),
-            kib(r.peak_memory_reuse_bytes),
-            f"{r.relative_peak_memory:.3f}",
-        )
+    for row in cells:
+        table.add_row(*row)
     console.print(table)
     console.print(f"[green]table:[/] {out}")

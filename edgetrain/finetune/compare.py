@@ -21,7 +21,13 @@ from edgetrain.finetune.costing import optimise_placement, schedule_cost
 from edgetrain.finetune.grid import GridResult, lr_grid
 from edgetrain.finetune.schedule import DIGITS, Schedule
 
-__all__ = ["TOP5_MIN_CLASSES", "ScenarioRow", "compare_schedules", "scenario_cases"]
+__all__ = [
+    "TOP5_MIN_CLASSES",
+    "ScenarioRow",
+    "compare_schedules",
+    "scenario_cases",
+    "scenario_table",
+]
 
 # The table has a top-5 column only for data sets with more classes than this.
 TOP5_MIN_CLASSES = 10
@@ -143,3 +149,41 @@ def _top5_at_best(grid: GridResult) -> float:
         if record.get("epoch") == trial.epoch and "val_top5" in record:
             return float(record["val_top5"])
     return float("nan")
+
+
+def scenario_table(rows: Sequence[ScenarioRow]) -> tuple[list[str], list[list[str]]]:
+    """Header and formatted cells of the scenario table (top-5 only when the rows have it),
+    for the CLI and the benchmarks alike."""
+    top5 = bool(rows) and rows[0].best_top5 is not None
+    header = [
+        "schedule",
+        "mode",
+        "best LR",
+        "best top-1 %",
+        *(["top-5 % at best top-1"] if top5 else []),
+        "LR range",
+        "ops/step",
+        "rel. ops",
+        "peak ops",
+        "peak mem KiB",
+        "reuse KiB",
+        "rel. mem",
+    ]
+    cells = [
+        [
+            r.schedule,
+            r.mode,
+            f"{r.best_lr:.4g}",
+            f"{r.best_accuracy:.2f}",
+            *([f"{r.best_top5:.2f}"] if top5 else []),
+            f"{r.lr_low:.3g}..{r.lr_high:.3g}",
+            f"{r.average_ops:,.0f}",
+            f"{r.relative_ops:.3f}",
+            f"{r.peak_ops:,}",
+            f"{r.peak_memory_bytes / 1024:,.1f}",
+            f"{r.peak_memory_reuse_bytes / 1024:,.1f}",
+            f"{r.relative_peak_memory:.3f}",
+        ]
+        for r in rows
+    ]
+    return header, cells
