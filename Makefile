@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 # Extra pip arguments for torch, e.g. another index for another build.
 TORCH_PIP_ARGS ?=
-EXTRAS ?= dev,timeseries,analysis,prune,compress
+EXTRAS ?= dev,timeseries,analysis,prune,compress,search
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
 PYTEST_ARGS ?=
 
@@ -30,7 +30,7 @@ demo: install
 
 test: install
 	$(BIN)/ruff check edgetrain tests benchmarks
-	$(BIN)/pytest -m "not slow and not postgres and not gpu" $(PYTEST_ARGS)
+	$(BIN)/pytest -m "not slow and not gpu" $(PYTEST_ARGS)
 
 test-slow: install
 	$(BIN)/pytest -m "slow" $(PYTEST_ARGS)

@@ -15,6 +15,7 @@ from edgetrain.cli import cost as _cost
 from edgetrain.cli import data as _data
 from edgetrain.cli import finetune as _finetune
 from edgetrain.cli import schedule as _schedule
+from edgetrain.cli import sweep as _sweep
 from edgetrain.cli.bench import bench_command
 from edgetrain.cli.demo import demo_command
 from edgetrain.cli.export import export_command
@@ -61,6 +62,7 @@ app.add_typer(_cost.app, name="cost")
 app.add_typer(_compress.app, name="compress")
 app.add_typer(_finetune.app, name="finetune")
 app.add_typer(_schedule.app, name="schedule")
+app.add_typer(_sweep.app, name="sweep")
 app.command("models")(models_command)
 app.command("export")(export_command)
 app.command("bench")(bench_command)

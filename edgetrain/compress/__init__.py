@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from edgetrain.compress.apply import CompressReport, PrunerReport, apply, is_ruined
 from edgetrain.compress.benchmark import BenchmarkResult, RepeatStats, benchmark
+from edgetrain.compress.deploy import DeployedFile, deploy, evaluate_onnx, measure
 from edgetrain.compress.export import ExportResult, check_onnx, export_onnx
 from edgetrain.compress.finetune import (
     FinetuneResult,
@@ -41,6 +42,7 @@ __all__ = [
     "RUNTIMES",
     "BenchmarkResult",
     "CompressReport",
+    "DeployedFile",
     "ExportResult",
     "FinetuneResult",
     "Measurement",
@@ -55,7 +57,9 @@ __all__ = [
     "apply",
     "benchmark",
     "check_onnx",
+    "deploy",
     "evaluate_model",
+    "evaluate_onnx",
     "export_onnx",
     "filters_to_remove",
     "finetune",
@@ -66,6 +70,7 @@ __all__ = [
     "list_shipped_recipes",
     "load_recipe",
     "load_trained_run",
+    "measure",
     "quantize_onnx",
     "save_compressed",
     "sensitivity",

@@ -46,6 +46,11 @@ class TrainedRun:
         d = self.config.data
         return data_sets.create(d.name, d.eval_split, shift=d.shift, **d.options)
 
+    def train_data(self) -> ArrayDataset:
+        """The run's training split without augmentation (calibration batches)."""
+        d = self.config.data
+        return data_sets.create(d.name, d.train_split, shift=d.shift, **d.options)
+
 
 def load_trained_run(path: str | Path, prefer: str = "best") -> TrainedRun:
     """Load a run directory (``checkpoints/<prefer>.pt``) or a checkpoint inside one.

@@ -12,9 +12,16 @@ import yaml
 
 from edgetrain.report.extract import RunRecord
 
-__all__ = ["SUMMARY_HEADER", "render_html", "summary_rows"]
+__all__ = [
+    "PAGE_STYLE",
+    "SUMMARY_HEADER",
+    "image_html",
+    "render_html",
+    "summary_rows",
+    "table_html",
+]
 
-_STYLE = """
+PAGE_STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:2rem auto;max-width:1100px;
 color:#1d1d1f;padding:0 1rem}
 h1{font-size:1.6rem}h2{font-size:1.2rem;margin-top:2rem;border-bottom:1px solid #ddd}
@@ -35,7 +42,8 @@ def _fmt(value: Any) -> str:
     return html.escape(str(value))
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+def table_html(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """An HTML table; floats to 4 significant digits, text escaped."""
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{_fmt(c)}</td>" for c in r) + "</tr>" for r in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
@@ -74,7 +82,8 @@ def summary_rows(runs: Sequence[RunRecord]) -> list[list[Any]]:
     return rows
 
 
-def _image(path: Path) -> str:
+def image_html(path: Path) -> str:
+    """A PNG embedded as base64, so the page stands alone."""
     data = base64.b64encode(path.read_bytes()).decode("ascii")
     return f'<img alt="{html.escape(path.stem)}" src="data:image/png;base64,{data}">'
 
@@ -83,14 +92,14 @@ def render_html(runs: Sequence[RunRecord], images: Sequence[Path], title: str) -
     """The report page: summary table, curves, per-run epoch tables and configs."""
     parts = [
         "<!DOCTYPE html><html><head><meta charset='utf-8'>",
-        f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head><body>",
+        f"<title>{html.escape(title)}</title><style>{PAGE_STYLE}</style></head><body>",
         f"<h1>{html.escape(title)}</h1>",
         "<h2>Runs</h2>",
-        _table(SUMMARY_HEADER, summary_rows(runs)),
+        table_html(SUMMARY_HEADER, summary_rows(runs)),
     ]
     if images:
         parts.append("<h2>Curves</h2>")
-        parts += [_image(p) for p in images]
+        parts += [image_html(p) for p in images]
     for run in runs:
         parts.append(f"<h2>{html.escape(run.name)}</h2>")
         parts.append(
@@ -111,7 +120,7 @@ def render_html(runs: Sequence[RunRecord], images: Sequence[Path], title: str) -
             )
             if any(k in m for m in run.metrics)
         ]
-        parts.append(_table(keys, [[m.get(k, "-") for k in keys] for m in run.metrics]))
+        parts.append(table_html(keys, [[m.get(k, "-") for k in keys] for m in run.metrics]))
         parts.append(
             "<details><summary>config.yaml</summary><pre>"
             + html.escape(yaml.safe_dump(run.config, sort_keys=False))

@@ -1,0 +1,220 @@
+"""One candidate of a sweep, measured end to end.
+
+A candidate is a compression recipe with the trial's parameters set. It is applied to
+the trained model (L1 filter pruning with physical removal), evaluated, fine-tuned,
+exported, quantized when the recipe says so, evaluated again with ONNX Runtime and
+benchmarked on the sweep's runtime. :func:`evaluate_candidate` returns every number a
+sweep records (see :data:`edgetrain.search.config.METRICS`); the same function measures
+the unpruned baseline and the hand-made reference recipe, so all three are comparable.
+
+Two parameter sets that give the same architecture and the same fine-tuning (for
+example sparsities that round to the same filter counts) have the same
+:func:`config_key`; the sweep reuses the first one's result instead of training again.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from edgetrain.compress.apply import CompressReport, apply
+from edgetrain.compress.deploy import deploy, measure
+from edgetrain.compress.finetune import finetune, save_compressed
+from edgetrain.compress.recipe import Recipe, load_recipe
+from edgetrain.compress.source import TrainedRun, evaluate_model, load_trained_run
+from edgetrain.errors import ConfigError, EdgetrainError
+from edgetrain.search.config import SweepConfig
+
+__all__ = ["Candidate", "SweepContext", "TrialFailed", "config_key", "evaluate_candidate"]
+
+
+class TrialFailed(EdgetrainError):
+    """A candidate that cannot be measured (diverged, ruined beyond use, export failed)."""
+
+
+@dataclass
+class SweepContext:
+    """What every trial of a sweep shares: the config, the recipe, the trained run and
+    the folder of the trials' files."""
+
+    config: SweepConfig
+    recipe: Recipe
+    run: TrainedRun
+    folder: Path
+    reference: Recipe | None = None
+
+    @classmethod
+    def prepare(cls, config: SweepConfig, base: Path | None, folder: str | Path) -> SweepContext:
+        """Load the recipe, the trained model and the reference recipe; check that every
+        parameter names a key of the recipe.
+
+        Raises:
+            ConfigError: a missing run or recipe, a data set other than the run's, or a
+                parameter that does not fit the recipe.
+        """
+        recipe = config.load_recipe(base)
+        config.check(recipe)
+        model_path = Path(config.model)
+        if base is not None and not model_path.is_absolute() and (base / model_path).exists():
+            model_path = base / model_path
+        run = load_trained_run(model_path)
+        if config.data is not None and config.data != run.config.data.name:
+            raise ConfigError(
+                f"data: '{config.data}' but the model in '{config.model}' was trained on "
+                f"'{run.config.data.name}'; remove 'data' or point 'model' at a run on it"
+            )
+        recipe.check(run.model)
+        reference = None
+        if config.reference is not None:
+            ref_source = config.reference
+            if base is not None and (base / ref_source).exists():
+                ref_source = str(base / ref_source)
+            reference = load_recipe(ref_source)
+            reference.check(run.model)
+        return cls(config, recipe, run, Path(folder), reference)
+
+
+@dataclass
+class Candidate:
+    """A measured candidate: the metrics a trial records and its compression report."""
+
+    metrics: dict[str, Any]
+    report: CompressReport
+    key: str
+    duplicate_of: int | None = None
+
+
+def config_key(report: CompressReport, recipe: Recipe) -> str:
+    """A digest of what decides a candidate's result: the filters kept per layer and
+    every recipe section other than the pruners (fine-tuning, quantization, export)."""
+    recipe_tree = {k: v for k, v in recipe.to_dict().items() if k != "pruners"}
+    payload = json.dumps(
+        {"filters": report.filters_after, "recipe": recipe_tree}, sort_keys=True, default=str
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def _finite(value: float | None, what: str) -> None:
+    if value is None or not math.isfinite(value):
+        raise TrialFailed(f"{what} is {value}: training diverged; lower finetune.lr")
+
+
+def evaluate_candidate(
+    ctx: SweepContext,
+    recipe: Recipe,
+    out: str | Path,
+    *,
+    baseline: dict[str, Any] | None = None,
+    cached: Callable[[str], tuple[int, dict[str, Any]] | None] | None = None,
+    finetune_: bool = True,
+) -> Candidate:
+    """Compress, fine-tune, export, quantize, evaluate and benchmark one recipe.
+
+    Args:
+        ctx: the sweep's shared context.
+        recipe: the candidate recipe (the sweep's recipe with the trial's parameters).
+        out: folder for the candidate's files (``recipe.yaml``, ONNX files, ``model.pt``
+            when the sweep keeps models).
+        baseline: the unpruned model's metrics, for ``top1_drop`` and ``latency_ratio``.
+        cached: looks a :func:`config_key` up among finished trials and returns
+            ``(trial number, metrics)`` to reuse, or None.
+        finetune_: run the recipe's fine-tuning (False for the baseline).
+
+    Raises:
+        TrialFailed: fine-tuning diverged.
+    """
+    out = Path(out)
+    run = ctx.run
+    model, report = apply(copy.deepcopy(run.model), recipe)
+    key = config_key(report, recipe)
+    if cached is not None:
+        hit = cached(key)
+        if hit is not None:
+            number, metrics = hit
+            _write_record(out, recipe, {**metrics, "duplicate_of": number})
+            return Candidate(dict(metrics), report, key, duplicate_of=number)
+    test = run.test_data()
+    pruned = evaluate_model(model, test)
+    report.top1_before = None if baseline is None else baseline.get("top1_fp32")
+    report.mark_ruined(pruned["top1"], test.info.num_classes)
+    metrics: dict[str, Any] = {
+        "top1_pruned": pruned["top1"],
+        "top5_pruned": pruned.get("top5"),
+        "loss_pruned": pruned["loss"],
+        "ruined": report.ruined,
+        "macs": report.macs_after,
+        "params": report.params_after,
+        "macs_ratio": report.macs_ratio,
+        "params_ratio": report.params_ratio,
+        "filters_kept": {k: list(v) for k, v in report.filters_kept.items()},
+        "finetune_epochs": 0,
+    }
+    settings = recipe.finetune
+    if finetune_ and settings is not None and settings.epochs > 0:
+        tuned = finetune(model, settings, run.config, architecture=run.architecture)
+        last = tuned.history[-1] if tuned.history else {}
+        _finite(last.get("train_loss"), "the fine-tuning loss")
+        model = tuned.model
+        metrics["finetune_epochs"] = settings.epochs
+    _write_record(out, recipe, None)
+    files = deploy(model, recipe, out, test, run.train_data())
+    measure(files, **ctx.config.runtime.settings())
+    for f in files:
+        tag = "fp32" if f.name == "fp32" else "int8"
+        assert f.bench is not None
+        bench = f.bench.to_dict()
+        metrics.update(
+            {
+                f"top1_{tag}": f.metrics["top1"],
+                f"top5_{tag}": f.metrics.get("top5"),
+                f"loss_{tag}": f.metrics["loss"],
+                f"latency_{tag}_ms": f.bench.latency_ms,
+                f"size_{tag}_bytes": f.size_bytes,
+            }
+        )
+        if f is files[-1]:
+            _finite(f.metrics["loss"], "the test loss")
+            metrics.update(
+                {
+                    "deployed": f.name,
+                    "top1": f.metrics["top1"],
+                    "top5": f.metrics.get("top5"),
+                    "loss": f.metrics["loss"],
+                    "latency_ms": f.bench.latency_ms,
+                    "latency_spread_ms": bench["spread_ms"],
+                    "latency_p90_ms": bench["p90_ms"],
+                    "compute_ms": f.bench.compute_ms,
+                    "throughput": f.bench.throughput,
+                    "size_bytes": f.size_bytes,
+                }
+            )
+    if baseline is not None:
+        metrics["top1_drop"] = baseline["top1"] - metrics["top1"]
+        metrics["latency_ratio"] = metrics["latency_ms"] / baseline["latency_ms"]
+    if ctx.config.keep_models:
+        save_compressed(model, out / "model.pt", run.architecture)
+    else:
+        for f in files:
+            f.path.unlink(missing_ok=True)
+    _write_record(out, recipe, metrics)
+    return Candidate(metrics, report, key)
+
+
+def _write_record(out: Path, recipe: Recipe, metrics: dict[str, Any] | None) -> None:
+    """``recipe.yaml`` first (a fresh folder); ``metrics.json`` once measured."""
+    if metrics is None or not out.exists():
+        if out.exists():
+            shutil.rmtree(out)
+        out.mkdir(parents=True)
+        (out / "recipe.yaml").write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
+    if metrics is not None:
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str) + "\n")

@@ -1,0 +1,171 @@
+"""Budget, resume, interruption, dead workers and duplicate reuse of a sweep's study.
+
+The candidate measurement is replaced by a cheap function of the parameters, so these
+tests exercise the study logic alone (the CLI test runs the real pipeline).
+"""
+
+from __future__ import annotations
+
+import time
+from types import SimpleNamespace
+
+import optuna
+import pytest
+
+from edgetrain.compress.recipe import load_recipe
+from edgetrain.search import load_sweep, open_storage, run
+from edgetrain.search import study as study_mod
+from edgetrain.search.objective import Candidate, SweepContext
+
+RECIPE = load_recipe(
+    {"version": 1, "pruners": {"s1": {"method": "l1_filter", "sparsity": 0.5, "layers": ["a"]}}}
+)
+STATE = optuna.trial.TrialState
+
+
+def _config(name="s", trials=6, **extra):
+    tree = {
+        "name": name,
+        "method": "random",
+        "metric": "latency_ms",
+        "constraints": [{"name": "top1", "min": 50}],
+        "recipe": "r.yaml",
+        "model": "runs/m",
+        "parameters": {"s1.sparsity": {"values": [0.0, 0.25, 0.5, 0.75]}},
+        "budget": {"trials": trials},
+        "heartbeat_s": 1,
+        **extra,
+    }
+    return load_sweep(tree)[0]
+
+
+@pytest.fixture
+def fake(monkeypatch, tmp_path):
+    """Measure a candidate as latency = 1 - sparsity/2, top1 = 90 - 40*sparsity."""
+    calls = []
+    knobs = SimpleNamespace(calls=calls, fail_at=None, error=RuntimeError("boom"))
+
+    def prepare(config, base, folder):
+        return SweepContext(config, RECIPE, None, folder)
+
+    def evaluate(ctx, recipe, out, *, baseline=None, cached=None, finetune_=True):
+        s = recipe.pruners["s1"].sparsity if recipe.pruners else 0.0
+        key = f"{s:.2f}"
+        if cached is not None and (hit := cached(key)) is not None:
+            return Candidate(dict(hit[1]), None, key, duplicate_of=hit[0])
+        calls.append(s)
+        if knobs.fail_at is not None and s == knobs.fail_at:
+            raise knobs.error
+        metrics = {"latency_ms": 1.0 - s / 2, "top1": 90.0 - 40 * s, "macs": 100 * (1 - s)}
+        if baseline is not None:
+            metrics["top1_drop"] = baseline["top1"] - metrics["top1"]
+        return Candidate(metrics, None, key)
+
+    monkeypatch.setattr(SweepContext, "prepare", staticmethod(prepare))
+    monkeypatch.setattr(study_mod, "evaluate_candidate", evaluate)
+    monkeypatch.chdir(tmp_path)
+    return knobs
+
+
+def _study(config):
+    storage = open_storage(f"sqlite:///runs/{config.name}/study.db")
+    return optuna.load_study(study_name=config.name, storage=storage)
+
+
+def _slots(study, state=STATE.COMPLETE):
+    return sorted(t.user_attrs["slot"] for t in study.get_trials(states=(state,)))
+
+
+def test_budget_is_run_once_and_duplicates_reuse_results(fake):
+    config = _config(trials=6)
+    summary = run(config)
+    study = _study(config)
+    assert summary.completed == 6 and summary.failed == 0
+    assert _slots(study) == list(range(6))
+    assert len(study.trials) == 6  # nothing beyond the budget
+    assert study.user_attrs["baseline"]["top1"] == 90.0
+    # four distinct sparsities: at least two of the six trials reused a result
+    dups = [t for t in study.trials if "duplicate_of" in t.user_attrs]
+    assert summary.duplicates == len(dups) >= 2
+    assert len(fake.calls) == 1 + 6 - len(dups)  # the baseline + distinct candidates
+    for t in dups:
+        first = study.trials[t.user_attrs["duplicate_of"]]
+        assert t.values == first.values and t.params == first.params
+    # a second run finds the budget spent and measures nothing
+    assert run(config).completed == 0
+
+
+def test_failed_trials_are_recorded_with_their_reason(fake):
+    fake.fail_at, fake.error = 0.75, RuntimeError("out of memory")
+    config = _config(trials=8)
+    summary = run(config)
+    study = _study(config)
+    failed = study.get_trials(states=(STATE.FAIL,))
+    assert summary.failed == len(failed) >= 1
+    assert all("out of memory" in t.user_attrs["fail_reason"] for t in failed)
+    assert all(t.params["s1.sparsity"] == 0.75 for t in failed)
+    assert summary.completed + summary.failed == 8
+
+
+def test_resume_keeps_finished_trials_and_runs_the_rest(fake):
+    config = _config(trials=5)
+    first = run(config, max_trials=2)
+    assert first.stopped_by == "max_trials"
+    study = _study(config)
+    kept = {t.number: t.values for t in study.get_trials(states=(STATE.COMPLETE,))}
+    assert len(kept) == 2
+    second = run(config)
+    assert second.completed == 3
+    study = _study(config)
+    assert _slots(study) == list(range(5))
+    assert all(study.trials[n].values == v for n, v in kept.items())
+    # a larger budget on resume runs only the difference
+    assert run(config, trials=7).completed == 2
+    assert _slots(_study(config)) == list(range(7))
+
+
+def test_interrupted_trial_is_queued_again_with_its_parameters(fake):
+    fake.fail_at, fake.error = 0.5, KeyboardInterrupt()
+    config = _config(trials=6, parameters={"s1.sparsity": {"values": [0.5]}})
+    with pytest.raises(KeyboardInterrupt):
+        run(config)
+    study = _study(config)
+    (failed,) = study.get_trials(states=(STATE.FAIL,))
+    assert "interrupted" in failed.user_attrs["fail_reason"]
+    (retry,) = [
+        t
+        for t in study.get_trials(states=(STATE.WAITING,))
+        if t.system_attrs.get("failed_trial") == failed.number
+    ]
+    assert retry.params == failed.params
+    assert retry.user_attrs["slot"] == failed.user_attrs["slot"]
+    fake.fail_at = None
+    assert run(config).completed == 6
+    assert _slots(_study(config)) == list(range(6))
+
+
+def test_dead_workers_trial_is_failed_by_heartbeat_and_retried(fake):
+    config = _config(trials=3)
+    run(config, max_trials=0)  # set up: baseline measured, three slots queued
+    storage = open_storage(f"sqlite:///runs/{config.name}/study.db", heartbeat_s=1)
+    study = optuna.load_study(study_name=config.name, storage=storage)
+    trial, trial_id = study_mod._claim(study, storage)
+    trial.suggest_categorical("s1.sparsity", [0.0, 0.25, 0.5, 0.75])
+    storage.record_heartbeat(trial_id)  # ... and the worker dies here
+    time.sleep(3.5)  # past the grace period (3 heartbeats)
+    summary = run(config)
+    study = _study(config)
+    (dead,) = study.get_trials(states=(STATE.FAIL,))
+    assert dead.number == trial.number
+    assert summary.completed == 3
+    assert _slots(study) == [0, 1, 2]
+    retried = [t for t in study.trials if t.system_attrs.get("failed_trial") == dead.number]
+    assert len(retried) == 1 and retried[0].params == dead.params
+
+
+def test_a_study_with_other_settings_is_refused(fake):
+    run(_config(trials=1))
+    with pytest.raises(Exception, match="exists with another 'parameters'"):
+        run(_config(trials=1, parameters={"s1.sparsity": {"values": [0.1]}}))
+    with pytest.raises(Exception, match="exists with objectives"):
+        run(_config(trials=1, metric="top1"))

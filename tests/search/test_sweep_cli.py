@@ -1,0 +1,100 @@
+"""``edgetrain sweep run|worker|report`` end to end on SQLite with the real pipeline:
+prune a tiny ResNet trained on the digits, export, quantize, benchmark with ONNX Runtime."""
+
+from __future__ import annotations
+
+import json
+
+import optuna
+import pytest
+from conftest import sweep_yaml
+from typer.testing import CliRunner
+
+from edgetrain.cli import app
+from edgetrain.search import open_storage
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+def _cli(*args, code=0):
+    result = CliRunner().invoke(app, list(args))
+    assert result.exit_code == code, (result.output, result.exception)
+    return result.output
+
+
+def test_sweep_run_measures_the_budget_and_writes_the_report(sweep_root, monkeypatch):
+    monkeypatch.chdir(sweep_root)
+    monkeypatch.setenv("COLUMNS", "200")
+    (sweep_root / "sweep.yaml").write_text(
+        sweep_yaml("cli", 4, "bayes", "reference: reference.yaml")
+    )
+    out = _cli("sweep", "run", "sweep.yaml", "--no-progress")
+    assert "best feasible trials" in out and "report.html" in out
+    folder = sweep_root / "runs" / "cli"
+    storage = open_storage(f"sqlite:///{folder / 'study.db'}")
+    study = optuna.load_study(study_name="cli", storage=storage)
+    complete = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    assert len(complete) == 4 == len(study.trials)
+    baseline = study.user_attrs["baseline"]
+    reference = study.user_attrs["reference"]
+    assert reference["macs"] < baseline["macs"]
+    for t in complete:
+        a = t.user_attrs
+        assert t.values[0] == a["latency_ms"] > 0
+        assert 0 <= a["top1"] <= 100 and a["deployed"] == "fp32"
+        assert a["top1_drop"] == pytest.approx(baseline["top1"] - a["top1"])
+        assert a["macs"] <= baseline["macs"]
+        trial_dir = folder / "trials" / f"{t.number:04d}"
+        assert json.loads((trial_dir / "metrics.json").read_text())["macs"] == a["macs"]
+        assert (trial_dir / "recipe.yaml").is_file()
+        assert not (trial_dir / "model.onnx").exists()  # keep_models: false
+    for png in ("pareto", "best_so_far", "latency_vs_macs", "latency_vs_sparsity"):
+        assert (folder / "report" / "plots" / f"{png}.png").is_file()
+    page = (folder / "report" / "report.html").read_text()
+    assert "Best trials" in page and "reference" in page
+
+    out = _cli("sweep", "report", "runs/cli")
+    assert "4 measured, 0 failed" in out
+    assert "budget" in _cli("sweep", "run", "sweep.yaml", "--no-progress", "--no-report")
+
+
+def test_quantized_recipe_deploys_the_int8_model(sweep_root, monkeypatch):
+    monkeypatch.chdir(sweep_root)
+    (sweep_root / "recipe-int8.yaml").write_text(
+        (sweep_root / "recipe.yaml").read_text()
+        + "quantize: {method: int8_static, calibration_batches: 2}\n"
+    )
+    text = sweep_yaml("int8", 1, "random", "keep_models: true").replace(
+        "recipe: recipe.yaml", "recipe: recipe-int8.yaml"
+    )
+    (sweep_root / "int8.yaml").write_text(text)
+    _cli("sweep", "run", "int8.yaml", "--no-progress", "--no-report")
+    storage = open_storage("sqlite:///runs/int8/study.db")
+    (trial,) = optuna.load_study(study_name="int8", storage=storage).trials
+    a = trial.user_attrs
+    assert a["deployed"] == "int8_static"
+    assert a["latency_ms"] == a["latency_int8_ms"] and a["latency_fp32_ms"] > 0
+    assert a["top1"] == a["top1_int8"] and abs(a["top1_int8"] - a["top1_fp32"]) < 15
+    assert a["size_int8_bytes"] > 0 and a["size_fp32_bytes"] > 0
+    folder = sweep_root / "runs" / "int8" / "trials" / "0000"
+    assert (folder / "model.int8_static.onnx").is_file() and (folder / "model.pt").is_file()
+
+
+def test_bad_input_exits_2_with_one_line(sweep_root, monkeypatch):
+    monkeypatch.chdir(sweep_root)
+    (sweep_root / "bad.yaml").write_text(
+        sweep_yaml("bad").replace("inner.sparsity", "outer.sparsity")
+    )
+    result = CliRunner().invoke(app, ["sweep", "run", "bad.yaml", "--no-progress"])
+    assert result.exit_code == 2
+    assert (
+        "parameters.outer.sparsity" in result.output and "names neither a pruner" in result.output
+    )
+    assert not (sweep_root / "runs" / "bad").exists()
+    result = CliRunner().invoke(app, ["sweep", "report", "nothing-here"])
+    assert result.exit_code == 2 and "no sweep 'nothing-here'" in result.output
+    (sweep_root / "good.yaml").write_text(sweep_yaml("good"))
+    result = CliRunner().invoke(
+        app, ["sweep", "worker", "good.yaml", "--storage", "redis://x", "--no-progress"]
+    )
+    assert result.exit_code == 2 and "is not a database URL" in result.output
