@@ -17,10 +17,12 @@ from edgetrain.cli._common import (
     default_command_group,
     err_console,
     handle_errors,
+    kib,
     parse_options,
     sigterm_as_interrupt,
 )
 from edgetrain.compress.apply import CompressReport, apply
+from edgetrain.compress.deploy import DeployedFile, deploy, measure
 from edgetrain.compress.finetune import COMPRESSED_CHECKPOINT, finetune, save_compressed
 from edgetrain.compress.recipe import list_shipped_recipes, load_recipe
 from edgetrain.compress.sensitivity import (
@@ -77,11 +79,17 @@ def run_command(
     overwrite: bool = typer.Option(False, help="Replace an existing output folder."),
     progress: bool = typer.Option(True, help="Show a progress bar while fine-tuning."),
     report: bool = typer.Option(True, help="Write plots and report.html after fine-tuning."),
+    bench: bool = typer.Option(
+        False, help="Benchmark the exported files on ONNX Runtime (1 thread, 100 runs)."
+    ),
 ) -> None:
-    """Prune a trained run with a recipe, evaluate before and after, fine-tune.
+    """Prune a trained run with a recipe, evaluate before and after, fine-tune, and
+    export/quantize as the recipe's export and quantize sections say.
 
     Writes OUT/compress.json (the report), OUT/recipe.yaml and
     OUT/checkpoints/compressed.pt; with fine-tuning OUT is also a normal run directory.
+    With an export or quantize section: OUT/model.onnx (and OUT/model.int8_static.onnx),
+    each evaluated with ONNX Runtime on the test set.
 
     Example: edgetrain compress runs/digits-resnet20 --recipe resnet20-l1 --set stage1.sparsity=0.5
     """
@@ -129,6 +137,12 @@ def run_command(
             raise typer.Exit(EXIT_INTERRUPTED) from None
     else:
         save_compressed(model, out / COMPRESSED_CHECKPOINT, run.architecture)
+    files: list[DeployedFile] = []
+    if parsed.export is not None or parsed.quantize is not None:
+        final = tuned.model if tuned is not None else model
+        files = deploy(final, parsed, out, test, run.train_data())
+        if bench:
+            measure(files)
     record = {
         "source": str(run.checkpoint),
         "recipe": parsed.to_dict(),
@@ -142,10 +156,13 @@ def run_command(
             "final_top1": tuned.final_top1,
             "best_top1": tuned.best_top1,
         },
+        "deployed": [f.to_dict() for f in files],
     }
     # Written last: its presence says the compression finished.
     atomic_write_text(out / REPORT_FILE, json.dumps(record, indent=2) + "\n")
     _print_report(result, tuned.final_top1 if tuned else None, tuned.best_top1 if tuned else None)
+    if files:
+        _print_files(files)
     if tuned is not None and report:
         from edgetrain.report import build_report
 
@@ -206,6 +223,21 @@ def _print_report(
             f"{final_top1 - result.top1_before:+.2f}",
         )
     console.print(summary)
+
+
+def _print_files(files: list[DeployedFile]) -> None:
+    table = Table(title="deployed files (ONNX Runtime on the test set)")
+    for h in ("file", "format", "KiB", "top-1 %", "latency ms"):
+        table.add_column(h, justify="left" if h == "file" else "right")
+    for f in files:
+        table.add_row(
+            str(f.path),
+            f.name,
+            kib(f.size_bytes),
+            f"{f.top1:.2f}" if f.top1 is not None else "-",
+            f"{f.latency_ms:.3f}" if f.latency_ms is not None else "-",
+        )
+    console.print(table)
 
 
 def _parse_sparsities(text: str) -> tuple[float, ...]:

@@ -88,6 +88,26 @@ def test_no_finetune_keeps_only_the_compressed_model(cli, trained, tmp_path):
     assert model.layer1[1].conv1.out_channels == 6
 
 
+def test_export_and_quantize_sections_write_checked_onnx_files(cli, trained, tmp_path):
+    pytest.importorskip("onnxruntime")
+    recipe = tmp_path / "deploy.yaml"
+    recipe.write_text(
+        RECIPE + "quantize: {method: int8_static, calibration_batches: 2}\nexport: {opset: 17}\n"
+    )
+    run, out = trained / "runs" / "tiny", tmp_path / "deployed"
+    args = ("compress", str(run), "--recipe", str(recipe), "--out", str(out), "--no-finetune")
+    output = cli(*args, "--bench").output
+    assert "deployed files" in output and "int8_static" in output
+    report = json.loads((out / "compress.json").read_text())
+    fp32, int8 = report["deployed"]
+    assert (fp32["name"], int8["name"]) == ("fp32", "int8_static")
+    assert (out / "model.onnx").is_file() and (out / "model.int8_static.onnx").is_file()
+    # ONNX Runtime's FP32 accuracy is the PyTorch model's; int8 stays close
+    assert fp32["top1"] == pytest.approx(report["top1_after"], abs=0.3)
+    assert abs(int8["top1"] - fp32["top1"]) < 10
+    assert fp32["bench"]["latency_ms"] > 0 and int8["bench"]["runs"] == 100
+
+
 @pytest.mark.parametrize(
     ("recipe", "extra", "message"),
     [
