@@ -29,6 +29,7 @@ from typing import Any
 from _common import RESULTS, print_table, write_result
 
 from edgetrain.compress import benchmark, evaluate_onnx, export_onnx, load_recipe, quantize_onnx
+from edgetrain.compress.runtime import op_times
 from edgetrain.compress.source import load_trained_run
 from edgetrain.engine.config import load_config
 from edgetrain.engine.run import start_run
@@ -164,6 +165,8 @@ def _final(model: str, run_dir: Path, data: Any, work: Path, rounds: int) -> lis
     for f in files:
         f["latency_ms"] = statistics.median(f["latencies"])
         f["latency_ratio"] = f["latency_ms"] / base
+        # where the time goes (explains an int8 model that is not faster)
+        f["op_ms"] = op_times(f["path"], runs=50) if f["candidate"] == "baseline" else None
         f["path"] = str(f["path"])
     return files
 
@@ -260,6 +263,16 @@ def main() -> None:
         print(
             f"{model}: latency vs MACs over {c['points']} trials: Pearson {c['pearson']}, "
             f"Spearman {c['spearman']}"
+        )
+    for model in datas:
+        base = [f for f in payload[model]["files"] if f["op_ms"]]
+        ops = sorted(
+            {op for f in base for op in f["op_ms"]}, key=lambda o: -base[-1]["op_ms"].get(o, 0)
+        )
+        print_table(
+            f"{model} baseline: kernel ms per operator type (ORT profiler, batch 1)",
+            ["operator", *[f["format"] for f in base]],
+            [[op, *[f"{f['op_ms'].get(op, 0.0):.3f}" for f in base]] for op in ops[:8]],
         )
     _scatter(datas, RESULTS / "compression_latency_vs_macs.png")
     print(write_result("compression", payload))

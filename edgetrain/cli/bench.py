@@ -11,6 +11,7 @@ from rich.table import Table
 from edgetrain._atomic import atomic_writer
 from edgetrain.cli._common import console, handle_errors
 from edgetrain.compress.benchmark import BenchmarkResult, benchmark
+from edgetrain.compress.runtime import op_times
 from edgetrain.errors import ConfigError
 
 __all__ = ["bench_command"]
@@ -83,6 +84,9 @@ def bench_command(
     timeout: float = typer.Option(600.0, min=1.0, help="Seconds one command call may take."),
     profile: bool = typer.Option(True, help="Measure compute latency with ORT's profiler."),
     json_out: Path = typer.Option(None, "--json", help="Also write the results to this file."),
+    ops: bool = typer.Option(
+        False, "--ops", help="Also show kernel time per operator type (ONNX Runtime's profiler)."
+    ),
 ) -> None:
     """Benchmark a model: latency at batch 1 (median, mean, p90, min, stdev), compute
     latency (ORT profiler kernel time), throughput and file size; 3 repeats in one process.
@@ -97,6 +101,8 @@ def bench_command(
         options = {"command": _parse_command(command), "timeout_s": timeout}
     elif command is not None:
         raise ConfigError(f"--command goes with --runtime command, not --runtime {runtime}")
+    if ops and runtime != "onnxruntime":
+        raise ConfigError("--ops needs --runtime onnxruntime (it reads ORT's profiler)")
     result = benchmark(
         model,
         runtime=runtime,
@@ -112,6 +118,15 @@ def bench_command(
     console.print(result.summary(), highlight=False, soft_wrap=True)
     for note in result.notes:
         console.print(f"note: {note}", highlight=False, soft_wrap=True)
+    if ops:
+        times = op_times(model, threads=threads, warmup=warmup, runs=runs)
+        total = sum(times.values()) or 1.0
+        table = Table(title="kernel time per operator type (batch 1)")
+        for h in ("operator", "ms per run", "share"):
+            table.add_column(h, justify="left" if h == "operator" else "right")
+        for op, ms in times.items():
+            table.add_row(op, f"{ms:.4f}", f"{100 * ms / total:.1f}%")
+        console.print(table)
     if json_out is not None:
         with atomic_writer(json_out, "w") as f:
             f.write(json.dumps(result.to_dict(), indent=2) + "\n")

@@ -45,6 +45,7 @@ __all__ = [
     "Runtime",
     "node_time_per_run",
     "onnx_session",
+    "op_times",
 ]
 
 #: Whole-value placeholders of a command template, each replaced inside its argument.
@@ -337,6 +338,44 @@ def _profiled_compute_ms(
             session.run(None, feeds)
         events = json.loads(Path(session.end_profiling()).read_text())
     return node_time_per_run(events)[warmup:]
+
+
+def op_times(
+    path: str | Path, threads: int = 1, warmup: int = 10, runs: int = 50, batch: int = 1
+) -> dict[str, float]:
+    """Kernel time per ONNX operator type, in ms per run at ``batch`` (ORT's profiler),
+    largest first: where the time goes, e.g. the ``QuantizeLinear``/``DequantizeLinear``
+    of an int8 model against its ``Conv`` time.
+
+    Example:
+        >>> op_times("model.int8.onnx")  # doctest: +SKIP
+        {'Conv': 0.61, 'QuantizeLinear': 0.12, ...}
+    """
+    path = Path(path)
+    session = onnx_session(path, threads)
+    feeds = _random_feeds(session, batch)
+    with tempfile.TemporaryDirectory(prefix="edgetrain-ort-profile-") as tmp:
+        session = onnx_session(
+            path, threads, enable_profiling=True, profile_file_prefix=str(Path(tmp) / "ort")
+        )
+        for _ in range(warmup + runs):
+            session.run(None, feeds)
+        events = json.loads(Path(session.end_profiling()).read_text())
+    totals: dict[str, float] = {}
+    timed = [
+        e
+        for e in events
+        if e.get("cat") == "Node" and str(e.get("name", "")).endswith("_kernel_time")
+    ]
+    # Drop the warm-up runs: keep each node's last `runs` events.
+    per_node: dict[str, list[dict[str, Any]]] = {}
+    for e in timed:
+        per_node.setdefault(e["name"], []).append(e)
+    for node_events in per_node.values():
+        for e in sorted(node_events, key=lambda x: x["ts"])[-runs:]:
+            op = str(e.get("args", {}).get("op_name", "?"))
+            totals[op] = totals.get(op, 0.0) + e["dur"] / 1e3 / runs
+    return dict(sorted(totals.items(), key=lambda kv: -kv[1]))
 
 
 def node_time_per_run(events: Sequence[dict[str, Any]]) -> list[float]:

@@ -43,6 +43,9 @@ def test_export_then_bench_a_trained_run(cli, tiny_recipe, tmp_path):
     assert result["latency_ms"] > 0 and result["compute_ms"] > 0 and result["throughput"] > 0
     assert result["file_bytes"] == (tmp_path / "model.onnx").stat().st_size
 
+    out = cli("bench", "model.onnx", "--runs", "5", "--repeats", "1", "--ops").output
+    assert "kernel time per operator type" in out and "Conv" in out and "%" in out
+
     script = tmp_path / "fake_bench.py"
     script.write_text(FAKE_BENCH)
     command = json.dumps([sys.executable, str(script), "{model}"])
@@ -62,6 +65,10 @@ def test_export_then_bench_a_trained_run(cli, tiny_recipe, tmp_path):
         (["bench", "bad.onnx", "--runtime", "command"], "needs --command"),
         (["bench", "bad.onnx", "--command", "prog {model}"], "must be a JSON list"),
         (["bench", "bad.onnx", "--command", '["prog"]'], "no '{model}' argument"),
+        (
+            ["bench", "bad.onnx", "--command", '["p", "{model}"]', "--ops"],
+            "--ops needs --runtime onnxruntime",
+        ),
         (
             ["bench", "bad.onnx", "--runtime", "onnxruntime", "--command", '["p", "{model}"]'],
             "goes with --runtime command",
