@@ -200,6 +200,7 @@ def open_study(
             sampler=sampler,
         )
         study.set_user_attr("config", config.to_dict())
+        study.set_metric_names([m.name for m in config.metrics])  # shown by optuna-dashboard
         coordinator = True
     except optuna.exceptions.DuplicatedStudyError:
         study = optuna.load_study(study_name=config.name, storage=storage, sampler=sampler)

@@ -4,6 +4,7 @@ prune a tiny ResNet trained on the digits, export, quantize, benchmark with ONNX
 from __future__ import annotations
 
 import json
+from wsgiref.util import setup_testing_defaults
 
 import optuna
 import pytest
@@ -52,6 +53,15 @@ def test_sweep_run_measures_the_budget_and_writes_the_report(sweep_root, monkeyp
         assert (folder / "report" / "plots" / f"{png}.png").is_file()
     page = (folder / "report" / "report.html").read_text()
     assert "Best trials" in page and "reference" in page
+
+    # optuna-dashboard serves the same storage
+    dashboard = pytest.importorskip("optuna_dashboard")
+    environ: dict = {}
+    setup_testing_defaults(environ)
+    environ["PATH_INFO"] = "/api/studies"
+    status = []
+    body = b"".join(dashboard.wsgi(storage)(environ, lambda s, h, *a: status.append(s)))
+    assert status[0].startswith("200") and b'"cli"' in body and b"latency_ms" in body
 
     out = _cli("sweep", "report", "runs/cli")
     assert "4 measured, 0 failed" in out
