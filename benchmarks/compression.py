@@ -21,6 +21,7 @@ Run: python benchmarks/compression.py [--models resnet20,resnet56 --trials 16 --
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import statistics
 from pathlib import Path
@@ -275,6 +276,13 @@ def main() -> None:
             [[op, *[f"{f['op_ms'].get(op, 0.0):.3f}" for f in base]] for op in ops[:8]],
         )
     _scatter(datas, RESULTS / "compression_latency_vs_macs.png")
+    # Models measured by earlier invocations stay in the result file.
+    previous = RESULTS / "compression.json"
+    if previous.is_file():
+        old = json.loads(previous.read_text())
+        for model, result in old.items():
+            if model not in payload and model not in ("machine", "settings"):
+                payload[model] = result
     print(write_result("compression", payload))
 
 

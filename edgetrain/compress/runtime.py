@@ -330,14 +330,20 @@ def _profiled_compute_ms(
     path: Path, feeds: dict[str, np.ndarray], warmup: int, runs: int, threads: int
 ) -> list[float]:
     """Per-run sums of node kernel times from ONNX Runtime's profiler (warm-up runs dropped)."""
+    return node_time_per_run(_profile_events(path, feeds, warmup + runs, threads))[warmup:]
+
+
+def _profile_events(
+    path: Path, feeds: dict[str, np.ndarray], runs: int, threads: int
+) -> list[dict[str, Any]]:
+    """The events of ONNX Runtime's profiler over ``runs`` runs of a fresh session."""
     with tempfile.TemporaryDirectory(prefix="edgetrain-ort-profile-") as tmp:
         session = onnx_session(
             path, threads, enable_profiling=True, profile_file_prefix=str(Path(tmp) / "ort")
         )
-        for _ in range(warmup + runs):
+        for _ in range(runs):
             session.run(None, feeds)
-        events = json.loads(Path(session.end_profiling()).read_text())
-    return node_time_per_run(events)[warmup:]
+        return json.loads(Path(session.end_profiling()).read_text())
 
 
 def op_times(
@@ -352,15 +358,8 @@ def op_times(
         {'Conv': 0.61, 'QuantizeLinear': 0.12, ...}
     """
     path = Path(path)
-    session = onnx_session(path, threads)
-    feeds = _random_feeds(session, batch)
-    with tempfile.TemporaryDirectory(prefix="edgetrain-ort-profile-") as tmp:
-        session = onnx_session(
-            path, threads, enable_profiling=True, profile_file_prefix=str(Path(tmp) / "ort")
-        )
-        for _ in range(warmup + runs):
-            session.run(None, feeds)
-        events = json.loads(Path(session.end_profiling()).read_text())
+    feeds = _random_feeds(onnx_session(path, threads), batch)
+    events = _profile_events(path, feeds, warmup + runs, threads)
     totals: dict[str, float] = {}
     timed = [
         e

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import random
 import socket
 import threading
 import time
@@ -72,6 +73,7 @@ BOOKKEEPING_ATTRS = (
     "folder",
 )
 _WAIT_FOR_SETUP_S = 3600.0
+_OPEN_ATTEMPTS = 3
 
 
 @contextlib.contextmanager
@@ -111,18 +113,25 @@ def open_storage(url: str, heartbeat_s: int = 60) -> Any:
             f"--storage '{url}' is not a database URL; use sqlite:///path/study.db or "
             "postgresql://user@host/db"
         )
-    try:
-        with quiet_optuna():
-            return optuna.storages.RDBStorage(
-                url,
-                heartbeat_interval=heartbeat_s,
-                grace_period=3 * heartbeat_s,
-                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
-                    max_retry=1
-                ),
-            )
-    except Exception as exc:  # SQLAlchemy/driver errors: all one line for the user
-        raise ConfigError(f"cannot open storage '{url}': {one_line(exc)}") from None
+    # Workers started together race to create the schema; the loser's CREATE TABLE fails
+    # and a second attempt finds the tables in place.
+    error = ""
+    for attempt in range(_OPEN_ATTEMPTS):
+        if attempt:
+            time.sleep(0.5 + random.random())
+        try:
+            with quiet_optuna():
+                return optuna.storages.RDBStorage(
+                    url,
+                    heartbeat_interval=heartbeat_s,
+                    grace_period=3 * heartbeat_s,
+                    heartbeat_stale_trial_callback=(
+                        optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1)
+                    ),
+                )
+        except Exception as exc:  # SQLAlchemy/driver errors: all one line for the user
+            error = one_line(exc)
+    raise ConfigError(f"cannot open storage '{url}': {error}")
 
 
 @dataclass
@@ -220,6 +229,10 @@ def open_study(
 
 
 def _check_same(config: SweepConfig, study: Any) -> None:
+    # A study created a moment ago by another worker may not carry its config yet.
+    deadline = time.monotonic() + 60.0
+    while "config" not in study.user_attrs and time.monotonic() < deadline:
+        time.sleep(0.5)
     stored = study.user_attrs.get("config") or {}
     directions = [d.name.lower() for d in study.directions]
     if directions != config.directions:

@@ -33,9 +33,7 @@ def postgres_url():
     subprocess.run(["bash", str(SCRIPT), "stop", folder], capture_output=True, timeout=120)
 
 
-def test_two_workers_share_one_study_without_losing_or_repeating_a_trial(
-    sweep_root, postgres_url
-):
+def test_two_workers_share_one_study_without_losing_or_repeating_a_trial(sweep_root, postgres_url):
     pytest.importorskip("psycopg")
     budget = 8
     (sweep_root / "pg.yaml").write_text(sweep_yaml("pg", budget, "random"))
