@@ -13,6 +13,7 @@ from edgetrain import analysis as _analysis  # noqa: F401  (registers weight-sna
 from edgetrain.cli import compress as _compress
 from edgetrain.cli import cost as _cost
 from edgetrain.cli import data as _data
+from edgetrain.cli import diagnose as _diagnose
 from edgetrain.cli import finetune as _finetune
 from edgetrain.cli import schedule as _schedule
 from edgetrain.cli import sweep as _sweep
@@ -63,6 +64,7 @@ app.add_typer(_compress.app, name="compress")
 app.add_typer(_finetune.app, name="finetune")
 app.add_typer(_schedule.app, name="schedule")
 app.add_typer(_sweep.app, name="sweep")
+app.add_typer(_diagnose.app, name="diagnose")
 app.command("models")(models_command)
 app.command("export")(export_command)
 app.command("bench")(bench_command)

@@ -1,5 +1,6 @@
 """Compression: recipes, L1 filter pruning with physical removal, fine-tuning, sensitivity,
-int8 quantization, ONNX export and latency benchmarks on a runtime.
+int8 quantization, progressive stochastic binarization (PSB), ONNX export and latency
+benchmarks on a runtime.
 
 Nothing here imports ONNX or ONNX Runtime until a function needs them (the
 ``[compress]`` extra); pruning needs Torch-Pruning (``[prune]``).
@@ -25,6 +26,32 @@ from edgetrain.compress.finetune import (
 )
 from edgetrain.compress.l1 import filters_to_remove, l1_filter
 from edgetrain.compress.pruning import PRUNERS, PrunedGroup
+from edgetrain.compress.psb import (
+    NUMBER_FORMATS,
+    OperationCost,
+    PSBConv2d,
+    PSBLinear,
+    operation_cost,
+    psb_layers,
+    set_samples,
+    to_psb,
+)
+from edgetrain.compress.psb_attention import (
+    AttentionOutput,
+    AttentionResult,
+    attention_forward,
+    evaluate_attention,
+)
+from edgetrain.compress.psb_format import PSBConfig
+from edgetrain.compress.psb_grid import (
+    PSBScore,
+    SampleGrid,
+    draw_sample_grid,
+    finetune_psb,
+    plot_sample_grid,
+    psb_accuracy,
+    sample_grid,
+)
 from edgetrain.compress.quantize import (
     QUANTIZE_METHODS,
     QuantizeResult,
@@ -37,41 +64,61 @@ from edgetrain.compress.sensitivity import SensitivityRow, sensitivity
 from edgetrain.compress.source import TrainedRun, evaluate_model, load_trained_run
 
 __all__ = [
+    "NUMBER_FORMATS",
     "PRUNERS",
     "QUANTIZE_METHODS",
     "RUNTIMES",
+    "AttentionOutput",
+    "AttentionResult",
     "BenchmarkResult",
     "CompressReport",
     "DeployedFile",
     "ExportResult",
     "FinetuneResult",
     "Measurement",
+    "OperationCost",
+    "PSBConfig",
+    "PSBConv2d",
+    "PSBLinear",
+    "PSBScore",
     "PrunedGroup",
     "PrunerReport",
     "QuantizeResult",
     "Recipe",
     "RepeatStats",
     "Runtime",
+    "SampleGrid",
     "SensitivityRow",
     "TrainedRun",
     "apply",
+    "attention_forward",
     "benchmark",
     "check_onnx",
     "deploy",
+    "draw_sample_grid",
+    "evaluate_attention",
     "evaluate_model",
     "evaluate_onnx",
     "export_onnx",
     "filters_to_remove",
     "finetune",
     "finetune_config",
+    "finetune_psb",
     "int8_speed_note",
     "is_ruined",
     "l1_filter",
     "list_shipped_recipes",
     "load_recipe",
     "load_trained_run",
+    "operation_cost",
+    "plot_sample_grid",
+    "psb_accuracy",
+    "psb_layers",
     "measure",
     "quantize_onnx",
+    "sample_grid",
     "save_compressed",
     "sensitivity",
+    "set_samples",
+    "to_psb",
 ]

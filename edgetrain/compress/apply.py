@@ -1,10 +1,11 @@
 """Apply a compression recipe's pruners to a model and report what they changed.
 
-:func:`apply` checks the recipe against the model, runs its pruners in recipe order and
+:func:`apply` checks the recipe against the model, runs its pruners in recipe order,
+converts the model to the recipe's ``number_format`` when it has one (``psb``), and
 returns a :class:`CompressReport`: filters kept per layer, parameters and inference MACs
-(cost model) before and after, what each pruner removed, and, once the caller has
-evaluated the result, whether the network was *ruined* (accuracy at chance level: such
-networks rarely recover in fine-tuning).
+(cost model) before and after pruning, what each pruner removed, what the number format
+did, and, once the caller has evaluated the result, whether the network was *ruined*
+(accuracy at chance level: such networks rarely recover in fine-tuning).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch
 from torch import nn
 
 from edgetrain.compress.pruning import PRUNERS, PrunedGroup
+from edgetrain.compress.psb import NUMBER_FORMATS
 from edgetrain.compress.recipe import Recipe, load_recipe
 from edgetrain.cost import analyze
 from edgetrain.models import WEIGHT_LAYER_TYPES
@@ -71,6 +73,8 @@ class CompressReport:
         top1_before / top1_after: test top-1 (percent) before and after, once measured.
         num_classes: classes of the task (set by :meth:`mark_ruined`).
         ruined: accuracy after pruning is at chance level.
+        number_format: what the recipe's number format did (``psb``: settings, folded
+            batch-norms, converted layers, shifts and adds per input), or None.
     """
 
     filters_before: dict[str, int]
@@ -84,6 +88,7 @@ class CompressReport:
     top1_after: float | None = None
     num_classes: int | None = None
     ruined: bool = False
+    number_format: dict[str, Any] | None = None
 
     @property
     def filters_kept(self) -> dict[str, tuple[int, int]]:
@@ -129,6 +134,7 @@ class CompressReport:
             "top1_after": self.top1_after,
             "num_classes": self.num_classes,
             "ruined": self.ruined,
+            "number_format": self.number_format,
         }
 
     def summary(self) -> str:
@@ -142,6 +148,8 @@ class CompressReport:
             f"{self.macs_before:,} -> {self.macs_after:,} "
             f"({100 * (1 - self.macs_ratio):.1f}% fewer)"
         )
+        if self.number_format is not None:
+            lines.append(str(self.number_format.get("summary", self.number_format["method"])))
         if self.top1_after is not None:
             before = "-" if self.top1_before is None else f"{self.top1_before:.2f}"
             flag = " RUINED (chance level)" if self.ruined else ""
@@ -167,10 +175,12 @@ def apply(
     recipe: Recipe | str | Path | dict[str, Any],
     example_input: torch.Tensor | None = None,
 ) -> tuple[nn.Module, CompressReport]:
-    """Prune ``model`` as ``recipe`` says, in place, pruner after pruner.
+    """Prune ``model`` as ``recipe`` says, in place, pruner after pruner, then convert it
+    to the recipe's ``number_format`` when it has one (``psb``).
 
     The recipe is checked against the model first (layer names, tied layers), so a bad
     recipe leaves the model untouched. Deep-copy the model first to keep the original.
+    Parameters and MACs "after" are those of the pruned model, before the number format.
 
     Args:
         model: the trained model (thinned in place).
@@ -191,6 +201,10 @@ def apply(
     example = default_input(model, example_input)
     input_shape = tuple(example.shape[1:])
     resolved = recipe.check(model, example)
+    number_format = recipe.number_format
+    if number_format is not None:
+        entry = NUMBER_FORMATS.entry(number_format.method)
+        entry.meta["check_model"](model, number_format.options)
     filters_before = _filters(model)
     params_before, macs_before = _measure(model, input_shape)
     reports = []
@@ -210,4 +224,7 @@ def apply(
         macs_after=macs_after,
         pruners=reports,
     )
+    if number_format is not None:
+        done = entry.fn(model, example_input=example, **number_format.options)
+        report.number_format = done.to_dict()
     return model, report

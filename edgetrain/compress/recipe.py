@@ -16,6 +16,11 @@ Example recipe::
     finetune: {epochs: 10, lr: 0.01, scheduler: {name: exponential, gamma: 0.95, start_epoch: 5}}
     quantize: {method: int8_static, calibration_batches: 32}
     export: {format: onnx, opset: 17}
+
+``number_format: {method: psb, samples: 8, prune: 0.25, p_bits: 4, fixed_point: 8}``
+converts the pruned PyTorch model to progressive stochastic binarization (see
+:mod:`edgetrain.compress.psb`); such a recipe has no ``export`` or ``quantize`` (ONNX
+cannot express weights drawn anew at every forward) and no ``finetune`` section.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from edgetrain._modules import select_modules
 from edgetrain._yaml import YAMLError, safe_load
 from edgetrain.compress import l1 as _l1  # noqa: F401  (registers l1_filter)
 from edgetrain.compress.pruning import PRUNER_ARGS, PRUNERS, check_prunable, tied_layers
+from edgetrain.compress.psb import NUMBER_FORMATS
 from edgetrain.compress.quantize import QUANTIZE_METHODS
 from edgetrain.engine.config import NamedConfig
 from edgetrain.engine.optim import OPTIMIZERS, SCHEDULER_ARGS, SCHEDULERS
@@ -48,6 +54,7 @@ __all__ = [
     "RECIPE_VERSION",
     "ExportSpec",
     "FinetuneSpec",
+    "NumberFormatSpec",
     "PrunerSpec",
     "QuantizeSpec",
     "Recipe",
@@ -56,9 +63,11 @@ __all__ = [
 ]
 
 RECIPE_VERSION = 1
-_SECTIONS = ("version", "pruners", "finetune", "quantize", "export")
+_SECTIONS = ("version", "pruners", "finetune", "quantize", "export", "number_format")
 _LABEL = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
 _SHIPPED = ("edgetrain.recipes", "compress")
+# Arguments the pipeline passes to every number format; never recipe options.
+_FORMAT_ARGS = ("model", "example_input")
 
 
 class _Strict(BaseModel):
@@ -171,6 +180,38 @@ class ExportSpec(_Strict):
     opset: int = Field(17, ge=7)
 
 
+class NumberFormatSpec(BaseModel):
+    """A number format the PyTorch model is converted to after pruning: a key of
+    :data:`~edgetrain.compress.psb.NUMBER_FORMATS` and that format's options, e.g.
+    ``{method: psb, samples: 8, prune: 0.25}``."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    method: str
+
+    @model_validator(mode="before")
+    @classmethod
+    def _format_options(cls, data: Any) -> Any:
+        method = data.get("method") if isinstance(data, dict) else None
+        if not isinstance(method, str) or method not in NUMBER_FORMATS:
+            return data  # the method's own validator names the choices
+        entry = NUMBER_FORMATS.entry(method)
+        options = {k: v for k, v in data.items() if k != "method"}
+        checked = check_kwargs(entry.fn, options, f"number format '{method}'", _FORMAT_ARGS)
+        entry.meta["check"](checked)
+        return {"method": method, **checked}
+
+    @field_validator("method")
+    @classmethod
+    def _method(cls, v: str) -> str:
+        NUMBER_FORMATS.entry(v)  # UnknownNameError lists the choices
+        return v
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """The format's options (keys other than method)."""
+        return dict(self.model_extra or {})
+
+
 class Recipe(_Strict):
     """A validated compression recipe; build it with :func:`load_recipe`.
 
@@ -186,6 +227,29 @@ class Recipe(_Strict):
     finetune: FinetuneSpec | None = None
     quantize: QuantizeSpec | None = None
     export: ExportSpec | None = None
+    number_format: NumberFormatSpec | None = None
+
+    @model_validator(mode="after")
+    def _number_format_pipeline(self) -> Recipe:
+        if self.number_format is None:
+            return self
+        method = self.number_format.method
+        if not NUMBER_FORMATS.entry(method).meta.get("exportable"):
+            onnx = [s for s in ("export", "quantize") if getattr(self, s) is not None]
+            if onnx:
+                raise ValueError(
+                    f"number format '{method}' draws new weights at every forward, which an "
+                    f"ONNX file cannot express; remove the {' and '.join(onnx)} section"
+                    f"{'s' if len(onnx) > 1 else ''} and evaluate the model in PyTorch"
+                )
+        if self.finetune is not None and self.finetune.epochs > 0:
+            raise ValueError(
+                f"finetune cannot follow number format '{method}': fine-tuning rebuilds the "
+                f"model from a checkpoint, which holds no {method} layers; remove finetune (or "
+                "set finetune.epochs: 0), or fine-tune in Python with "
+                "edgetrain.compress.finetune_psb"
+            )
+        return self
 
     @field_validator("version", mode="before")
     @classmethod

@@ -12,6 +12,9 @@ Example recipe::
     model: {name: vgg_small, options: {in_channels: 1, num_classes: 10}}
     optimizer: {name: sgd, lr: 0.05, momentum: 0.9}
     scheduler: {name: onecycle}
+
+Instead of a scheduler, an LR controller (a callback setting the rate every step, such
+as ``actcool`` from :mod:`edgetrain.diagnostics`) can be named: ``lr_control: actcool``.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from edgetrain._yaml import YAMLError, safe_load
 from edgetrain.data import DATASETS, SHIFTS
 from edgetrain.data.transforms import AUGMENTATIONS
+from edgetrain.engine.callback import Callback
 from edgetrain.engine.callbacks.registry import CALLBACKS
 from edgetrain.engine.optim import OPTIMIZERS, SCHEDULER_ARGS, SCHEDULERS
 from edgetrain.errors import ConfigError, EdgetrainError
@@ -33,6 +37,7 @@ from edgetrain.models.surgery import GROW_OPS
 from edgetrain.registry import Registry, check_kwargs
 
 __all__ = [
+    "LR_CONTROLLERS",
     "DataConfig",
     "ModelConfig",
     "NamedConfig",
@@ -40,6 +45,11 @@ __all__ = [
     "apply_overrides",
     "load_config",
 ]
+
+
+LR_CONTROLLERS: Registry[Callback] = Registry("LR controller")
+"""Callbacks that set the learning rate every step in place of a scheduler
+(``lr_control:`` in recipes); technique packages register them, the engine names none."""
 
 
 def _check_registered(registry: Registry[Any], name: str) -> str:
@@ -162,6 +172,7 @@ class RunConfig(_Strict):
         default_factory=lambda: NamedConfig(name="sgd", lr=0.01, momentum=0.9)
     )
     scheduler: NamedConfig | None = None
+    lr_control: NamedConfig | None = None
     callbacks: list[NamedConfig] = Field(default_factory=list)
     checkpoint_every: int = Field(1, ge=1)
     full: dict[str, Any] = Field(default_factory=dict)
@@ -186,6 +197,26 @@ class RunConfig(_Strict):
     @classmethod
     def _callbacks(cls, v: list[NamedConfig]) -> list[NamedConfig]:
         return [_named(CALLBACKS, c) for c in v]
+
+    @field_validator("lr_control", mode="before")
+    @classmethod
+    def _lr_control_name(cls, v: Any) -> Any:
+        return {"name": v} if isinstance(v, str) else v  # "lr_control: actcool"
+
+    @field_validator("lr_control")
+    @classmethod
+    def _lr_control(cls, v: NamedConfig | None) -> NamedConfig | None:
+        return v if v is None else _named(LR_CONTROLLERS, v)
+
+    @model_validator(mode="after")
+    def _one_lr_policy(self) -> RunConfig:
+        if self.lr_control is not None and self.scheduler is not None:
+            raise ValueError(
+                f"lr_control '{self.lr_control.name}' sets the learning rate every step and "
+                f"cannot be combined with scheduler '{self.scheduler.name}'; remove the "
+                "scheduler (--set scheduler=null)"
+            )
+        return self
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for ``config.yaml`` (fully resolved: defaults written out)."""

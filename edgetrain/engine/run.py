@@ -27,7 +27,7 @@ from edgetrain.engine.checkpoint import (
     resolve_checkpoint,
     restore_saved_architecture,
 )
-from edgetrain.engine.config import RunConfig, load_config
+from edgetrain.engine.config import LR_CONTROLLERS, RunConfig, load_config
 from edgetrain.engine.optim import SCHEDULERS, build_optimizer, build_scheduler
 from edgetrain.engine.rundir import RunDirectory
 from edgetrain.engine.trainer import Trainer
@@ -147,6 +147,10 @@ def build_trainer(
     opt_cfg, sched_cfg = config.optimizer, config.scheduler
     with _building("callbacks"):
         callbacks = [CALLBACKS.create(c.name, **c.options) for c in config.callbacks]
+    if config.lr_control is not None:  # last: it sets the rate after the gradient hooks
+        control = config.lr_control
+        with _building(f"lr_control '{control.name}'"):
+            callbacks.append(LR_CONTROLLERS.create(control.name, **control.options))
 
     def optimizer(params: Any) -> torch.optim.Optimizer:  # params: tensors or groups
         with _building(f"optimizer '{opt_cfg.name}'"):

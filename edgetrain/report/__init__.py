@@ -14,6 +14,8 @@ from pathlib import Path
 from edgetrain.engine.rundir import atomic_write_text
 from edgetrain.report.extract import RunRecord, load_run, load_runs, series
 from edgetrain.report.html import render_html, summary_rows
+from edgetrain.report.lr_sensitivity import has_lr_diagnostics, plot_lr_diagnostics
+from edgetrain.report.patterns import has_patterns, plot_patterns
 from edgetrain.report.plots import plot_curves
 from edgetrain.report.pruning import is_pruning_run, plot_pruning
 
@@ -56,7 +58,10 @@ def build_report(
 
     Returns:
         The path of the HTML page. Each run's own curves go to ``<run>/plots/`` (with
-        ``channels.png`` and ``pruning.png`` for runs whose architecture changed);
+        ``channels.png`` and ``pruning.png`` for runs whose architecture changed,
+        ``patterns.png`` and ``patterns_entropy.png`` for runs with pattern measurements,
+        ``lr_sensitivity.png``, ``lr_transition.png`` and ``actcool.png`` for runs with
+        learning-rate diagnostics);
         overlays of several runs go to ``<out stem>_plots/`` beside the page.
     """
     runs = load_runs(list(run_dirs))
@@ -64,6 +69,10 @@ def build_report(
         plot_curves([run], run.path / "plots")
         if is_pruning_run(run):
             plot_pruning([run], run.path / "plots")
+        if has_patterns(run):
+            plot_patterns([run], run.path / "plots")
+        if has_lr_diagnostics(run.path):
+            plot_lr_diagnostics(run.path, run.path / "plots", run.name)
     if len(runs) == 1:
         page = Path(out) if out else runs[0].path / "report.html"
         images = sorted((runs[0].path / "plots").glob("*.png"))
@@ -75,6 +84,9 @@ def build_report(
         images = plot_curves(runs, page.with_name(f"{page.stem}_plots"))
         if any(is_pruning_run(r) for r in runs):
             images += plot_pruning(runs, page.with_name(f"{page.stem}_plots"))
+        watched = [r for r in runs if has_patterns(r)]
+        if len(watched) > 1:
+            images += plot_patterns(watched, page.with_name(f"{page.stem}_plots"))
     if similarity:
         from edgetrain.analysis import similarity as compare_runs
         from edgetrain.report.similarity import plot_similarity

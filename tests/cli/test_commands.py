@@ -23,6 +23,8 @@ COMMANDS = [
     "compress",
     "export",
     "bench",
+    "diagnose",
+    "sweep",
 ]
 
 
@@ -58,6 +60,12 @@ def test_help_lists_every_command_with_a_purpose(cli):
         ["compress", "sensitivity"],
         ["export"],
         ["bench"],
+        ["sweep"],
+        ["sweep", "run"],
+        ["sweep", "worker"],
+        ["sweep", "report"],
+        ["diagnose"],
+        ["diagnose", "patterns"],
     ],
 )
 def test_every_command_help_has_an_example(cli, args):
@@ -246,6 +254,10 @@ def test_demo_quick(cli, tmp_path):
     assert "prune-train" in out and "PruneTrain (ratio" in out and "inference MACs" in out
     assert (tmp_path / "demo" / "digits-pretrain-prunetrain" / "plots" / "channels.png").is_file()
     assert (tmp_path / "demo" / "report.html").is_file()
+    assert "compression (vgg-small-l1)" in out and "pruned int8_static" in out
+    compressed = tmp_path / "demo" / "digits-pretrain-vgg-small-l1"
+    assert (compressed / "model.int8_static.onnx").is_file()
+    assert (compressed / "baseline" / "model.onnx").is_file()
     ft = json.loads((tmp_path / "demo" / "digits-finetune" / "summary.json").read_text())
     pre = json.loads((tmp_path / "demo" / "digits-pretrain" / "summary.json").read_text())
     assert ft["trainable_params"] < pre["trainable_params"]  # conv1, conv2 frozen

@@ -1,0 +1,226 @@
+"""ActCoolLR: cooling plans, the rate formula, temperature tracking, divergence, config."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from edgetrain.diagnostics import (
+    ACTCOOL_FILE,
+    ActCoolLR,
+    DivergenceError,
+    cooling_plan,
+    lr_for_temperature,
+    read_actcool,
+    target_probability,
+)
+from edgetrain.diagnostics.actcool import _plateau_onset
+from edgetrain.engine import Callback, Trainer, load_config
+from edgetrain.engine.config import LR_CONTROLLERS
+from edgetrain.errors import ConfigError, EdgetrainError
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+@pytest.mark.parametrize("plan", ["power", "late-power", "linear-probability"])
+def test_every_plan_starts_at_t_start_and_ends_cold(plan: str) -> None:
+    target = cooling_plan(plan, t_start=3.17, gamma=4.0)
+    assert target(0.0) == pytest.approx(3.17)
+    assert target(1.0) == 0.0
+    values = [target(s) for s in np.linspace(0, 1, 21)]
+    assert values == sorted(values, reverse=True)
+
+
+def test_plan_shapes_between_the_ends() -> None:
+    assert cooling_plan("power", 3.0, 2.0)(0.5) == pytest.approx(3.0 * 0.5**2)
+    assert cooling_plan("late-power", 3.0, 2.0)(0.5) == pytest.approx(3.0 * (1 - 0.5**2))
+    half = cooling_plan("linear-probability", 3.0, 2.0)(0.5)
+    assert target_probability(half) == pytest.approx(target_probability(3.0) / 2)
+    with pytest.raises(EdgetrainError, match="unknown cooling plan 'cosine'"):
+        cooling_plan("cosine")
+
+
+def test_rate_formula_probability_and_clamp() -> None:
+    assert target_probability(3.17) == pytest.approx(0.99 * (1 - 2**-3.17))
+    # P = 1/2 sits at the transition's centre: lr = e^mu
+    t_half = -math.log2(1 - 0.5 / 0.99)
+    assert lr_for_temperature(t_half, mu=-2.0, sigma=1.7) == pytest.approx(math.exp(-2.0))
+    assert lr_for_temperature(0.0, mu=-2.0, sigma=1.0) == 1e-10  # P = 0: clamped
+    assert lr_for_temperature(0.0, mu=-2.0, sigma=1.0, min_lr=1e-6) == 1e-6
+    assert math.isnan(lr_for_temperature(1.0, mu=math.nan, sigma=1.0))
+
+
+def _mlp(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Flatten(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 4)
+    )
+
+
+def _fit(make_blobs, controller: Callback, epochs: int = 3, seed: int = 0, **kw) -> Trainer:
+    kw.setdefault("optimizer", lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9))
+    trainer = Trainer(
+        _mlp(seed),
+        kw.pop("data", None) or make_blobs(512, seed=seed),
+        val_data=make_blobs(128, seed=99),
+        batch_size=32,
+        callbacks=[controller, *kw.pop("callbacks", [])],
+        device="cpu",
+        progress=False,
+        seed=seed,
+        **kw,
+    )
+    trainer.fit(epochs)
+    return trainer
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_measured_temperature_follows_the_plan(make_blobs, seed: int) -> None:
+    controller = ActCoolLR(probing_step_size=2)
+    trainer = _fit(make_blobs, controller, seed=seed)
+    probed = [r for r in controller.rows if "d" in r]
+    assert len(probed) == 24  # 16 steps an epoch, every second one probed
+    target = np.asarray([target_probability(r["t_target"]) for r in probed])
+    measured = np.asarray([r["d"] for r in probed])
+    hot = target > 0.05  # below that, one batch cannot resolve the target
+    assert hot.sum() >= 12
+    assert np.median(np.abs(measured - target)[hot]) < 0.15
+    assert np.corrcoef(target[hot], measured[hot])[0, 1] > 0.8
+    t_plan = np.asarray([-math.log2(1 - p) for p in target])
+    t_measured = np.asarray([r["t_measured"] for r in probed])
+    assert np.median(np.abs(t_measured - t_plan)[hot]) < 0.4
+    # the rate falls with the plan to the floor; the run learned the task
+    lrs = [r["lr"] for r in controller.rows]
+    assert lrs[-1] < max(lrs) / 20
+    assert trainer.state.history[-1]["val_top1"] > 90
+    record = trainer.state.history[0]
+    assert {"actcool_lr", "actcool_t_target", "actcool_t_measured", "actcool_mu"} <= set(record)
+
+
+def test_refit_from_far_off_starting_values_finds_the_same_transition(make_blobs) -> None:
+    fits = []
+    for mu, sigma in ((-1.0, 1.0), (-15.0, 0.5), (8.0, 3.0)):
+        controller = ActCoolLR(mu=mu, sigma=sigma, probing_step_size=1000)
+        _fit(make_blobs, controller, epochs=1)
+        assert controller.refits == 1 and controller.rows[0]["refit"]
+        fits.append((controller.mu, controller.sigma))
+    mus, sigmas = zip(*fits, strict=True)
+    assert max(mus) - min(mus) < 0.3
+    assert max(sigmas) / min(sigmas) < 1.3
+
+
+def test_a_saturating_curve_has_a_plateau_onset() -> None:
+    rising = {0.1: 0.1, 0.2: 0.3, 0.4: 0.5, 0.8: 0.7, 1.6: 0.9}
+    assert _plateau_onset(rising) is None
+    flat = {0.1: 0.2, 0.2: 0.5, 0.4: 0.6, 0.8: 0.695, 1.6: 0.7, 3.2: 0.702, 6.4: 0.703}
+    assert _plateau_onset(flat) == 0.8
+    assert _plateau_onset({1.0: 0.0, 2.0: 0.0, 4.0: 0.0, 8.0: 0.0}) is None  # before the rise
+
+
+def test_a_rate_above_1e10_aborts_with_one_clear_line(make_blobs) -> None:
+    controller = ActCoolLR(mu=30.0, fit_at_start=False)
+    with pytest.raises(DivergenceError, match=r"learning rate .* at step 0 .*diverged") as info:
+        _fit(make_blobs, controller, epochs=1)
+    assert "\n" not in str(info.value)
+
+
+def test_a_nan_loss_aborts_with_one_clear_line(make_blobs) -> None:
+    data = make_blobs(64)
+    data.inputs[:, 0, 0, 0] = math.nan
+    controller = ActCoolLR(fit_at_start=False)
+    with pytest.raises(DivergenceError, match=r"training loss is nan at step 0") as info:
+        _fit(make_blobs, controller, epochs=1, data=data)
+    assert "\n" not in str(info.value)
+
+
+def test_a_scheduler_is_refused(make_blobs) -> None:
+    with pytest.raises(ConfigError, match="remove the scheduler"):
+        _fit(
+            make_blobs,
+            ActCoolLR(),
+            scheduler=lambda o: torch.optim.lr_scheduler.StepLR(o, step_size=1),
+        )
+
+
+class _StopAfterFirstEpoch(Callback):
+    def on_epoch_end(self, trainer, model):
+        trainer.state.stop_requested = True
+
+
+def test_resumed_run_continues_exactly(make_blobs, tmp_path) -> None:
+    def trainer(run: str, callbacks: list[Callback]) -> Trainer:
+        return Trainer(
+            _mlp(),
+            make_blobs(256),
+            val_data=make_blobs(64, seed=1),
+            optimizer=lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9),
+            batch_size=32,
+            callbacks=[ActCoolLR(probing_step_size=3), *callbacks],
+            run_dir=tmp_path / run,
+            device="cpu",
+            progress=False,
+        )
+
+    straight = trainer("a", [])
+    straight.fit(2)
+    first = trainer("b", [_StopAfterFirstEpoch()])
+    first.fit(2)
+    assert first.state.epoch == 1
+    resumed = trainer("b", [])
+    resumed.load_checkpoint(tmp_path / "b" / "checkpoints" / "last.pt")
+    resumed.fit(2)
+    for k, v in straight.model.state_dict().items():
+        assert torch.equal(v, resumed.model.state_dict()[k]), k
+    rows = read_actcool(tmp_path / "a")
+    assert rows == read_actcool(tmp_path / "b")
+    assert [r["step"] for r in rows] == list(range(16))
+    lines = (tmp_path / "a" / ACTCOOL_FILE).read_text().splitlines()
+    assert json.loads(lines[0])["refit"] is True
+
+
+BASE = {
+    "name": "t",
+    "epochs": 1,
+    "data": {"name": "digits"},
+    "model": {"name": "vgg_small", "options": {"input_size": 8}},
+}
+
+
+def test_lr_control_from_yaml_names_the_registered_controller() -> None:
+    cfg = load_config({**BASE, "lr_control": "actcool"})
+    assert cfg.lr_control is not None and cfg.lr_control.name == "actcool"
+    assert cfg.to_dict()["lr_control"] == {"name": "actcool"}
+    cfg = load_config(
+        {**BASE, "lr_control": {"name": "actcool", "t_start": 2.5, "plan": "late-power"}}
+    )
+    controller = LR_CONTROLLERS.create(cfg.lr_control.name, **cfg.lr_control.options)
+    assert isinstance(controller, ActCoolLR)
+    assert (controller.t_start, controller.plan_name) == (2.5, "late-power")
+
+
+@pytest.mark.parametrize(
+    ("lr_control", "message"),
+    [
+        ("actcol", "lr_control: unknown LR controller 'actcol'; choose one of: actcool"),
+        ({"name": "actcool", "tstart": 2}, "LR controller 'actcool' has no option 'tstart'"),
+        ({"name": "actcool", "gamma": "hot"}, "option 'gamma'"),
+    ],
+)
+def test_lr_control_typos_give_one_line(lr_control, message) -> None:
+    with pytest.raises(ConfigError, match=message) as info:
+        load_config({**BASE, "lr_control": lr_control})
+    assert "\n" not in str(info.value)
+
+
+def test_lr_control_and_scheduler_are_refused_together() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config({**BASE, "lr_control": "actcool", "scheduler": {"name": "onecycle"}})
+    assert str(info.value) == (
+        "lr_control 'actcool' sets the learning rate every step and cannot be combined with "
+        "scheduler 'onecycle'; remove the scheduler (--set scheduler=null)"
+    )
