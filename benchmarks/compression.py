@@ -14,6 +14,8 @@ For each model of ``--models`` (ResNet-20 and ResNet-56, 3-channel digits at 32x
    (100 runs each), so every file sees the same machine conditions.
 4. Does latency follow MACs? Pearson and Spearman correlation over all sweep trials
    (latency measured during the sweep) and a scatter plot.
+5. ``--multiple-of 8`` searches with every pruner's kept filters rounded up to a multiple
+   of 8 (``l1_filter``'s ``multiple_of`` option), reported as ``<model>-m8``.
 
 Run: python benchmarks/compression.py [--models resnet20,resnet56 --trials 16 --ft-epochs 3]
 """
@@ -53,12 +55,19 @@ def _train(model: str, epochs: int, work: Path) -> Path:
     return folder
 
 
-def _sweep(model: str, run_dir: Path, args: argparse.Namespace, work: Path) -> Any:
+def _sweep(label: str, run_dir: Path, args: argparse.Namespace, work: Path) -> Any:
     reference = load_recipe("resnet20-l1").with_params({"finetune.epochs": args.ft_epochs})
-    ref_path = work / f"reference-{model}.yaml"
+    ref_path = work / f"reference-{label}.yaml"
     ref_path.write_text(_yaml(reference.to_dict()))
+    searched = reference
+    if args.multiple_of:
+        searched = reference.with_params(
+            {f"{p}.multiple_of": args.multiple_of for p in reference.pruners}
+        )
+    recipe_path_ = work / f"searched-{label}.yaml"
+    recipe_path_.write_text(_yaml(searched.to_dict()))
     tree = {
-        "name": f"compress-{model}",
+        "name": f"compress-{label}",
         "method": "bayes",
         "metric": {"name": "latency_ms", "goal": "minimize"},
         "constraints": [{"name": "top1_drop", "max": 1.0}],
@@ -70,7 +79,7 @@ def _sweep(model: str, run_dir: Path, args: argparse.Namespace, work: Path) -> A
             "finetune.lr": {"min": 0.003, "max": 0.05, "log": True},
         },
         "budget": {"trials": args.trials},
-        "recipe": str(ref_path),
+        "recipe": str(recipe_path_),
         "model": str(run_dir),
         "reference": str(ref_path),
         "runtime": {"threads": 1, "runs": 100, "repeats": 3},
@@ -211,12 +220,19 @@ def main() -> None:
     parser.add_argument("--ft-epochs", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=5, help="round-robin latency rounds")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--multiple-of",
+        type=int,
+        default=None,
+        help="search with channel counts kept to a multiple",
+    )
     parser.add_argument("--work", type=Path, default=RESULTS / "compression-work")
     args = parser.parse_args()
     rows, payload, datas = [], {"settings": {**vars(args), "work": str(args.work)}}, {}
-    for model in args.models.split(","):
+    for name in args.models.split(","):
+        model = f"{name}-m{args.multiple_of}" if args.multiple_of else name
         print(f"== {model}: training the baseline")
-        run_dir = _train(model, args.epochs, args.work)
+        run_dir = _train(name, args.epochs, args.work)
         print(f"== {model}: sweep of {args.trials} trials")
         data = _sweep(model, run_dir, args, args.work)
         datas[model] = data

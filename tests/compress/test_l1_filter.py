@@ -39,6 +39,34 @@ def test_sparsity_floors_as_written_despite_float_products():
     assert filters_to_remove(scores, 0.29) == list(range(29))
 
 
+@pytest.mark.parametrize(
+    ("n", "sparsity", "multiple", "kept"),
+    [
+        (16, 0.6, 8, 8),  # keep 7 -> 8
+        (32, 0.3, 8, 24),  # keep 23 -> 24
+        (64, 0.1, 8, 64),  # keep 58 -> 64: nothing removed
+        (16, 0.5, 8, 8),  # already a multiple
+        (6, 0.5, 8, 6),  # fewer filters than one block: all stay
+        (32, 0.95, 8, 8),  # keep 2 -> 8
+    ],
+)
+def test_multiple_of_rounds_the_kept_filters_up(n, sparsity, multiple, kept):
+    scores = [float((7 * i) % n) for i in range(n)]  # a permutation of 0..n-1
+    removed = filters_to_remove(scores, sparsity, multiple_of=multiple)
+    assert n - len(removed) == kept
+    # the weakest filters go first
+    assert sorted(scores[i] for i in removed) == [float(v) for v in range(len(removed))]
+
+
+def test_l1_filter_multiple_of_on_a_resnet():
+    net = create("resnet20")
+    (group,) = l1_filter(net, ["layer1.0.conv1"], 0.6, multiple_of=8)
+    assert (group.before, group.after) == (16, 8)
+    assert net.layer1[0].conv1.out_channels == 8
+    with pytest.raises(ConfigError, match="multiple_of must be a positive whole number"):
+        l1_filter(net, ["layer2.0.conv1"], 0.5, multiple_of=0)
+
+
 def test_ranking_is_deterministic_and_stable():
     scores = torch.tensor([0.5, 0.25, 0.25, 0.25, 0.5, 0.75], dtype=torch.float64)
     first = filters_to_remove(scores, 0.5)
