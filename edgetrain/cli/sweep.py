@@ -198,8 +198,11 @@ def report_command(
     root: Path = typer.Option(Path("runs"), help="Folder of sweep folders."),
     out: Path = typer.Option(None, help="Report folder (default: <root>/<name>/report)."),
 ) -> None:
-    """Best trials, Pareto front (latency vs top-1) with baseline and reference, fANOVA
-    importance, correlations, latency vs sparsity, best-so-far; PNGs and report.html.
+    """Write a sweep's report: plots and report.html from its study.
+
+    Best trials, the Pareto front (latency vs top-1) with the baseline and the reference
+    recipe, fANOVA importance, correlations, latency vs sparsity, best-so-far, latency
+    vs MACs.
 
     Example: edgetrain sweep report sweep.yaml
     """
