@@ -71,19 +71,35 @@ def _mark_points(ax: Any, data: SweepData, x: str, y: str) -> None:
 def _pareto(data: SweepData, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(7, 5))
     done = data.complete
-    for label, rows, style in (
-        ("feasible", [t for t in done if t.feasible and not t.metrics.get("ruined")], "o"),
-        ("violates a constraint", [t for t in done if not t.feasible], "."),
-        ("ruined after pruning", [t for t in done if t.metrics.get("ruined")], "x"),
-    ):
-        if rows:
-            ax.scatter(
-                [t.get(_X) for t in rows],
-                [t.get(_Y) for t in rows],
-                marker=style,
-                alpha=0.7,
-                label=label,
-            )
+    feasible = [t for t in done if t.feasible]
+    infeasible = [t for t in done if not t.feasible]
+    ruined = [t for t in done if t.metrics.get("ruined")]
+    if feasible:
+        ax.scatter(
+            [t.get(_X) for t in feasible],
+            [t.get(_Y) for t in feasible],
+            c="tab:blue",
+            alpha=0.8,
+            label="meets the constraints",
+        )
+    if infeasible:
+        ax.scatter(
+            [t.get(_X) for t in infeasible],
+            [t.get(_Y) for t in infeasible],
+            facecolors="none",
+            edgecolors="tab:gray",
+            label="violates a constraint",
+        )
+    if ruined:
+        ax.scatter(
+            [t.get(_X) for t in ruined],
+            [t.get(_Y) for t in ruined],
+            marker="x",
+            s=18,
+            c="black",
+            linewidths=0.8,
+            label="at chance before fine-tuning",
+        )
     front = data.pareto(_X, _Y)
     if front:
         ax.step(
