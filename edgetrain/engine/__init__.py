@@ -20,6 +20,7 @@ from edgetrain.engine.callbacks import (
 from edgetrain.engine.checkpoint import atomic_save, load_checkpoint, load_model_weights
 from edgetrain.engine.config import RunConfig, load_config
 from edgetrain.engine.evaluate import evaluate
+from edgetrain.engine.memory import keep_freed_memory
 from edgetrain.engine.optim import OPTIMIZERS, SCHEDULERS, build_optimizer, build_scheduler
 from edgetrain.engine.run import (
     RunResult,
@@ -51,6 +52,7 @@ __all__ = [
     "build_scheduler",
     "build_trainer",
     "evaluate",
+    "keep_freed_memory",
     "load_checkpoint",
     "load_config",
     "load_trained_model",
