@@ -21,6 +21,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import os
 import random
@@ -169,14 +170,23 @@ def _setup(study: Any, ctx: SweepContext, budget: int, log: Callable[[str], None
         log("measuring the reference recipe")
         ref = evaluate_candidate(ctx, ctx.reference, folder / "reference", baseline=baseline)
         study.set_user_attr("reference", ref.metrics)
-    _top_up(study, budget)
+    _top_up(study, ctx.config, budget)
     study.set_user_attr("ready", True)
 
 
-def _top_up(study: Any, budget: int) -> None:
+def _top_up(study: Any, config: SweepConfig, budget: int) -> None:
+    """Queue the slots from the last one queued up to ``budget``. A grid's slots carry
+    their grid point (Optuna's grid sampler takes queued trials only with every
+    parameter set), so workers cover the grid exactly once."""
     have = int(study.user_attrs.get("slots", 0))
+    points: list[dict[str, Any]] = [{}] * budget
+    if config.method == "grid":
+        grid = {n: p.values for n, p in config.parameters.items() if p.values is not None}
+        points = [
+            dict(zip(grid, combo, strict=True)) for combo in itertools.product(*grid.values())
+        ]
     for slot in range(have, budget):
-        study.enqueue_trial({}, user_attrs={"slot": slot})
+        study.enqueue_trial(points[slot], user_attrs={"slot": slot})
     if budget > have:
         study.set_user_attr("slots", budget)
 

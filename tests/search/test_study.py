@@ -152,7 +152,8 @@ def test_dead_workers_trial_is_failed_by_heartbeat_and_retried(fake):
     trial, trial_id = study_mod._claim(study, storage)
     trial.suggest_categorical("s1.sparsity", [0.0, 0.25, 0.5, 0.75])
     storage.record_heartbeat(trial_id)  # ... and the worker dies here
-    time.sleep(3.5)  # past the grace period (3 heartbeats)
+    # past the grace period (3 heartbeats); SQLite's clock has whole seconds
+    time.sleep(4.5)
     summary = run(config)
     study = _study(config)
     (dead,) = study.get_trials(states=(STATE.FAIL,))
@@ -169,3 +170,25 @@ def test_a_study_with_other_settings_is_refused(fake):
         run(_config(trials=1, parameters={"s1.sparsity": {"values": [0.1]}}))
     with pytest.raises(Exception, match="exists with objectives"):
         run(_config(trials=1, metric="top1"))
+
+
+@pytest.mark.parametrize(
+    ("method", "extra"),
+    [
+        ("grid", {}),
+        ("random", {}),
+        ("bayes", {}),
+        ("gp", {"parameters": {"s1.sparsity": {"min": 0.0, "max": 0.75}}}),
+        ("nsga2", {"metric": [{"name": "latency_ms"}, {"name": "top1"}]}),
+    ],
+)
+def test_every_method_runs_its_budget(fake, method, extra):
+    config = _config(name=method, trials=5, method=method, **extra)
+    summary = run(config)
+    study = _study(config)
+    done = study.get_trials(states=(STATE.COMPLETE,))
+    budget = 4 if method == "grid" else 5  # a grid stops at its size
+    assert summary.completed == len(done) == budget
+    assert all(len(t.values) == len(config.metrics) for t in done)
+    if method == "grid":
+        assert sorted(t.params["s1.sparsity"] for t in done) == [0.0, 0.25, 0.5, 0.75]
