@@ -38,7 +38,7 @@ __all__ = ["Candidate", "SweepContext", "TrialFailed", "config_key", "evaluate_c
 
 
 class TrialFailed(EdgetrainError):
-    """A candidate that cannot be measured (diverged, ruined beyond use, export failed)."""
+    """A candidate whose training diverged or whose metrics are not finite numbers."""
 
 
 @dataclass
@@ -62,6 +62,12 @@ class SweepContext:
                 parameter that does not fit the recipe.
         """
         recipe = config.load_recipe(base)
+        if recipe.number_format is not None:
+            raise ConfigError(
+                f"recipe: number_format '{recipe.number_format.method}' models cannot be "
+                "exported to ONNX, and a sweep measures ONNX Runtime latency; remove the "
+                "number_format section"
+            )
         config.check(recipe)
         model_path = Path(config.model)
         if base is not None and not model_path.is_absolute() and (base / model_path).exists():

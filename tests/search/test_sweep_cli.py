@@ -101,6 +101,17 @@ def test_bad_input_exits_2_with_one_line(sweep_root, monkeypatch):
         "parameters.outer.sparsity" in result.output and "names neither a pruner" in result.output
     )
     assert not (sweep_root / "runs" / "bad").exists()
+    (sweep_root / "psb.yaml").write_text(
+        "version: 1\npruners:\n  inner: {method: l1_filter, sparsity: 0.5, layers: "
+        "['layer1.*.conv1']}\nnumber_format: {method: psb, samples: 4}\n"
+    )
+    (sweep_root / "psb-sweep.yaml").write_text(
+        sweep_yaml("psb")
+        .replace("recipe: recipe.yaml", "recipe: psb.yaml")
+        .replace("  finetune.epochs: {values: [0]}\n", "")
+    )
+    result = CliRunner().invoke(app, ["sweep", "run", "psb-sweep.yaml", "--no-progress"])
+    assert result.exit_code == 2 and "number_format 'psb'" in result.output
     result = CliRunner().invoke(app, ["sweep", "report", "nothing-here"])
     assert result.exit_code == 2 and "no sweep 'nothing-here'" in result.output
     (sweep_root / "good.yaml").write_text(sweep_yaml("good"))
