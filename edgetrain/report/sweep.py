@@ -46,26 +46,21 @@ def _save(fig: Any, path: Path) -> Path:
 
 
 def _mark_points(ax: Any, data: SweepData, x: str, y: str) -> None:
-    if data.baseline:
-        ax.scatter(
-            [data.baseline.get(x)],
-            [data.baseline.get(y)],
-            marker="*",
-            s=220,
-            c="black",
-            label="baseline (unpruned)",
-            zorder=5,
-        )
-    if data.reference:
-        ax.scatter(
-            [data.reference.get(x)],
-            [data.reference.get(y)],
-            marker="D",
-            s=90,
-            c="tab:red",
-            label="reference recipe",
-            zorder=5,
-        )
+    """The baseline (star) and the reference recipe (diamond), when the sweep has them."""
+    for point, marker, size, colour, label in (
+        (data.baseline, "*", 220, "black", "baseline (unpruned)"),
+        (data.reference, "D", 90, "tab:red", "reference recipe"),
+    ):
+        if point:
+            ax.scatter(
+                [point.get(x)],
+                [point.get(y)],
+                marker=marker,
+                s=size,
+                c=colour,
+                label=label,
+                zorder=5,
+            )
 
 
 def _pareto(data: SweepData, path: Path) -> Path:
