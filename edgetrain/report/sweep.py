@@ -45,6 +45,16 @@ def _save(fig: Any, path: Path) -> Path:
     return path
 
 
+def _dress(ax: Any, xlabel: str, ylabel: str, title: str | None = None) -> None:
+    """Axis labels, optional title, a light grid and a small legend."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+
+
 def _mark_points(ax: Any, data: SweepData, x: str, y: str) -> None:
     """The baseline (star) and the reference recipe (diamond), when the sweep has them."""
     for point, marker, size, colour, label in (
@@ -105,11 +115,7 @@ def _pareto(data: SweepData, path: Path) -> Path:
             label="Pareto front",
         )
     _mark_points(ax, data, _X, _Y)
-    ax.set_xlabel("latency (ms, median)")
-    ax.set_ylabel("test top-1 (%)")
-    ax.set_title(f"{data.name}: latency vs accuracy")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    _dress(ax, "latency (ms, median)", "test top-1 (%)", f"{data.name}: latency vs accuracy")
     return _save(fig, path)
 
 
@@ -157,11 +163,7 @@ def _binned(data: SweepData, path: Path) -> Path | None:
         ax.plot([r[0] for r in rows], [r[1] for r in rows], marker="o", label=p.split(".")[0])
     if data.baseline:
         ax.axhline(data.baseline.get(_X), ls="--", c="black", lw=1, label="baseline")
-    ax.set_xlabel("sparsity (binned)")
-    ax.set_ylabel("mean latency (ms)")
-    ax.set_title("latency vs sparsity, per pruner")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    _dress(ax, "sparsity (binned)", "mean latency (ms)", "latency vs sparsity, per pruner")
     return _save(fig, path)
 
 
@@ -177,10 +179,7 @@ def _best_so_far(data: SweepData, path: Path) -> Path | None:
             ax.axhline(data.baseline[name], ls="--", c="black", lw=1, label="baseline")
         if data.reference and name in data.reference:
             ax.axhline(data.reference[name], ls=":", c="tab:red", lw=1, label="reference")
-        ax.set_xlabel("trial")
-        ax.set_ylabel(f"best feasible {name}")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        _dress(ax, "trial", f"best feasible {name}")
     return _save(fig, path)
 
 
@@ -194,11 +193,8 @@ def _latency_vs_macs(data: SweepData, path: Path) -> Path | None:
     )
     _mark_points(ax, _scaled(data), "macs_m", _X)
     r = latency_macs_correlation(data)
-    ax.set_title("latency vs MACs" + ("" if r is None else f" (Pearson r = {r:.2f})"))
-    ax.set_xlabel("inference MACs (M)")
-    ax.set_ylabel("latency (ms, median)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    title = "latency vs MACs" + ("" if r is None else f" (Pearson r = {r:.2f})")
+    _dress(ax, "inference MACs (M)", "latency (ms, median)", title)
     return _save(fig, path)
 
 
