@@ -234,6 +234,13 @@ def calibrate_command(
     for term, values in fitted.multipliers.items():
         table.add_row(term, *[f"{values[k]:.3g}" if k in values else "-" for k in kinds])
     console.print(table)
+    if fitted.per_param:
+        costs = ", ".join(
+            f"{term} {kind} {value:.3g}"
+            for term, values in fitted.per_param.items()
+            for kind, value in values.items()
+        )
+        console.print(f"per-parameter costs (MAC-equivalents per weight touched): {costs}")
     rate = fitted.peak_macs_per_s or 0
     console.print(
         f"forward conv rate {rate / 1e9:.2f} GMAC/s; per-step offset "

@@ -153,6 +153,7 @@ class _Context:
         ops = sum(
             r.counts.forward * p.multiplier("forward", r.counts.kind)
             + p.call_offset("forward", r.counts.kind)
+            + sum(r.param_numel) * p.param_cost("forward", r.counts.kind)
             for r in t.records
             if r.counts
         )
@@ -207,10 +208,15 @@ class _Context:
                 "weight_grad": bool(trained),
                 "update": bool(fresh),
             }
+            layer_params = sum(r.param_numel)
             for term, value in terms.items():
                 totals[term] += value
                 if runs[term]:
-                    ops += value * p.multiplier(term, c.kind) + p.call_offset(term, c.kind)
+                    ops += (
+                        value * p.multiplier(term, c.kind)
+                        + p.call_offset(term, c.kind)
+                        + layer_params * p.param_cost(term, c.kind)
+                    )
             # residual adds pass gradients through without storing or allocating anything
             keeps = c.kind != "add"
             stored = r.in_elems if out_dep and keeps else 0

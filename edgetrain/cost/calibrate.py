@@ -3,10 +3,14 @@
 For each layer kind (convolution, linear, activation, pooling, batch-norm, residual add)
 and a range of sizes and batch sizes, time the forward pass, the input gradient, the
 weight gradient and the SGD update separately with PyTorch, and fit, per term and kind,
-``seconds = a * MACs + b`` by least squares (the spec's counts give the MACs). The
-profile stores ``a`` relative to the forward-convolution rate as the multiplier, ``b``
-as a per-call offset in forward-conv MACs, the conv rate as ``peak_macs_per_s`` and the
-fixed cost of one optimizer step as ``offset_per_step``.
+``seconds = a * MACs + c * params + b`` by least squares (the spec's counts give the
+MACs; ``params`` is the layer's parameter count, which the forward and the input
+gradient read and the weight gradient writes once per call whatever the batch, so the
+batch sizes separate the two rates). The profile stores ``a`` relative to the
+forward-convolution rate as the multiplier, ``c`` as a per-parameter cost and ``b`` as a
+per-call offset, both in forward-conv MACs, the conv rate as ``peak_macs_per_s`` and the
+fixed cost of one optimizer step as ``offset_per_step``. Where the three-rate fit is not
+identifiable or gives a negative rate, ``seconds = a * MACs + b`` is fitted instead.
 """
 
 from __future__ import annotations
@@ -30,12 +34,14 @@ __all__ = ["Measurement", "calibrate", "fit_profile", "measure"]
 
 @dataclass(frozen=True)
 class Measurement:
-    """Seconds and MACs of one term of one layer configuration."""
+    """Seconds and MACs of one term of one layer configuration (``params``: the layer's
+    parameter count, 0 for layers without weights)."""
 
     kind: str
     term: str
     macs: int
     seconds: float
+    params: int = 0
 
 
 class _Add(nn.Module):
@@ -62,7 +68,8 @@ def _configs(quick: bool) -> Iterator[tuple[str, nn.Module, tuple[int, ...], int
     for b in batches:
         for c_in, c_out, size, pad in convs:
             yield "conv", nn.Conv2d(c_in, c_out, 3, padding=pad), (c_in, size, size), b
-        for f_in, f_out in ((1024, 10), (4096, 128), (256, 256)):
+        # up to a weight larger than the CPU's caches, which batch 1 reads from memory
+        for f_in, f_out in ((1024, 10), (4096, 128), (256, 256), (16384, 128)):
             yield "linear", nn.Linear(f_in, f_out), (f_in,), b
         for shape in maps:
             yield "activation", nn.ReLU(), shape, b
@@ -116,7 +123,8 @@ def measure(quick: bool = False, min_seconds: float = 0.05) -> list[Measurement]
         x = torch.randn(batch, *shape)
         with torch.no_grad():
             seconds = _time(partial(module, x), min_seconds)
-        out.append(Measurement(kind, "forward", counts.forward, seconds))
+        n_params = sum(p.numel() for p in params)
+        out.append(Measurement(kind, "forward", counts.forward, seconds, n_params))
         # input gradient alone: weights frozen, the input requires grad
         for p in params:
             p.requires_grad_(False)
@@ -124,7 +132,7 @@ def measure(quick: bool = False, min_seconds: float = 0.05) -> list[Measurement]
         y = module(xg)
         g = torch.ones_like(y)
         seconds = net(_time(partial(_grad, y, xg, g), min_seconds), grad_call)
-        out.append(Measurement(kind, "input_grad", counts.input_grad, seconds))
+        out.append(Measurement(kind, "input_grad", counts.input_grad, seconds, n_params))
         if not params:
             continue
         # weight gradient alone: the input does not require grad
@@ -132,11 +140,10 @@ def measure(quick: bool = False, min_seconds: float = 0.05) -> list[Measurement]
             p.requires_grad_(True)
         y = module(x)
         seconds = net(_time(partial(_grad, y, params, g), min_seconds), grad_call)
-        out.append(Measurement(kind, "weight_grad", counts.weight_grad, seconds))
+        out.append(Measurement(kind, "weight_grad", counts.weight_grad, seconds, n_params))
         for p in params:
             p.grad = torch.zeros_like(p)
         opt = torch.optim.SGD(params, lr=1e-9)
-        n_params = sum(p.numel() for p in params)
         seconds = net(_time(opt.step, min_seconds), step_call)
         out.append(Measurement(kind, "update", n_params, seconds))
     return out
@@ -156,34 +163,61 @@ def _step_overhead(min_seconds: float) -> float:
     return _time(step, min_seconds)
 
 
+def _fit_rates(rows: list[Measurement]) -> tuple[float, float, float]:
+    """``(a, c, b)`` of ``seconds = a * MACs + c * params + b`` by relative least squares
+    (rows divided by the measured time: small and large layers count alike, as they do
+    in a step-time ratio); ``c = 0`` where params do not vary apart from MACs or the
+    three-rate fit has a negative rate."""
+    macs = np.array([m.macs for m in rows], dtype=float)
+    params = np.array([m.params for m in rows], dtype=float)
+    secs = np.array([m.seconds for m in rows], dtype=float)
+    ones = np.ones_like(secs)
+    if params.any() and len(rows) >= 4:
+        design = np.stack([macs, params, ones], 1) / secs[:, None]
+        if np.linalg.matrix_rank(design) == 3:
+            a, c, b = np.linalg.lstsq(design, ones, rcond=None)[0]
+            if a > 0 and c >= 0 and b >= 0:
+                return float(a), float(c), float(b)
+            if a > 0 and c > 0:  # a negative per-call cost: both rates through the origin
+                a, c = np.linalg.lstsq(design[:, :2], ones, rcond=None)[0]
+                if a > 0 and c >= 0:
+                    return float(a), float(c), 0.0
+    design = np.stack([macs, ones], 1) / secs[:, None]
+    a, b = np.linalg.lstsq(design, ones, rcond=None)[0]
+    if a <= 0 or b < 0:  # noise on tiny layers: fall back to a rate through the origin
+        a, b = float(np.mean(secs / np.maximum(macs, 1))), 0.0
+    return max(float(a), 0.0), 0.0, float(b)
+
+
 def fit_profile(
     measurements: list[Measurement], step_seconds: float = 0.0, name: str = "host-cpu"
 ) -> DeviceProfile:
-    """Least-squares fit of ``seconds = a * MACs + b`` per term and kind, as a profile."""
-    fits: dict[tuple[str, str], tuple[float, float]] = {}
+    """Least-squares fit of ``seconds = a * MACs + c * params + b`` per term and kind, as
+    a profile."""
+    fits: dict[tuple[str, str], tuple[float, float, float]] = {}
     keys = sorted({(m.term, m.kind) for m in measurements})
     for key in keys:
         rows = [m for m in measurements if (m.term, m.kind) == key]
-        macs = np.array([m.macs for m in rows], dtype=float)
-        secs = np.array([m.seconds for m in rows], dtype=float)
-        if not macs.any():  # a term the spec counts as zero MACs: only a per-call cost
-            fits[key] = (0.0, float(np.median(secs)))
+        if not any(m.macs for m in rows):  # a term the spec counts as zero MACs: per call
+            fits[key] = (0.0, 0.0, float(np.median([m.seconds for m in rows])))
             continue
-        # Relative least squares (rows divided by the measured time): small and large
-        # layers count alike, as they do in a step-time ratio.
-        design = np.stack([macs, np.ones_like(macs)], 1) / secs[:, None]
-        a, b = np.linalg.lstsq(design, np.ones_like(secs), rcond=None)[0]
-        if a <= 0 or b < 0:  # noise on tiny layers: fall back to a rate through the origin
-            a, b = float(np.mean(secs / np.maximum(macs, 1))), 0.0
-        fits[key] = (max(float(a), 0.0), float(b))
-    rate = fits.get(("forward", "conv"), (0.0, 0.0))[0]
+        # the update's MACs are its parameters: a per-parameter rate would be the same
+        fits[key] = _fit_rates(
+            rows
+            if key[0] != "update"
+            else [Measurement(m.kind, m.term, m.macs, m.seconds) for m in rows]
+        )
+    rate = fits.get(("forward", "conv"), (0.0, 0.0, 0.0))[0]
     if rate <= 0:
         raise ValueError("calibration needs forward convolution measurements")
     multipliers: dict[str, dict[str, float]] = {t: {"default": 1.0} for t in TERMS}
     per_call: dict[str, dict[str, float]] = {t: {} for t in TERMS}
-    for (term, kind), (a, b) in fits.items():
+    per_param: dict[str, dict[str, float]] = {}
+    for (term, kind), (a, c, b) in fits.items():
         multipliers[term][kind] = round(a / rate, 4)
         per_call[term][kind] = round(b / rate, 1)
+        if c > 0:
+            per_param.setdefault(term, {})[kind] = round(c / rate, 4)
     return DeviceProfile(
         name=name,
         description=(
@@ -195,6 +229,7 @@ def fit_profile(
         offset_per_step=round(step_seconds / rate, 1),
         multipliers=multipliers,
         per_call=per_call,
+        per_param=per_param,
     )
 
 

@@ -1,8 +1,11 @@
 """Device profiles: data (YAML/JSON) that turn raw counts into a calibrated estimate.
 
 A profile holds per-term multipliers (optionally per layer kind), an additive offset per
-training step, optional per-op-call offsets, bytes per element, the energy per MAC (and
-per byte) and the target's peak MAC/s for a time estimate. Built-ins live in
+training step, optional per-op-call offsets, optional per-parameter costs (a term that
+reads the weights or writes their gradient moves every parameter once whatever the
+batch: on a cache-based CPU a large linear layer at batch 1 is bound by that traffic, not
+by its MACs), bytes per element, the energy per MAC (and per byte) and the target's peak
+MAC/s for a time estimate. Built-ins live in
 ``edgetrain/cost/profiles/``; ``load_profile`` takes a built-in name or a file path.
 
 Example:
@@ -43,8 +46,9 @@ class DeviceProfile(BaseModel):
     offset_per_step: float = 0.0
     multipliers: dict[str, dict[str, float]] = Field(default_factory=dict)
     per_call: dict[str, dict[str, float]] = Field(default_factory=dict)
+    per_param: dict[str, dict[str, float]] = Field(default_factory=dict)
 
-    @field_validator("multipliers", "per_call")
+    @field_validator("multipliers", "per_call", "per_param")
     @classmethod
     def _terms(cls, v: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
         for term in v:
@@ -60,6 +64,12 @@ class DeviceProfile(BaseModel):
     def call_offset(self, term: str, kind: str) -> float:
         """Fixed operations charged per op call for ``term`` (0 unless calibrated)."""
         table = self.per_call.get(term, {})
+        return float(table.get(kind, table.get("default", 0.0)))
+
+    def param_cost(self, term: str, kind: str) -> float:
+        """Operations charged per parameter of the layer when ``term`` runs (0 unless
+        calibrated)."""
+        table = self.per_param.get(term, {})
         return float(table.get(kind, table.get("default", 0.0)))
 
     def save(self, path: str | Path) -> Path:

@@ -100,3 +100,22 @@ def test_a_quick_calibration_of_this_machine(single_thread: None, tmp_path: Path
     assert load_profile(path) == profile
     step = analyze(nn.Sequential(nn.Linear(8, 4)), (8,), plans=[ALL], profile=path).steps()[0]
     assert step.estimated_seconds is not None and step.estimated_seconds > 0
+
+
+def test_a_per_parameter_rate_is_separated_from_the_mac_rate() -> None:
+    # a linear layer read from memory: 4e-10 s per parameter whatever the batch, plus
+    # 0.5e-10 s per MAC; three batch sizes make the two rates identifiable
+    rows = [
+        Measurement("linear", "forward", batch * n, 0.5 * RATE * batch * n + 4 * RATE * n, n)
+        for n in (10_000, 500_000, 2_000_000)
+        for batch in (1, 8, 32)
+    ]
+    profile = fit_profile(_synthetic({("forward", "conv"): (RATE, 0.0)}) + rows)
+    assert profile.multiplier("forward", "linear") == pytest.approx(0.5, rel=1e-3)
+    assert profile.param_cost("forward", "linear") == pytest.approx(4.0, rel=1e-3)
+    assert profile.call_offset("forward", "linear") == pytest.approx(0.0, abs=1.0)
+    # without a parameter count (or with a single batch size) the old fit is used
+    assert profile.param_cost("forward", "conv") == 0.0
+    single = [m for m in rows if m.macs == m.params]
+    again = fit_profile(_synthetic({("forward", "conv"): (RATE, 0.0)}) + single)
+    assert again.param_cost("forward", "linear") == 0.0

@@ -144,3 +144,16 @@ def test_malformed_yaml_gives_a_one_line_error(tmp_path: Path) -> None:
     path = tmp_path / "broken.yaml"
     path.write_text("name: x\nmultipliers: [1,\n")
     assert "not valid YAML" in _error(path)
+
+
+def test_per_parameter_costs_are_charged_per_layer_and_term_that_runs() -> None:
+    profile = DeviceProfile(
+        name="memory-bound",
+        per_param={"forward": {"linear": 2.0}, "weight_grad": {"conv": 0.5}},
+    )
+    report = analyze(_net(), (1, 4, 4), plans=[ALL], profile=profile)
+    step = report.steps()[0]
+    conv, linear = 2 * 9 + 2, 32 * 3 + 3  # parameters of the two layers
+    assert step.estimated_ops == pytest.approx(874 + 2.0 * linear + 0.5 * conv)
+    # inference: the forward's share only
+    assert report.total().estimated_ops == pytest.approx(232 + 32 + 99 + 2.0 * linear)
