@@ -1,7 +1,9 @@
-"""Shared fixtures: a tiny synthetic classification data set and a tiny network."""
+"""Shared fixtures: a tiny synthetic classification data set, a tiny network, and a tiny
+ResNet run trained on the digits by ``edgetrain train``."""
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -22,6 +24,47 @@ def _edgetrain_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("EDGETRAIN_CACHE", str(folder))
         yield folder
+
+
+TINY_RESNET = """
+name: tiny
+epochs: 3
+data:
+  name: digits
+  batch_size: 32
+model:
+  name: resnet_cifar
+  options: {stages: 1, blocks: [2], widths: [8], input_size: 8}
+optimizer: {name: sgd, lr: 0.05, momentum: 0.9}
+"""
+
+
+@pytest.fixture(scope="session")
+def _tiny_resnet_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from typer.testing import CliRunner
+
+    from edgetrain.cli import app
+
+    root = tmp_path_factory.mktemp("tiny-resnet")
+    (root / "tiny.yaml").write_text(TINY_RESNET)
+    args = ["train", str(root / "tiny.yaml"), "--runs-dir", str(root / "runs")]
+    result = CliRunner().invoke(app, [*args, "--no-progress", "--no-report"])
+    assert result.exit_code == 0, result.output
+    return root / "runs" / "tiny"
+
+
+@pytest.fixture(scope="session")
+def copy_tiny_resnet_run(_tiny_resnet_run: Path) -> Callable[[Path], Path]:
+    """``copy(folder)`` puts a copy of one tiny trained ResNet run (a one-stage
+    ``resnet_cifar`` on 8x8 digits, 3 epochs, trained once per session) at
+    ``folder/runs/tiny`` and returns that path."""
+
+    def copy(folder: Path) -> Path:
+        target = folder / "runs" / "tiny"
+        shutil.copytree(_tiny_resnet_run, target)
+        return target
+
+    return copy
 
 
 @pytest.fixture

@@ -118,8 +118,9 @@ def demo_command(
     progress: bool = typer.Option(True, help="Show progress bars."),
 ) -> None:
     """Run scenario 1: pretrain vgg_small on digits, fine-tune on rotated+inverted digits,
-    conventionally and with a layer schedule; then pretrain again with PruneTrain; then
-    compress the pretrained model (L1 filters, fine-tune, int8) and time it on ONNX Runtime.
+    conventionally and with a layer schedule; train ResNet-20 on the digits with PruneTrain
+    (scenario 4), which removes channels as it trains; then compress the pretrained
+    vgg_small (L1 filters, fine-tune, int8) and time it on ONNX Runtime.
 
     Example: edgetrain demo --runs-dir runs/demo
     """

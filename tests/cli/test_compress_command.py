@@ -6,26 +6,12 @@ import csv
 import json
 
 import pytest
-from typer.testing import CliRunner
 
-from edgetrain.cli import app
 from edgetrain.engine import load_checkpoint, load_trained_model
 
 pytest.importorskip("torch_pruning")
 
 pytestmark = pytest.mark.usefixtures("single_thread")
-
-TRAIN = """
-name: tiny
-epochs: 3
-data:
-  name: digits
-  batch_size: 32
-model:
-  name: resnet_cifar
-  options: {stages: 1, blocks: [2], widths: [8], input_size: 8}
-optimizer: {name: sgd, lr: 0.05, momentum: 0.9}
-"""
 
 RECIPE = """
 version: 1
@@ -36,14 +22,12 @@ finetune: {epochs: 1, lr: 0.01, scheduler: {name: exponential, gamma: 0.9, start
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """A run directory of a one-stage ResNet trained for three epochs by ``edgetrain train``."""
+def trained(tmp_path_factory, copy_tiny_resnet_run):
+    """A folder with a one-stage ResNet run trained by ``edgetrain train`` (runs/tiny)
+    and the pruning recipe."""
     root = tmp_path_factory.mktemp("compress-cli")
-    (root / "tiny.yaml").write_text(TRAIN)
+    copy_tiny_resnet_run(root)
     (root / "recipe.yaml").write_text(RECIPE)
-    args = ["train", str(root / "tiny.yaml"), "--runs-dir", str(root / "runs")]
-    result = CliRunner().invoke(app, [*args, "--no-progress", "--no-report"])
-    assert result.exit_code == 0, result.output
     return root
 
 

@@ -3,25 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from typer.testing import CliRunner
-
-from edgetrain.cli import app
 
 pytest.importorskip("optuna")
 pytest.importorskip("torch_pruning")
 pytest.importorskip("onnxruntime")
-
-TRAIN = """
-name: tiny
-epochs: 2
-data:
-  name: digits
-  batch_size: 32
-model:
-  name: resnet_cifar
-  options: {stages: 1, blocks: [2], widths: [8], input_size: 8}
-optimizer: {name: sgd, lr: 0.05, momentum: 0.9}
-"""
 
 RECIPE = """
 version: 1
@@ -55,13 +40,10 @@ runtime: {{runs: 5, repeats: 1, warmup: 1}}
 
 
 @pytest.fixture(scope="session")
-def sweep_root(tmp_path_factory):
+def sweep_root(tmp_path_factory, copy_tiny_resnet_run):
     """A folder with a trained run (runs/tiny), recipe.yaml and reference.yaml."""
     root = tmp_path_factory.mktemp("sweep")
-    (root / "tiny.yaml").write_text(TRAIN)
+    copy_tiny_resnet_run(root)
     (root / "recipe.yaml").write_text(RECIPE)
     (root / "reference.yaml").write_text(REFERENCE)
-    args = ["train", str(root / "tiny.yaml"), "--runs-dir", str(root / "runs")]
-    result = CliRunner().invoke(app, [*args, "--no-progress", "--no-report"])
-    assert result.exit_code == 0, result.output
     return root
