@@ -6,7 +6,8 @@ weight gradient and the SGD update separately with PyTorch, and fit, per term an
 ``seconds = a * MACs + c * params + b`` by least squares (the spec's counts give the
 MACs; ``params`` is the layer's parameter count, which the forward and the input
 gradient read and the weight gradient writes once per call whatever the batch, so the
-batch sizes separate the two rates). The profile stores ``a`` relative to the
+batch sizes separate the two rates; fitted for linear layers, see
+``WEIGHT_BOUND_KINDS``). The profile stores ``a`` relative to the
 forward-convolution rate as the multiplier, ``c`` as a per-parameter cost and ``b`` as a
 per-call offset, both in forward-conv MACs, the conv rate as ``peak_macs_per_s`` and the
 fixed cost of one optimizer step as ``offset_per_step``. Where the three-rate fit is not
@@ -163,16 +164,23 @@ def _step_overhead(min_seconds: float) -> float:
     return _time(step, min_seconds)
 
 
+# Layer kinds whose weight traffic is fitted: a linear layer at a small batch is a
+# matrix-vector product that reads every weight once per call. A convolution reuses each
+# weight over all output positions, its weights are small, and a per-parameter rate
+# fitted for it only follows the timing noise.
+WEIGHT_BOUND_KINDS = ("linear",)
+
+
 def _fit_rates(rows: list[Measurement]) -> tuple[float, float, float]:
     """``(a, c, b)`` of ``seconds = a * MACs + c * params + b`` by relative least squares
     (rows divided by the measured time: small and large layers count alike, as they do
-    in a step-time ratio); ``c = 0`` where params do not vary apart from MACs or the
-    three-rate fit has a negative rate."""
+    in a step-time ratio); ``c = 0`` for kinds not in ``WEIGHT_BOUND_KINDS``, where
+    params do not vary apart from MACs, or where the three-rate fit has a negative rate."""
     macs = np.array([m.macs for m in rows], dtype=float)
     params = np.array([m.params for m in rows], dtype=float)
     secs = np.array([m.seconds for m in rows], dtype=float)
     ones = np.ones_like(secs)
-    if params.any() and len(rows) >= 4:
+    if rows[0].kind in WEIGHT_BOUND_KINDS and params.any() and len(rows) >= 4:
         design = np.stack([macs, params, ones], 1) / secs[:, None]
         if np.linalg.matrix_rank(design) == 3:
             a, c, b = np.linalg.lstsq(design, ones, rcond=None)[0]
