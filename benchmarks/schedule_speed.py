@@ -3,11 +3,13 @@
 Scenario 1 (vgg_small, 1x32x32) and scenario 2 (kws_cnn, 1x32x32) at batch 1, plain SGD:
 training epochs of 256 steps run through the Trainer with the `LayerSchedule` callback,
 alternating each schedule with the conventional run of the same rows (every row every
-step) in one process. A callback stamps the wall clock at the start of every cycle (T
-steps: every column of the schedule once), so each epoch gives T-step cycle times; the
-epoch's median cycle is robust to the other load of a shared machine (a preempted cycle
-is an outlier, not a shift of the mean). The measured saving 1 - t(schedule)/t(conv.)
-is the median over the paired epochs of the ratio of their median cycles. It is compared
+step) in one process. A callback times every cycle (T steps: every column of the
+schedule once) twice: the training steps' own time (from a step's start, with its batch
+loaded, to its end: data loading is left out, as the cost model leaves it out) and the
+wall clock with data loading. Each epoch gives T-step cycle times; the epoch's median
+cycle is robust to the other load of a shared machine (a preempted cycle is an outlier,
+not a shift of the mean). The measured saving 1 - t(schedule)/t(conv.) is the median over
+the paired epochs of the ratio of their median cycles; realised uses the steps' time. It is compared
 with the predicted saving 1 - ops(schedule)/ops(conventional), from the raw counts
 (`reference`) and from a profile calibrated on this machine in the same run (`host`: the
 cost model with this CPU's per-term rates and per-call costs, `edgetrain cost calibrate`).
@@ -44,25 +46,44 @@ SCHEDULES = ["4442", "4432", "4422", "4422_m", "4421", "4211_m"]
 
 
 class CycleClock(Callback):
-    """Stamps the wall clock at the start of every ``length``-step cycle of an epoch."""
+    """Per ``length``-step cycle of an epoch: wall-clock time (stamped at the start of
+    each cycle) and training-step time (from each step's start to its end: the batch is
+    already loaded, so data loading is left out, as the cost model leaves it out)."""
 
     def __init__(self, length: int) -> None:
         self.length = length
         self.stamps: list[float] = []
+        self.steps: list[float] = []
+        self._step_start = 0.0
+        self._cycle = 0.0
 
     def on_batch_start(self, trainer: Trainer, model: nn.Module, batch: Any, index: int) -> None:
+        now = time.perf_counter()
         if index % self.length == 0:
-            self.stamps.append(time.perf_counter())
+            self.stamps.append(now)
+        self._step_start = now
+
+    def on_batch_end(
+        self, trainer: Trainer, model: nn.Module, outputs: torch.Tensor, loss: torch.Tensor
+    ) -> None:
+        self._cycle += time.perf_counter() - self._step_start
+        if (trainer.state.global_step) % self.length == 0:
+            self.steps.append(self._cycle)
+            self._cycle = 0.0
 
     def on_epoch_end(self, trainer: Trainer, model: nn.Module) -> None:
         self.stamps.append(time.perf_counter())  # closes the last cycle
 
     def cycles(self) -> list[float]:
-        return [b - a for a, b in zip(self.stamps, self.stamps[1:], strict=False)]
+        """Wall-clock seconds of each complete cycle."""
+        return [b - a for a, b in zip(self.stamps, self.stamps[1:], strict=False)][:-1]
 
 
-def cycle_seconds(name: str, options: dict, schedule: Schedule, data: ArrayDataset) -> float:
-    """Median wall-clock seconds of one cycle of ``schedule`` over one training epoch."""
+def cycle_seconds(
+    name: str, options: dict, schedule: Schedule, data: ArrayDataset
+) -> tuple[float, float]:
+    """Median seconds of one cycle of ``schedule`` over one training epoch: the steps'
+    own time, and wall clock (with data loading)."""
     torch.manual_seed(0)
     model = create(name, **options)
     clock = CycleClock(schedule.cycle_length)
@@ -76,7 +97,7 @@ def cycle_seconds(name: str, options: dict, schedule: Schedule, data: ArrayDatas
         callbacks=[LayerSchedule(str(schedule)), clock],
     )
     trainer.fit(1)
-    return statistics.median(clock.cycles()[:-1])  # the last one may be a partial cycle
+    return statistics.median(clock.steps), statistics.median(clock.cycles())
 
 
 def main() -> None:
@@ -121,7 +142,8 @@ def main() -> None:
             for _ in range(args.repeats):
                 base.append(cycle_seconds(name, options, conventional, data))
                 ours.append(cycle_seconds(name, options, schedule, data))
-            measured = 1 - median_ratio(ours, base)
+            measured = 1 - median_ratio([t[0] for t in ours], [t[0] for t in base])
+            wall = 1 - median_ratio([t[1] for t in ours], [t[1] for t in base])
             ref = schedule_cost(model, shape, schedule)
             cal = schedule_cost(model, shape, schedule, profile=host)
             predicted_ref = 1 - ref.relative_ops
@@ -137,25 +159,29 @@ def main() -> None:
                     "scenario": scenario,
                     "schedule": text,
                     "measured_saving": measured,
+                    "measured_saving_wall": wall,
                     "predicted_saving_reference": predicted_ref,
                     "predicted_saving_calibrated": predicted_cal,
                     "realised_reference": realised,
                     "realised_calibrated": realised_cal,
-                    "schedule_cycle_seconds": ours,
-                    "conventional_cycle_seconds": base,
+                    "schedule_cycle_seconds": [t[0] for t in ours],
+                    "conventional_cycle_seconds": [t[0] for t in base],
+                    "schedule_cycle_wall_seconds": [t[1] for t in ours],
+                    "conventional_cycle_wall_seconds": [t[1] for t in base],
                 }
             )
             rows.append(
                 [
                     scenario,
                     text,
-                    1e3 * statistics.median(base) / schedule.cycle_length,
+                    1e3 * statistics.median(t[0] for t in base) / schedule.cycle_length,
+                    wall,
                     measured,
                     predicted_ref,
                     predicted_cal,
                     realised,
                     realised_cal,
-                    "yes" if realised >= 0.8 else "no",
+                    "yes" if realised_cal >= 0.8 else "no",
                 ]
             )
     print_table(
@@ -164,12 +190,13 @@ def main() -> None:
             "scenario",
             "schedule",
             "conv. ms/step",
-            "measured",
+            "measured (wall)",
+            "measured (steps)",
             "predicted (ref)",
             "predicted (host)",
             "realised (ref)",
             "realised (host)",
-            ">= 80% (ref)",
+            ">= 80% (host)",
         ],
         rows,
     )
