@@ -146,6 +146,7 @@ def measure(quick: bool = False, min_seconds: float = 0.05) -> list[Measurement]
             p.grad = torch.zeros_like(p)
         opt = torch.optim.SGD(params, lr=1e-9)
         seconds = net(_time(opt.step, min_seconds), step_call)
+        # the update's MACs are its parameters: no separate per-parameter rate
         out.append(Measurement(kind, "update", n_params, seconds))
     return out
 
@@ -209,12 +210,7 @@ def fit_profile(
         if not any(m.macs for m in rows):  # a term the spec counts as zero MACs: per call
             fits[key] = (0.0, 0.0, float(np.median([m.seconds for m in rows])))
             continue
-        # the update's MACs are its parameters: a per-parameter rate would be the same
-        fits[key] = _fit_rates(
-            rows
-            if key[0] != "update"
-            else [Measurement(m.kind, m.term, m.macs, m.seconds) for m in rows]
-        )
+        fits[key] = _fit_rates(rows)
     rate = fits.get(("forward", "conv"), (0.0, 0.0, 0.0))[0]
     if rate <= 0:
         raise ValueError("calibration needs forward convolution measurements")
