@@ -41,6 +41,59 @@ __all__ = ["Trainer", "select_device"]
 OptimizerLike = torch.optim.Optimizer | Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 
 
+class _RunningTotals:
+    """Sum of loss x batch size and of correct predictions over an epoch, kept on the
+    device and read once at its end.
+
+    Steps are buffered (the detached loss, outputs and targets) and reduced in chunks of
+    up to ``CHUNK_STEPS`` steps or ``CHUNK_ELEMENTS`` output elements: a batch-1 step then
+    costs a few list appends instead of six tiny tensor ops (about 17 us, ~1 % of a
+    batch-1 step of a small CNN on a CPU), and the buffer stays small at any batch size.
+    """
+
+    CHUNK_STEPS = 64
+    CHUNK_ELEMENTS = 1 << 16
+
+    def __init__(self, device: torch.device) -> None:
+        self.loss = torch.zeros((), dtype=torch.float64, device=device)
+        self.correct = torch.zeros((), dtype=torch.int64, device=device)
+        self.seen = 0
+        self._losses: list[torch.Tensor] = []
+        self._sizes: list[int] = []
+        self._outputs: list[torch.Tensor] = []
+        self._targets: list[torch.Tensor] = []
+        self._elements = 0
+
+    def add(self, loss: torch.Tensor, outputs: torch.Tensor, targets: torch.Tensor) -> None:
+        n = targets.shape[0]
+        self.seen += n
+        self._losses.append(loss.detach())
+        self._sizes.append(n)
+        self._outputs.append(outputs.detach())
+        self._targets.append(targets)
+        self._elements += outputs.numel()
+        if len(self._losses) >= self.CHUNK_STEPS or self._elements >= self.CHUNK_ELEMENTS:
+            self.flush()
+
+    @torch.no_grad()
+    def flush(self) -> None:
+        if not self._losses:
+            return
+        losses = torch.stack(self._losses).to(torch.float64)
+        sizes = torch.tensor(self._sizes, dtype=torch.float64, device=losses.device)
+        self.loss += losses.dot(sizes)
+        predicted = torch.cat(self._outputs).argmax(1)
+        self.correct += predicted.eq(torch.cat(self._targets)).sum()
+        self._losses, self._sizes, self._outputs, self._targets = [], [], [], []
+        self._elements = 0
+
+    def totals(self) -> torch.Tensor:
+        """``[loss sum, correct, samples]`` as one float64 tensor (for one all-reduce)."""
+        self.flush()
+        seen = torch.tensor(float(self.seen), dtype=torch.float64, device=self.loss.device)
+        return torch.stack([self.loss, self.correct.double(), seen])
+
+
 def select_device(device: str | torch.device = "auto") -> torch.device:
     """``"auto"`` picks CUDA when available, else CPU; other values pass through."""
     if str(device) == "auto":
@@ -316,9 +369,7 @@ class Trainer:
         model, fmodel = self.model, self._forward_model
         amp = self.precision if self.precision.enabled else None
         optimizer, device = self.optimizer, self.device
-        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-        correct_sum = torch.zeros((), dtype=torch.int64, device=device)
-        seen = 0
+        running = _RunningTotals(device)
         lr_start = optimizer.param_groups[0]["lr"]
         for index, batch in enumerate(self.train_loader):
             for cb in batch_start:
@@ -355,16 +406,10 @@ class Trainer:
             if step_scheduler:
                 self.scheduler.step()
             self.state.global_step += 1
-            n = targets.shape[0]
-            seen += n
-            with torch.no_grad():
-                loss_sum += loss.detach() * n
-                correct_sum += outputs.argmax(1).eq(targets).sum()
+            running.add(loss, outputs, targets)
             for cb in batch_end:
                 cb.on_batch_end(self, model, outputs, loss)
-        totals = torch.stack(
-            [loss_sum, correct_sum.double(), torch.tensor(float(seen), device=device).double()]
-        )
+        totals = running.totals()
         all_reduce_sum(totals)
         loss_sum, correct, n = totals.tolist()
         train_seconds = time.perf_counter() - started

@@ -86,8 +86,17 @@ class LayerSchedule(Callback):
             if id(p) not in trained:
                 p.requires_grad_(False)
 
+    @property
+    def needs_rates(self) -> bool:
+        """Whether some layer trains at a rate other than the optimizer's."""
+        return any(r not in (0.0, 1.0) for r in self.schedule.rates)
+
     def param_groups(self, trainer: Trainer, model: nn.Module) -> list[dict[str, Any]] | None:
-        """One group per scheduled layer, so each can get its own rate."""
+        """One group per scheduled layer when the schedule sets per-layer rates, so each
+        can get its own; otherwise none (the optimizer's one group): at batch 1 every
+        extra group costs optimizer time per step that skipping layers cannot save."""
+        if not self.needs_rates:
+            return None
         groups = [
             {"params": ps, "layer": n} for n, ps in zip(self.layers, self.params, strict=True) if ps
         ]
@@ -98,8 +107,7 @@ class LayerSchedule(Callback):
     def on_fit_start(self, trainer: Trainer, model: nn.Module) -> None:
         by_layer = {g.get("layer"): g for g in trainer.optimizer.param_groups}
         self.groups = [by_layer.get(n) for n in self.layers]
-        needs_rates = any(r not in (0.0, 1.0) for r in self.schedule.rates)
-        if needs_rates and any(
+        if self.needs_rates and any(
             g is None
             for g, r in zip(self.groups, self.schedule.rates, strict=True)
             if r not in (0.0, 1.0)

@@ -355,3 +355,33 @@ def test_frozen_parameters_stay_unchanged(make_blobs) -> None:
     for name, p in model.named_parameters():
         frozen = name.split(".")[0] in {"conv1", "conv2", "conv3"}
         assert torch.equal(p, before[name]) is frozen, name
+
+
+@pytest.mark.parametrize("batch_size", [1, 7])
+def test_train_loss_and_accuracy_are_exact_over_chunk_boundaries(
+    make_blobs, make_tiny_net, batch_size: int
+) -> None:
+    """The epoch's train loss/top-1 (reduced in chunks of steps) equal the per-step sums."""
+
+    class PerStep(Callback):
+        def __init__(self) -> None:
+            self.loss = self.correct = self.seen = 0.0
+
+        def on_batch_end(self, trainer, model, outputs, loss):
+            n = outputs.shape[0]
+            self.loss += float(loss.detach()) * n
+            self.correct += float(outputs.argmax(1).eq(self.targets).sum())
+            self.seen += n
+
+        def on_batch_start(self, trainer, model, batch, index):
+            self.targets = batch[1]
+
+    per_step = PerStep()
+    n = 150  # > 2 chunks of 64 steps at batch 1; a partial last batch at 7
+    trainer = _trainer(make_tiny_net(), make_blobs(n), batch_size=batch_size, optimizer=_sgd(0.05))
+    trainer.callbacks.append(per_step)
+    record = trainer.fit(1).last_record
+    assert per_step.seen == n
+    assert record["train_loss"] == pytest.approx(per_step.loss / n, rel=1e-6)
+    assert record["train_top1"] == pytest.approx(100.0 * per_step.correct / n, abs=1e-9)
+    assert 0.0 < record["train_top1"] < 100.0
