@@ -16,7 +16,7 @@ from edgetrain.cli._common import (
     parse_options,
 )
 from edgetrain.cost import ALL, analyze, load_profile
-from edgetrain.cost.calibrate import calibrate
+from edgetrain.cost.calibrate import anchor_profile, calibrate
 from edgetrain.cost.report import CostReport, StepCost
 from edgetrain.errors import ConfigError
 
@@ -216,15 +216,55 @@ def analyze_command(
 def calibrate_command(
     out: Path = typer.Option(Path("host-cpu.yaml"), help="Profile file to write."),
     name: str = typer.Option("host-cpu", help="Profile name."),
-    quick: bool = typer.Option(False, help="Fewer layer sizes (about half the time)."),
+    quick: bool = typer.Option(
+        False, help="Fewer layer sizes, timed once (seconds instead of about half a minute)."
+    ),
+    rounds: int = typer.Option(
+        None,
+        min=1,
+        help="Time every configuration this many times, in turn, and fit the medians "
+        "(default 3; 1 with --quick).",
+    ),
+    model: str = typer.Option(
+        None,
+        help="Anchor the per-step offset on a measured training step of this zoo model: "
+        "the profile then predicts that model's whole step, fixed costs included.",
+    ),
+    input_shape: str = typer.Option(
+        None, "--input", help="The model's sample shape, e.g. 1x32x32 (default: the model's)."
+    ),
+    trainable: str = typer.Option(
+        ALL, help="The anchoring step's plan: 'all' or 'last:N' (the layers you fine-tune)."
+    ),
+    batch_size: int = typer.Option(1, min=1, help="Batch size of the anchoring step."),
+    option: list[str] = typer.Option(
+        None, "--option", "-o", help="Model option key=value, e.g. -o num_classes=100."
+    ),
 ) -> None:
     """Time forward, input-gradient, weight-gradient and update of each layer kind on
     this machine and fit a device profile.
 
-    Example: edgetrain cost calibrate --out host-cpu.yaml
+    Example: edgetrain cost calibrate --out host-cpu.yaml --model kws_cnn --trainable last:4
     """
+    if model is None and (input_shape or option or trainable != ALL or batch_size != 1):
+        raise ConfigError("--input, --trainable, --batch-size and --option need --model")
+    net = zoo.create(model, **parse_options(option)) if model else None
+    shape = ()
+    if net is not None:
+        shape = parse_shape(input_shape) if input_shape else tuple(getattr(net, "input_shape", ()))
+        if not shape:
+            raise ConfigError(f"model '{model}' has no default input shape; pass --input")
+        analyze(net, shape, plans=[trainable], batch_size=batch_size)  # a bad plan fails now
     with console.status("timing layer kinds on this machine ..."):
-        fitted = calibrate(quick=quick, name=name)
+        fitted = calibrate(quick=quick, name=name, rounds=rounds)
+    if net is not None:
+        before = fitted.offset_per_step
+        with console.status(f"timing a {model} training step ..."):
+            fitted = anchor_profile(fitted, net, shape, trainable, batch_size)
+        console.print(
+            f"anchored on {model} ({trainable}, batch {batch_size}): per-step offset "
+            f"{before:,.0f} -> {fitted.offset_per_step:,.0f} MAC-equivalents"
+        )
     fitted.save(out)
     table = Table(title=f"profile {fitted.name}: multipliers relative to a forward conv MAC")
     table.add_column("term")

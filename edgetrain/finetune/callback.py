@@ -129,11 +129,13 @@ class LayerSchedule(Callback):
     def on_epoch_start(self, trainer: Trainer, model: nn.Module) -> None:
         self._epoch, self._index = trainer.state.epoch, 0
 
-    def _column(self) -> int:
+    @property
+    def column(self) -> int:
+        """The schedule column of the current step (shifted by one step per epoch)."""
         return (self._index + self._epoch) % self.schedule.cycle_length
 
     def before_forward(self, trainer: Trainer, model: nn.Module, inputs: torch.Tensor) -> None:
-        column = self._column()
+        column = self.column
         for row, params in zip(self.schedule.pattern, self.params, strict=True):
             on = bool(row[column])
             for p in params:
@@ -142,7 +144,7 @@ class LayerSchedule(Callback):
     def before_optimizer_step(
         self, trainer: Trainer, model: nn.Module, optimizer: torch.optim.Optimizer
     ) -> None:
-        column = self._column()
+        column = self.column
         self._saved_lrs = []
         for i, (row, rate, keep) in enumerate(
             zip(self.schedule.pattern, self.schedule.rates, self.schedule.keep, strict=True)

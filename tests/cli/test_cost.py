@@ -84,3 +84,26 @@ def test_calibrate_writes_a_usable_profile(cli, tmp_path):
     data = json.loads(cli("cost", "vgg_small", "--profile", "host.yaml", "--format", "json").output)
     assert data["profile"] == "host-cpu"
     assert data["conventional"]["estimated_seconds"] > 0
+
+
+def test_calibrate_anchored_on_a_model(cli, tmp_path):
+    out = cli(
+        "cost", "calibrate", "--quick", "--out", "kws.yaml", "--model", "kws_cnn",
+        "--trainable", "last:2",
+    ).output  # fmt: skip
+    assert "anchored on kws_cnn (last:2, batch 1): per-step offset" in out
+    profile = load_profile(tmp_path / "kws.yaml")
+    assert "anchored on a measured KWSCNN 1x32x32 last:2 step" in profile.description
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--input", "1x32x32"], "need --model"),
+        (["--model", "kws_cnn", "--trainable", "last:9"], "last:9"),
+        (["--model", "kws_cnn", "--input", "1x0"], "--input '1x0'"),
+    ],
+)
+def test_calibrate_anchoring_errors_are_one_line(cli, args, needle):
+    result = cli("cost", "calibrate", "--quick", *args, code=2)
+    assert needle in result.output

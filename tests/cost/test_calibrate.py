@@ -6,9 +6,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from torch import nn
 
-from edgetrain.cost import ALL, analyze, load_profile
+from edgetrain.cost import ALL, DeviceProfile, analyze, load_profile
+from edgetrain.cost import calibrate as calibration
 from edgetrain.cost.calibrate import Measurement, calibrate, fit_profile
 
 RATE = 1e-10  # seconds per forward-convolution MAC: 10 GMAC/s
@@ -119,3 +121,60 @@ def test_a_per_parameter_rate_is_separated_from_the_mac_rate() -> None:
     single = [m for m in rows if m.macs == m.params]
     again = fit_profile(_synthetic({("forward", "conv"): (RATE, 0.0)}) + single)
     assert again.param_cost("forward", "linear") == 0.0
+
+
+# ---------------------------------------------------------------- anchoring on a model
+def _net() -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Dropout(0.2), nn.Flatten(), nn.Linear(144, 3)
+    )
+
+
+@pytest.mark.parametrize("measured_ms", [5.0, 1e-4])
+def test_an_anchored_profile_predicts_the_measured_step(monkeypatch, measured_ms) -> None:
+    timed: list[frozenset[str]] = []
+
+    def fake_step_seconds(model, input_shape, params, batch_size=1, min_seconds=1.0):
+        timed.append(frozenset(params))
+        return measured_ms / 1e3
+
+    monkeypatch.setattr(calibration, "model_step_seconds", fake_step_seconds)
+    profile = DeviceProfile(name="t", peak_macs_per_s=1e9, offset_per_step=50.0)
+    net = _net()
+    anchored = calibration.anchor_profile(profile, net, (1, 8, 8), plan="last:1")
+    assert timed == [frozenset({"4.weight", "4.bias"})]
+    predicted = analyze(net, (1, 8, 8), plans=["last:1"], profile=anchored).steps()[0]
+    if measured_ms > 1e-3:  # the residual becomes the per-step offset
+        assert predicted.estimated_seconds == pytest.approx(measured_ms / 1e3, rel=1e-6)
+        assert anchored.offset_per_step > profile.offset_per_step
+    else:  # a step faster than the layer terms: the offset stops at zero
+        assert anchored.offset_per_step == 0.0
+    assert "anchored on a measured Sequential 1x8x8 last:1 step" in anchored.description
+    # nothing but the offset and the description changes
+    same = anchored.model_copy(update={"offset_per_step": 50.0, "description": ""})
+    assert same == profile
+
+
+def test_a_model_step_is_timed_on_a_copy(single_thread: None) -> None:
+    net = _net()
+    net[0].requires_grad_(False)
+    before = [p.detach().clone() for p in net.parameters()]
+    seconds = calibration.model_step_seconds(net, (1, 8, 8), {"4.weight"}, min_seconds=0.02)
+    assert 0 < seconds < 0.1
+    assert all(torch.equal(a, b) for a, b in zip(before, net.parameters(), strict=True))
+    assert [p.requires_grad for p in net.parameters()] == [False, False, True, True]
+    with pytest.raises(ValueError, match="updates no parameters"):
+        calibration.model_step_seconds(net, (1, 8, 8), set(), min_seconds=0.02)
+
+
+def test_rounds_are_fitted_by_their_median() -> None:
+    clean = _synthetic(TRUTH)
+    skewed = [Measurement(m.kind, m.term, m.macs, 3 * m.seconds, m.params) for m in clean]
+    slower = [Measurement(m.kind, m.term, m.macs, 1.01 * m.seconds, m.params) for m in clean]
+    merged = calibration.median_measurements([clean, skewed, slower])
+    assert [m.seconds for m in merged] == [1.01 * m.seconds for m in clean]
+    assert fit_profile(merged).multiplier("input_grad", "conv") == pytest.approx(1.5, rel=1e-3)
+    with pytest.raises(ValueError, match="same configurations"):
+        calibration.median_measurements([clean, clean[1:]])
+    with pytest.raises(ValueError, match="rounds must be >= 1"):
+        calibrate(quick=True, rounds=0)

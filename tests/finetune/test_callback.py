@@ -257,6 +257,27 @@ def test_every_row_sees_every_sample_within_T_epochs(make_blobs, text):
     assert len(first_epoch[rarest]) == n * sum(cb.schedule.pattern[-1]) // t < n
 
 
+def test_column_names_the_step_the_schedule_applies(make_blobs):
+    """``LayerSchedule.column`` is the column of the running step: the layers that
+    require grad at forward time are exactly that column's rows."""
+
+    class Columns(Callback):
+        def __init__(self, schedule: LayerSchedule) -> None:
+            self.schedule, self.seen = schedule, []
+
+        def before_forward(self, trainer, model, inputs):
+            active = tuple(int(all(p.requires_grad for p in ps)) for ps in self.schedule.params)
+            self.seen.append((trainer.state.epoch, self.schedule.column, active))
+
+    cb = LayerSchedule("4211")
+    columns = Columns(cb)
+    _trainer(_vgg(), make_blobs(6, shape=SHAPE), [cb, columns]).fit(2)
+    assert len(columns.seen) == 12
+    for step, (epoch, column, active) in enumerate(columns.seen):
+        assert column == (step % 6 + epoch) % 4  # shifted by one step per epoch
+        assert active == tuple(row[column] for row in cb.schedule.pattern)
+
+
 # ------------------------------------------------------------------ set-up
 def test_fold_bn_happens_before_the_optimizer_is_built(make_blobs):
     net = models.create("fcn1d", length=16)
