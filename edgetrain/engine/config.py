@@ -177,6 +177,12 @@ class RunConfig(_Strict):
     checkpoint_every: int = Field(1, ge=1)
     full: dict[str, Any] = Field(default_factory=dict)
 
+    @field_validator("precision", mode="before")
+    @classmethod
+    def _precision_number(cls, v: Any) -> Any:
+        # YAML and "--precision 32" read an unquoted 32 as a number
+        return str(v) if isinstance(v, int) and not isinstance(v, bool) else v
+
     @field_validator("optimizer", mode="before")
     @classmethod
     def _optimizer_default_name(cls, v: Any) -> Any:

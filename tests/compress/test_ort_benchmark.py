@@ -51,9 +51,11 @@ def test_onnxruntime_statistics_on_a_tiny_model(tiny):
     low, high = r.spread_ms
     assert low <= r.latency_ms <= high
     assert sorted(s.median_ms for s in r.repeats)[1] == r.latency_ms  # median of medians
-    # Kernel time leaves out session overhead; ORT's profiler slows kernels a little, so
-    # only "roughly no more than the wall time" holds on a ~30 us model.
-    assert r.compute_ms is not None and r.compute_ms <= 2.0 * r.latency_ms
+    # Kernel time leaves out session overhead, but it comes from a separate profiled run
+    # (ORT's profiler slows kernels a little) and a ~30 us model on a shared machine can
+    # land a preempted run: only "the same order as the wall time" holds (a unit error
+    # would be 1000x).
+    assert r.compute_ms is not None and r.compute_ms <= 5.0 * r.latency_ms
     assert r.file_bytes == path.stat().st_size and not r.notes
 
     d = json.loads(json.dumps(r.to_dict()))

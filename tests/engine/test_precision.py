@@ -168,6 +168,11 @@ def test_run_config_rejects_an_unknown_precision_in_one_line():
     assert load_config(tree).precision == "bf16-mixed"
     del tree["precision"]
     assert load_config(tree).precision == "32"
+    tree["precision"] = 32  # an unquoted YAML number, or "--precision 32"
+    assert load_config(tree).precision == "32"
+    tree["precision"] = 16
+    with pytest.raises(ConfigError, match="'16'"):
+        load_config(tree)
 
 
 def test_the_checkpoint_and_config_record_the_precision(make_blobs, monkeypatch, tmp_path):
