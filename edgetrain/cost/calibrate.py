@@ -339,7 +339,7 @@ def calibrate(
     """Measure this machine and return the fitted profile (``profile.save(path)``).
 
     Args:
-        quick: fewer layer sizes and one round (about a tenth of the time).
+        quick: fewer layer sizes and one round (about a sixth of the time).
         name: the profile's name.
         rounds: how many times every configuration is timed, in turn (the median is
             fitted); default 3, or 1 when ``quick``. On a shared machine a burst of other
