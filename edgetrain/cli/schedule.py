@@ -80,14 +80,29 @@ def show_command(
         cells = ["-" if c == 0 else f"{c:g}" for c in row]
         matrix.add_row(name, *cells, f"{rate:g}", f"{mean:.3g}")
     console.print(matrix)
-    console.print(_cost_table(cost, layers))
+    console.print(_cost_table(cost, layers, profile))
 
 
-def _cost_table(cost: ScheduleCost, layers: list[str]) -> Table:
+def _cost_table(cost: ScheduleCost, layers: list[str], profile: str) -> Table:
+    """Per step: MACs, memory and, with a profile that knows the target's speed, the
+    estimated time (fixed per-step and per-call costs included) relative to conventional."""
     conv = cost.conventional
-    table = Table(title="per step (MACs; memory in KiB, naive / with reuse)")
-    for h in ("step", "trained layers", "ops", "rel. ops", "peak mem", "reuse", "rel. mem"):
+    timed = conv.estimated_seconds is not None
+    title = "per step (MACs; memory in KiB, naive / with reuse"
+    title += f"; time from profile {profile})" if timed else ")"
+    table = Table(title=title)
+    header = ["step", "trained layers", "ops", "rel. ops", "peak mem", "reuse", "rel. mem"]
+    header += ["est. ms", "rel. time"] if timed else []
+    for h in header:
         table.add_column(h, justify="left" if h in ("step", "trained layers") else "right")
+
+    def time_cells(seconds: float | None) -> list[str]:
+        if not timed:
+            return []
+        if seconds is None:
+            return ["", ""]
+        return [f"{seconds * 1e3:.3f}", f"{seconds / conv.estimated_seconds:.3f}"]
+
     for t, step in enumerate(cost.steps):
         active = [n for n, on in zip(layers, cost.schedule.active(t), strict=True) if on]
         table.add_row(
@@ -98,7 +113,9 @@ def _cost_table(cost: ScheduleCost, layers: list[str]) -> Table:
             kib(step.memory_bytes),
             kib(step.memory_reuse_bytes),
             f"{step.memory_bytes / conv.memory_bytes:.3f}",
+            *time_cells(step.estimated_seconds),
         )
+    seconds = [s.estimated_seconds or 0.0 for s in cost.steps]
     table.add_row(
         "average",
         "",
@@ -107,6 +124,7 @@ def _cost_table(cost: ScheduleCost, layers: list[str]) -> Table:
         "",
         "",
         "",
+        *time_cells(sum(seconds) / len(seconds) if timed else None),
         style="bold",
     )
     table.add_row(
@@ -117,6 +135,7 @@ def _cost_table(cost: ScheduleCost, layers: list[str]) -> Table:
         kib(cost.peak_memory_bytes),
         kib(cost.peak_memory_reuse_bytes),
         f"{cost.relative_peak_memory:.3f}",
+        *time_cells(max(seconds) if timed else None),
         style="bold",
     )
     table.add_row(
@@ -127,6 +146,7 @@ def _cost_table(cost: ScheduleCost, layers: list[str]) -> Table:
         kib(conv.memory_bytes),
         kib(conv.memory_reuse_bytes),
         "1.000",
+        *time_cells(conv.estimated_seconds),
         style="dim",
     )
     return table

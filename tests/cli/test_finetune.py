@@ -64,6 +64,26 @@ def test_schedule_show_of_a_conventional_schedule_is_relative_one(cli):
     assert rows["average"][2] == rows["peak"][2] == rows["peak"][-1] == "1.000"
 
 
+def test_schedule_show_with_a_timed_profile_adds_the_estimated_time(cli, tmp_path):
+    # a fixed per-step cost (2 ms at 1 GMAC/s) that no skipped layer removes: the relative
+    # time saved is smaller than the relative MACs saved
+    (tmp_path / "slow.yaml").write_text(
+        "name: slow\npeak_macs_per_s: 1.0e9\noffset_per_step: 2.0e6\n"
+    )
+    out = cli("schedule", "show", "4421", "--model", "vgg_small", "--profile", "slow.yaml").output
+    assert "time from profile slow.yaml" in out
+    rows = _rows(out)
+    conv_ms = float(rows["conventional"][-2])
+    assert rows["conventional"][-1] == "1.000"
+    macs = int(rows["conventional"][1].replace(",", ""))
+    assert conv_ms == pytest.approx(1e3 * (macs + 2e6) / 1e9, rel=1e-3)
+    rel_ops, rel_time = float(rows["average"][2]), float(rows["average"][-1])
+    assert rel_ops < rel_time < 1.0
+    assert float(rows["3"][-2]) < conv_ms
+    # the reference profile has no speed: no time columns
+    assert "est. ms" not in cli("schedule", "show", "4421", "--model", "vgg_small").output
+
+
 @pytest.mark.parametrize(
     ("schedule", "needle"),
     [
