@@ -81,6 +81,13 @@ class ScheduleCost:
         return self.average_step_macs / self.conventional.step_macs
 
     @property
+    def relative_estimated_ops(self) -> float:
+        """Average step / conventional step under the profile's estimate: calibrated
+        rates, per-call and per-step costs included (``relative_ops`` counts MACs only)."""
+        mean = sum(s.estimated_ops for s in self.steps) / len(self.steps)
+        return mean / self.conventional.estimated_ops
+
+    @property
     def relative_peak_memory(self) -> float:
         return self.peak_memory_bytes / self.conventional.memory_bytes
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 from torch import nn
 
+from edgetrain.cost import DeviceProfile
 from edgetrain.finetune import (
     Schedule,
     optimise_placement,
@@ -64,6 +65,18 @@ def test_schedules_training_every_row_every_step_cost_conventional(vgg, text):
     cost = _cost(vgg, text)
     assert cost.relative_ops == 1.0
     assert cost.relative_peak_memory == 1.0
+
+
+def test_relative_estimated_ops_carries_a_profiles_fixed_costs(vgg):
+    fixed = DeviceProfile(name="fixed", offset_per_step=1e7)
+    raw = schedule_cost(vgg, (3, 32, 32), Schedule.parse("4421"))
+    cost = schedule_cost(vgg, (3, 32, 32), Schedule.parse("4421"), profile=fixed)
+    assert raw.relative_estimated_ops == pytest.approx(raw.relative_ops)  # reference: MACs
+    mean = cost.average_step_macs + 1e7
+    assert cost.relative_estimated_ops == pytest.approx(
+        mean / (cost.conventional.step_macs + 1e7), rel=1e-9
+    )
+    assert raw.relative_ops < cost.relative_estimated_ops < 1.0
 
 
 def test_conventional_step_covers_the_trained_rows_only(vgg):
