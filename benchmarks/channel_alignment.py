@@ -21,7 +21,7 @@ from pathlib import Path
 from _common import RESULTS, print_table, write_result
 
 from edgetrain.compress import apply, benchmark, export_onnx, load_recipe
-from edgetrain.compress.source import load_trained_run
+from edgetrain.runs import load_trained_run
 
 VARIANTS = {
     "recipe 7/23/58": {},

@@ -33,11 +33,9 @@ from _common import RESULTS, print_table, write_result
 
 from edgetrain.compress import benchmark, evaluate_onnx, export_onnx, load_recipe, quantize_onnx
 from edgetrain.compress.runtime import op_times
-from edgetrain.compress.source import load_trained_run
-from edgetrain.engine.config import load_config
-from edgetrain.engine.run import start_run
-from edgetrain.recipes import recipe_path
+from edgetrain.recipes import RECIPES
 from edgetrain.report.sweep import build_sweep_report
+from edgetrain.runs import load_config, load_trained_run, start_run
 from edgetrain.search import load_sweep, load_sweep_data, run
 
 
@@ -47,7 +45,7 @@ def _train(model: str, epochs: int, work: Path) -> Path:
         return folder
     import yaml
 
-    tree = yaml.safe_load(recipe_path("digits-resnet20").read_text())
+    tree = yaml.safe_load(RECIPES.path("digits-resnet20").read_text())
     tree.update(name=f"digits-{model}", epochs=epochs)
     tree["model"] = {"name": model}
     tree.pop("full", None)
@@ -147,7 +145,7 @@ def _final(model: str, run_dir: Path, data: Any, work: Path, rounds: int) -> lis
         else:
             sub = "reference" if source == "reference" else f"trials/{source.number:04d}"
             model_pt = sweep_dir / sub / "model.pt"
-            from edgetrain.engine import load_trained_model
+            from edgetrain.runs import load_trained_model
 
             onnx = folder / f"{label.replace(' ', '-')}.onnx"
             export_onnx(load_trained_model(model_pt), onnx)

@@ -41,10 +41,10 @@ from _common import print_table, write_result
 from rich.console import Console
 
 from edgetrain import data as data_sets
-from edgetrain.engine import RunConfig, RunDirectory, load_config, start_run
-from edgetrain.finetune import compare_schedules, scenario_cases
-from edgetrain.finetune.compare import scenario_table
-from edgetrain.recipes import recipe_path
+from edgetrain.engine import RunDirectory
+from edgetrain.recipes import RECIPES
+from edgetrain.runs import RunConfig, compare_schedules, load_config, scenario_cases, start_run
+from edgetrain.runs.compare import scenario_table
 
 SCHEDULES = "4442,4432,4422,4422_m,4421,4211_m"
 MODES = "bpls,pllr,upscaled,rdo"
@@ -68,7 +68,7 @@ SCENARIOS = {
 
 def pretrain(recipe: str, root: Path, epochs: int | None, progress: bool) -> Path:
     """The pretrained run of ``recipe`` under ``root`` (trained unless already complete)."""
-    config = load_config(recipe_path(recipe), epochs=epochs)
+    config = load_config(RECIPES.path(recipe), epochs=epochs)
     folder = RunDirectory(root / config.name)
     summary = folder.read_summary()
     if summary.get("status") != "completed" or summary.get("epochs_finished") != config.epochs:
@@ -230,7 +230,7 @@ def run_scenario(key: str, args: argparse.Namespace) -> dict[str, Any]:
     started = time.perf_counter()
     pre = pretrain(scenario.pretrain, args.out / "pretrain", args.pretrain_epochs, args.progress)
     config: RunConfig = load_config(
-        recipe_path(scenario.finetune),
+        RECIPES.path(scenario.finetune),
         list(args.set),
         epochs=args.epochs,
         **{"model.init_from": str(pre)},

@@ -3,6 +3,9 @@
 Registries are how the CLI and YAML recipes name things (data sets, models, optimizers,
 callbacks). An entry is any callable; its keyword arguments are checked against its
 signature so that a typo in a recipe gives one precise line instead of a traceback.
+
+A registry is complete in any process: its first lookup imports the modules that
+:mod:`edgetrain.plugins` lists for its kind, whichever modules were imported before.
 """
 
 from __future__ import annotations
@@ -55,6 +58,15 @@ class Registry(Generic[T]):
         # With a separator (":" for "ucr:GunPoint"), "ucr:<anything>" resolves to "ucr".
         self.prefix_sep = prefix_sep
         self._entries: dict[str, RegistryEntry[T]] = {}
+        self._loaded = False
+
+    def _complete(self) -> None:
+        """Load this kind's plugins once, before the first lookup."""
+        if not self._loaded:
+            self._loaded = True  # first: a plugin module may look itself up while loading
+            from edgetrain import plugins
+
+            plugins.load(self.kind)
 
     def register(self, name: str, **meta: Any) -> Callable[[Callable[..., T]], Callable[..., T]]:
         """Decorator registering ``fn`` under ``name``; ``meta`` is kept with the entry."""
@@ -69,6 +81,7 @@ class Registry(Generic[T]):
 
     def names(self, pattern: str = "*") -> list[str]:
         """Sorted names matching a shell-style ``pattern``."""
+        self._complete()
         return sorted(n for n in self._entries if fnmatch.fnmatch(n, pattern))
 
     def __contains__(self, name: object) -> bool:
@@ -83,6 +96,7 @@ class Registry(Generic[T]):
 
     def entry(self, name: str) -> RegistryEntry[T]:
         """The entry for ``name``; raises :class:`UnknownNameError` listing valid names."""
+        self._complete()
         if name in self._entries:
             return self._entries[name]
         if self.prefix_sep and self.prefix_sep in name:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import typer
 
 from edgetrain import __version__
-from edgetrain import analysis as _analysis  # noqa: F401  (registers weight-snapshots)
 from edgetrain.cli import compress as _compress
 from edgetrain.cli import cost as _cost
 from edgetrain.cli import data as _data

@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import copy
-import json
-import shutil
 from pathlib import Path
 
 import typer
-import yaml
 from rich.table import Table
 
 from edgetrain.cli._common import (
@@ -21,19 +17,21 @@ from edgetrain.cli._common import (
     parse_options,
     sigterm_as_interrupt,
 )
-from edgetrain.compress.apply import CompressReport, apply
-from edgetrain.compress.deploy import DeployedFile, deploy, measure
-from edgetrain.compress.finetune import COMPRESSED_CHECKPOINT, finetune, save_compressed
-from edgetrain.compress.recipe import list_shipped_recipes, load_recipe
+from edgetrain.compress.apply import CompressReport
+from edgetrain.compress.deploy import DeployedFile
+from edgetrain.compress.finetune import COMPRESSED_CHECKPOINT
+from edgetrain.compress.pipeline import REPORT_FILE, Compression, prepare_out
+from edgetrain.compress.pipeline import run as compress_run
+from edgetrain.compress.recipe import load_recipe
 from edgetrain.compress.sensitivity import (
     DEFAULT_SPARSITIES,
     SensitivityRow,
     sensitivity,
     write_sensitivity_csv,
 )
-from edgetrain.compress.source import evaluate_model, load_trained_run
-from edgetrain.engine.rundir import atomic_write_text
 from edgetrain.errors import ConfigError
+from edgetrain.recipes import COMPRESSION_RECIPES
+from edgetrain.runs import load_trained_run
 
 __all__ = ["app"]
 
@@ -47,16 +45,9 @@ app = typer.Typer(
     add_completion=False,
 )
 
-REPORT_FILE = "compress.json"
-
 
 def _recipe_name(source: str) -> str:
     return Path(source).stem if source.endswith((".yaml", ".yml")) else Path(source).name
-
-
-def _prepare_out(out: Path, overwrite: bool) -> None:
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise ConfigError(f"output folder '{out}' exists; pass --overwrite or another --out")
 
 
 @app.command("run")
@@ -66,7 +57,7 @@ def run_command(
     recipe: str = typer.Option(
         ...,
         help="Compression recipe: YAML path or shipped name "
-        f"({', '.join(list_shipped_recipes())}).",
+        f"({', '.join(COMPRESSION_RECIPES.names())}).",
     ),
     set_: list[str] = typer.Option(
         None, "--set", "-s", help="Recipe parameter label.key=value, e.g. stage1.sparsity=0.5."
@@ -97,72 +88,39 @@ def run_command(
     if set_:
         parsed = parsed.with_params(parse_options(set_, "--set"))
     run = load_trained_run(run_dir, prefer=prefer)
-    out = out or Path("runs") / f"{run.config.name}-{_recipe_name(recipe)}"
-    _prepare_out(out, overwrite)
-    # apply() checks the recipe against the model first: bad input fails before any output.
-    model, result = apply(copy.deepcopy(run.model), parsed)
-    test = run.test_data()
-    before, after = evaluate_model(run.model, test), evaluate_model(model, test)
-    result.top1_before = before["top1"]
-    result.mark_ruined(after["top1"], test.info.num_classes)
+    out = prepare_out(out or Path("runs") / f"{run.config.name}-{_recipe_name(recipe)}", overwrite)
 
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
-    atomic_write_text(out / "recipe.yaml", yaml.safe_dump(parsed.to_dict(), sort_keys=False))
-    tuned = None
-    settings = parsed.finetune
-    if finetune_ and settings is not None and settings.epochs > 0:
-        if result.ruined:
+    def warn_ruined(job: Compression) -> None:
+        if job.report.ruined and finetune_ and parsed.finetune and parsed.finetune.epochs:
             err_console.print(
                 "[yellow]warning:[/] the pruned model is at chance level (ruined); such "
                 "models rarely recover in fine-tuning"
             )
-        try:
-            with sigterm_as_interrupt():
-                tuned = finetune(
-                    model,
-                    settings,
-                    run.config,
-                    architecture=run.architecture,
-                    run_dir=out,
-                    name=out.name,
-                    progress=progress,
-                )
-        except KeyboardInterrupt:
-            err_console.print(
-                f"[yellow]interrupted[/]: finished fine-tuning epochs are kept; continue with "
-                f"'edgetrain train --resume {out}' ({REPORT_FILE} is not written)"
+
+    try:
+        with sigterm_as_interrupt():
+            result = compress_run(
+                run,
+                parsed,
+                out,
+                finetune=finetune_,
+                bench={} if bench else None,
+                overwrite=overwrite,
+                progress=progress,
+                on_pruned=warn_ruined,
             )
-            raise typer.Exit(EXIT_INTERRUPTED) from None
-    else:
-        save_compressed(model, out / COMPRESSED_CHECKPOINT, run.architecture)
-    files: list[DeployedFile] = []
-    if parsed.export is not None or parsed.quantize is not None:
-        final = tuned.model if tuned is not None else model
-        files = deploy(final, parsed, out, test, run.train_data())
-        if bench:
-            measure(files)
-    record = {
-        "source": str(run.checkpoint),
-        "recipe": parsed.to_dict(),
-        **result.to_dict(),
-        "loss_before": before["loss"],
-        "loss_after": after["loss"],
-        "finetune": None
-        if tuned is None
-        else {
-            "epochs": len(tuned.history),
-            "final_top1": tuned.final_top1,
-            "best_top1": tuned.best_top1,
-        },
-        "deployed": [f.to_dict() for f in files],
-    }
-    # Written last: its presence says the compression finished.
-    atomic_write_text(out / REPORT_FILE, json.dumps(record, indent=2) + "\n")
-    _print_report(result, tuned.final_top1 if tuned else None, tuned.best_top1 if tuned else None)
-    if files:
-        _print_files(files)
+    except KeyboardInterrupt:
+        err_console.print(
+            f"[yellow]interrupted[/]: finished fine-tuning epochs are kept; continue with "
+            f"'edgetrain train --resume {out}' ({REPORT_FILE} is not written)"
+        )
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    tuned = result.tuned
+    _print_report(
+        result.report, tuned.final_top1 if tuned else None, tuned.best_top1 if tuned else None
+    )
+    if result.files:
+        _print_files(result.files)
     if tuned is not None and report:
         from edgetrain.report import build_report
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import copy
-import shutil
 import time
 from pathlib import Path
 
@@ -13,12 +11,13 @@ from rich.table import Table
 from edgetrain import data as datasets
 from edgetrain import models
 from edgetrain.cli._common import console, handle_errors
-from edgetrain.engine import RunConfig, build_trainer, evaluate, load_config, start_run
+from edgetrain.engine import evaluate
 from edgetrain.errors import ConfigError
 from edgetrain.finetune import Schedule, schedule_cost
-from edgetrain.recipes import recipe_path
+from edgetrain.recipes import RECIPES
 from edgetrain.report import build_report, load_run
 from edgetrain.report.pruning import pruning_rows
+from edgetrain.runs import RunConfig, build_trainer, load_config, start_run
 
 # Epochs (pretrain, fine-tune, PruneTrain) per size; None keeps the recipe's (full: its
 # full: section).
@@ -36,27 +35,17 @@ DEMO_COMPRESS = "vgg-small-l1"
 def _compress_step(pre_dir: Path, runs_dir: Path, progress: bool) -> None:
     """Prune, fine-tune, export and quantize the pretrained model; print FP32 vs pruned vs
     pruned int8 (ONNX Runtime accuracy and latency at batch 1, one thread)."""
-    from edgetrain.compress import apply, deploy, finetune, load_recipe, load_trained_run, measure
+    from edgetrain.compress import deploy, load_recipe, measure
+    from edgetrain.compress import run as compress_run
+    from edgetrain.runs import load_trained_run
 
-    recipe = load_recipe(DEMO_COMPRESS)
     run = load_trained_run(pre_dir)
     out = runs_dir / f"{run.config.name}-{DEMO_COMPRESS}"
-    model, report = apply(copy.deepcopy(run.model), recipe)
-    if out.exists():
-        shutil.rmtree(out)
-    assert recipe.finetune is not None
-    tuned = finetune(
-        model,
-        recipe.finetune,
-        run.config,
-        architecture=run.architecture,
-        run_dir=out,
-        name=out.name,
-        progress=progress,
-    )
+    result = compress_run(run, DEMO_COMPRESS, out, deploy=True, overwrite=True, progress=progress)
+    report = result.report
     test = run.test_data()
     files = deploy(run.model, load_recipe({"version": 1}), out / "baseline", test)
-    files += deploy(tuned.model, recipe, out, test, run.train_data())
+    files += result.files
     measure(files, runs=50, repeats=3, throughput_batch=None)
     macs = [report.macs_before, report.macs_after, report.macs_after]
     params = [report.params_before, report.params_after, report.params_after]
@@ -135,10 +124,10 @@ def demo_command(
         "target domain: rotated 180 degrees and inverted"
     )
     big = size == "full"
-    pre_cfg = load_config(recipe_path("digits-pretrain"), full=big, epochs=pre_epochs)
+    pre_cfg = load_config(RECIPES.path("digits-pretrain"), full=big, epochs=pre_epochs)
     pre_dir = runs_dir / pre_cfg.name
     ft_cfg = load_config(
-        recipe_path("digits-finetune"),
+        RECIPES.path("digits-finetune"),
         full=big,
         epochs=ft_epochs,
         **{"model.init_from": str(pre_dir)},
@@ -155,7 +144,7 @@ def demo_command(
     rows.append((*_train_phase("fine-tune", "shifted", ft_cfg, runs_dir, progress), 1.0))
     phase = f"schedule {DEMO_SCHEDULE}"
     rows.append((*_train_phase(phase, "shifted", sched_cfg, runs_dir, progress), rel))
-    prune_cfg = load_config(recipe_path(DEMO_PRUNE), full=big, epochs=prune_epochs)
+    prune_cfg = load_config(RECIPES.path(DEMO_PRUNE), full=big, epochs=prune_epochs)
     prune_dir = runs_dir / prune_cfg.name
     phase = f"prune-train ({prune_cfg.model.name})"
     rows.append((*_train_phase(phase, "digits", prune_cfg, runs_dir, progress), None))

@@ -18,8 +18,8 @@ from edgetrain.diagnostics import (
     read_lr_sensitivity,
     read_pattern_records,
 )
-from edgetrain.engine import RunConfig, load_config
 from edgetrain.errors import ConfigError
+from edgetrain.runs import RunConfig, load_config
 
 __all__ = [
     "app",

@@ -8,8 +8,8 @@ import typer
 
 from edgetrain.cli._common import console, handle_errors, kib
 from edgetrain.compress.export import export_onnx
-from edgetrain.engine import load_trained_model
 from edgetrain.errors import ConfigError
+from edgetrain.runs import load_trained_model
 
 __all__ = ["export_command"]
 

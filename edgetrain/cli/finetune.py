@@ -11,11 +11,11 @@ from rich.table import Table
 
 from edgetrain.cli._common import console, handle_errors
 from edgetrain.cli.train import resolve_recipe, run_and_report
-from edgetrain.engine import load_config
 from edgetrain.errors import ConfigError
-from edgetrain.finetune import MODES, Schedule, compare_schedules, lr_grid, sweep_depth
-from edgetrain.finetune.compare import scenario_table
+from edgetrain.finetune import MODES, Schedule
 from edgetrain.report.depth import plot_depth
+from edgetrain.runs import compare_schedules, load_config, lr_grid, sweep_depth
+from edgetrain.runs.compare import scenario_table
 
 app = typer.Typer(
     help="Fine-tuning within a budget: layer schedules (run, compare), the LR grid (grid) "

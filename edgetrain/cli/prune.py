@@ -8,14 +8,11 @@ import typer
 
 from edgetrain.cli._common import console, handle_errors
 from edgetrain.cli.train import resolve_recipe, run_and_report
-from edgetrain.engine import load_config
 from edgetrain.errors import ConfigError
-from edgetrain.prune import batch as _batch  # noqa: F401  (registers adaptive-batch)
-from edgetrain.prune import callback as _callback  # noqa: F401  (registers prunetrain)
-from edgetrain.prune import grow as _grow  # noqa: F401  (registers widen/deepen)
 from edgetrain.prune.callback import PENALTY_MODES
 from edgetrain.report.extract import load_run
 from edgetrain.report.pruning import pruning_rows
+from edgetrain.runs import load_config
 
 __all__ = ["grow_command", "prune_train_command"]
 

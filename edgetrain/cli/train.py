@@ -16,11 +16,11 @@ from edgetrain.cli._common import (
     handle_errors,
     sigterm_as_interrupt,
 )
-from edgetrain.engine import RunConfig, RunResult, load_config, resume_run, start_run
 from edgetrain.errors import ConfigError
-from edgetrain.recipes import list_recipes, recipe_path
+from edgetrain.recipes import RECIPES
 from edgetrain.report import build_report, load_run
 from edgetrain.report.html import SUMMARY_HEADER, summary_rows
+from edgetrain.runs import RunConfig, RunResult, load_config, resume_run, start_run
 
 
 def resolve_recipe(config: str) -> Path:
@@ -28,12 +28,12 @@ def resolve_recipe(config: str) -> Path:
     path = Path(config)
     if path.is_file():
         return path
-    shipped = recipe_path(config)
+    shipped = RECIPES.path(config)
     if shipped is not None and not path.parent.parts:
         return shipped
     raise ConfigError(
         f"config file '{config}' not found; pass a YAML path or a shipped recipe "
-        f"({', '.join(list_recipes())})"
+        f"({', '.join(RECIPES.names())})"
     )
 
 

@@ -25,6 +25,7 @@ from edgetrain.compress.finetune import (
     save_compressed,
 )
 from edgetrain.compress.l1 import filters_to_remove, l1_filter
+from edgetrain.compress.pipeline import Compression, CompressionResult, run
 from edgetrain.compress.pruning import PRUNERS, PrunedGroup
 from edgetrain.compress.psb import (
     NUMBER_FORMATS,
@@ -58,10 +59,10 @@ from edgetrain.compress.quantize import (
     int8_speed_note,
     quantize_onnx,
 )
-from edgetrain.compress.recipe import Recipe, list_shipped_recipes, load_recipe
+from edgetrain.compress.recipe import Recipe, load_recipe
 from edgetrain.compress.runtime import RUNTIMES, Measurement, Runtime
 from edgetrain.compress.sensitivity import SensitivityRow, sensitivity
-from edgetrain.compress.source import TrainedRun, evaluate_model, load_trained_run
+from edgetrain.compress.source import evaluate_model
 
 __all__ = [
     "NUMBER_FORMATS",
@@ -72,6 +73,8 @@ __all__ = [
     "AttentionResult",
     "BenchmarkResult",
     "CompressReport",
+    "Compression",
+    "CompressionResult",
     "DeployedFile",
     "ExportResult",
     "FinetuneResult",
@@ -89,7 +92,6 @@ __all__ = [
     "Runtime",
     "SampleGrid",
     "SensitivityRow",
-    "TrainedRun",
     "apply",
     "attention_forward",
     "benchmark",
@@ -107,15 +109,14 @@ __all__ = [
     "int8_speed_note",
     "is_ruined",
     "l1_filter",
-    "list_shipped_recipes",
     "load_recipe",
-    "load_trained_run",
     "operation_cost",
     "plot_sample_grid",
     "psb_accuracy",
     "psb_layers",
     "measure",
     "quantize_onnx",
+    "run",
     "sample_grid",
     "save_compressed",
     "sensitivity",

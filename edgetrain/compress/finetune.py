@@ -20,10 +20,9 @@ from torch import nn
 
 from edgetrain.compress.recipe import FinetuneSpec
 from edgetrain.engine.checkpoint import FORMAT, atomic_save
-from edgetrain.engine.config import RunConfig, load_config
-from edgetrain.engine.run import build_trainer
 from edgetrain.engine.rundir import RunDirectory
 from edgetrain.errors import ConfigError
+from edgetrain.runs import RunConfig, build_trainer, load_config
 
 __all__ = [
     "COMPRESSED_CHECKPOINT",

@@ -25,29 +25,25 @@ cannot express weights drawn anew at every forward) and no ``finetune`` section.
 
 from __future__ import annotations
 
-import copy
 import inspect
 import re
-import types
-from importlib import resources
 from pathlib import Path
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from torch import nn
 
 from edgetrain._modules import select_modules
-from edgetrain._yaml import YAMLError, safe_load
-from edgetrain.compress import l1 as _l1  # noqa: F401  (registers l1_filter)
 from edgetrain.compress.pruning import PRUNER_ARGS, PRUNERS, check_prunable, tied_layers
 from edgetrain.compress.psb import NUMBER_FORMATS
 from edgetrain.compress.quantize import QUANTIZE_METHODS
-from edgetrain.engine.config import NamedConfig
+from edgetrain.configs import NamedConfig, StrictConfig, load_validated, read_mapping
 from edgetrain.engine.optim import OPTIMIZERS, SCHEDULER_ARGS, SCHEDULERS
 from edgetrain.errors import ConfigError, EdgetrainError
 from edgetrain.models import WEIGHT_LAYER_TYPES
 from edgetrain.prune.graph import example_input as default_input
+from edgetrain.recipes import COMPRESSION_RECIPES
 from edgetrain.registry import check_kwargs
 
 __all__ = [
@@ -58,19 +54,17 @@ __all__ = [
     "PrunerSpec",
     "QuantizeSpec",
     "Recipe",
-    "list_shipped_recipes",
     "load_recipe",
 ]
 
 RECIPE_VERSION = 1
 _SECTIONS = ("version", "pruners", "finetune", "quantize", "export", "number_format")
 _LABEL = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
-_SHIPPED = ("edgetrain.recipes", "compress")
 # Arguments the pipeline passes to every number format; never recipe options.
 _FORMAT_ARGS = ("model", "example_input")
 
 
-class _Strict(BaseModel):
+class _Strict(StrictConfig):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
@@ -392,90 +386,6 @@ def _layer_hint(model: nn.Module, limit: int = 8) -> str:
     return f"{shown}, ... ({len(names)} in all)" if len(names) > limit else shown or "none"
 
 
-def _format_error(exc: ValidationError) -> str:
-    err = exc.errors(include_url=False)[0]
-    parts = err["loc"]
-    loc = ".".join(str(p) for p in parts)
-    msg = err["msg"].removeprefix("Value error, ")
-    if err["type"] == "extra_forbidden":
-        where = ".".join(str(p) for p in parts[:-1]) or "the top level"
-        return (
-            f"unknown key '{parts[-1]}' in {where}; valid keys: {', '.join(_fields_at(parts[:-1]))}"
-        )
-    if err["type"] == "missing":
-        if loc == "version":
-            return (
-                f"missing required key 'version'; start the recipe with 'version: {RECIPE_VERSION}'"
-            )
-        return f"missing required key '{loc}'"
-    if err["type"] == "value_error" or not loc:
-        return f"{loc}: {msg}" if loc else msg
-    return f"{loc}: {msg} (got {err.get('input')!r})"
-
-
-def _unwrap(annotation: Any) -> Any:
-    """``X`` from ``X | None`` and from ``dict[str, X]``."""
-    while True:
-        origin = get_origin(annotation)
-        if origin is dict:
-            annotation = get_args(annotation)[1]
-        elif origin in (Union, types.UnionType):
-            annotation = next(a for a in get_args(annotation) if a is not type(None))
-        else:
-            return annotation
-
-
-def _fields_at(path: tuple[Any, ...]) -> list[str]:
-    """Field names of the model at ``path`` (dict keys, such as pruner labels, skipped)."""
-    model: Any = Recipe
-    for part in path:
-        if isinstance(model, type) and issubclass(model, BaseModel):
-            field = model.model_fields.get(str(part))
-            if field is not None:
-                model = _unwrap(field.annotation)
-    if isinstance(model, type) and issubclass(model, BaseModel):
-        return list(model.model_fields)
-    return []
-
-
-def list_shipped_recipes() -> list[str]:
-    """Names of the compression recipes shipped in ``edgetrain/recipes/compress/``."""
-    root = resources.files(_SHIPPED[0]) / _SHIPPED[1]
-    return sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".yaml"))
-
-
-def _shipped(name: str) -> Path | None:
-    stem = name[:-5] if name.endswith(".yaml") else name
-    candidate = resources.files(_SHIPPED[0]) / _SHIPPED[1] / f"{stem}.yaml"
-    return Path(str(candidate)) if candidate.is_file() else None
-
-
-def _read(source: str | Path) -> tuple[Any, str]:
-    """The parsed tree and a name for messages, from a path, a shipped name or YAML text."""
-    text: str | None = None
-    where = "recipe"
-    path = Path(source)
-    if isinstance(source, Path) or "\n" not in source:
-        shipped = None if path.is_file() else _shipped(str(source))
-        if path.is_file() or shipped is not None:
-            path = path if path.is_file() else shipped  # type: ignore[assignment]
-            text, where = path.read_text(encoding="utf-8"), str(path)
-    if text is None:
-        if isinstance(source, Path) or not any(c in source for c in ":\n{"):
-            raise ConfigError(
-                f"compression recipe '{source}' not found; pass a YAML path, YAML text or a "
-                f"shipped recipe ({', '.join(list_shipped_recipes()) or 'none'})"
-            )
-        text = source
-    try:
-        return safe_load(text), where
-    except YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or "malformed YAML"
-        raise ConfigError(f"{where}: invalid YAML{at}: {problem}") from None
-
-
 def load_recipe(source: Recipe | str | Path | dict[str, Any]) -> Recipe:
     """Validate a compression recipe.
 
@@ -492,20 +402,17 @@ def load_recipe(source: Recipe | str | Path | dict[str, Any]) -> Recipe:
     """
     if isinstance(source, Recipe):
         return source
-    where = "recipe"
-    if isinstance(source, dict):
-        tree: Any = copy.deepcopy(source)
-    else:
-        tree, where = _read(source)
-    if not isinstance(tree, dict):
+    tree, file = read_mapping(
+        source,
+        what="compression recipe",
+        shipped=COMPRESSION_RECIPES,
+        text_allowed=True,
+        hint="version, pruners, finetune, quantize, export",
+    )
+    if "version" not in tree:
+        where = f" '{file}'" if file else ""
         raise ConfigError(
-            f"{where}: a compression recipe must be a YAML mapping (version: 1, pruners: ...), "
-            f"not {type(tree).__name__}"
+            f"compression recipe{where}: missing required key 'version'; start the recipe "
+            f"with 'version: {RECIPE_VERSION}'"
         )
-    try:
-        return Recipe.model_validate(tree)
-    except ValidationError as exc:
-        message = _format_error(exc)
-    except EdgetrainError as exc:
-        message = str(exc)
-    raise ConfigError(message if where == "recipe" else f"{where}: {message}")
+    return load_validated(Recipe, tree, what="compression recipe", where=file)

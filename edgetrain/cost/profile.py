@@ -17,25 +17,22 @@ Example:
 from __future__ import annotations
 
 import json
-from importlib import resources
 from pathlib import Path
-from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, field_validator
 
 from edgetrain._atomic import atomic_writer
-from edgetrain._yaml import YAMLError, safe_load
-from edgetrain.errors import ConfigError, one_line
+from edgetrain.configs import ShippedFiles, StrictConfig, load_validated, read_mapping
+from edgetrain.errors import ConfigError
 
 __all__ = ["TERMS", "DeviceProfile", "list_profiles", "load_profile"]
 
 TERMS = ("forward", "input_grad", "weight_grad", "update")
+_BUILTIN = ShippedFiles("edgetrain.cost", "profiles")
 
 
-class DeviceProfile(BaseModel):
+class DeviceProfile(StrictConfig):
     """Multipliers and offsets of one target. Unknown keys are errors."""
-
-    model_config = ConfigDict(extra="forbid")
 
     name: str
     description: str = ""
@@ -90,8 +87,7 @@ class DeviceProfile(BaseModel):
 
 def list_profiles() -> list[str]:
     """Names of the built-in profiles."""
-    root = resources.files("edgetrain.cost") / "profiles"
-    return sorted(p.name.rsplit(".", 1)[0] for p in root.iterdir() if p.name.endswith(".yaml"))
+    return _BUILTIN.names()
 
 
 def load_profile(profile: str | Path | DeviceProfile = "reference") -> DeviceProfile:
@@ -103,23 +99,10 @@ def load_profile(profile: str | Path | DeviceProfile = "reference") -> DevicePro
     if isinstance(profile, DeviceProfile):
         return profile
     text = str(profile)
-    builtin = resources.files("edgetrain.cost") / "profiles" / f"{text}.yaml"
-    if builtin.is_file():
-        source, raw = text, builtin.read_text(encoding="utf-8")
-    elif Path(text).is_file():
-        source, raw = text, Path(text).read_text(encoding="utf-8")
-    else:
+    if _BUILTIN.path(text) is None and not Path(text).is_file():
         raise ConfigError(
             f"unknown profile '{text}'; use a built-in ({', '.join(list_profiles())}) or a "
             "profile file written by 'edgetrain cost calibrate'"
         )
-    try:
-        data: Any = safe_load(raw)
-        return DeviceProfile.model_validate(data)
-    except YAMLError as exc:
-        raise ConfigError(f"profile '{source}' is not valid YAML/JSON ({one_line(exc)})") from None
-    except ValidationError as exc:
-        err = exc.errors(include_url=False)[0]
-        where = ".".join(str(p) for p in err["loc"])
-        msg = err["msg"].removeprefix("Value error, ")
-        raise ConfigError(f"profile '{source}': {where}: {msg}") from None
+    tree, file = read_mapping(text, what="profile", shipped=_BUILTIN, hint="name, multipliers")
+    return load_validated(DeviceProfile, tree, what="profile", where=file)

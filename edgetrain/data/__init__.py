@@ -10,12 +10,6 @@ Example:
 
 from __future__ import annotations
 
-from edgetrain.data import cifar as _cifar  # noqa: F401
-from edgetrain.data import digits as _digits  # noqa: F401  (registers entries)
-from edgetrain.data import image_folder as _image_folder  # noqa: F401
-from edgetrain.data import keywords as _keywords  # noqa: F401
-from edgetrain.data import speech_commands as _speech_commands  # noqa: F401
-from edgetrain.data import ucr as _ucr  # noqa: F401
 from edgetrain.data.base import SPLITS, ArrayDataset, DatasetInfo, cache_dir
 from edgetrain.data.registry import DATASETS, create, describe, list_datasets
 from edgetrain.data.transforms import (

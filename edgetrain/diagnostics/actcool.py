@@ -71,8 +71,7 @@ from edgetrain.diagnostics.probe import (
     probe_patterns,
     temperature,
 )
-from edgetrain.engine import Callback
-from edgetrain.engine.config import LR_CONTROLLERS
+from edgetrain.engine import LR_CONTROLLERS, Callback
 from edgetrain.engine.distributed import all_reduce_sum
 from edgetrain.engine.rundir import atomic_write_text
 from edgetrain.errors import ConfigError, EdgetrainError

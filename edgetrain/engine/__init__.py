@@ -12,29 +12,28 @@ from __future__ import annotations
 from edgetrain.engine.callback import Callback
 from edgetrain.engine.callbacks import (
     CALLBACKS,
+    LR_CONTROLLERS,
     Checkpointer,
     EarlyStopping,
     MetricsLogger,
     ProgressBar,
 )
-from edgetrain.engine.checkpoint import atomic_save, load_checkpoint, load_model_weights
-from edgetrain.engine.config import RunConfig, load_config
+from edgetrain.engine.checkpoint import (
+    atomic_save,
+    load_checkpoint,
+    load_model_weights,
+    resolve_checkpoint,
+)
 from edgetrain.engine.evaluate import evaluate
 from edgetrain.engine.memory import keep_freed_memory
 from edgetrain.engine.optim import OPTIMIZERS, SCHEDULERS, build_optimizer, build_scheduler
-from edgetrain.engine.run import (
-    RunResult,
-    build_trainer,
-    load_trained_model,
-    resume_run,
-    start_run,
-)
 from edgetrain.engine.rundir import RunDirectory
 from edgetrain.engine.state import TrainState
 from edgetrain.engine.trainer import Trainer, select_device
 
 __all__ = [
     "CALLBACKS",
+    "LR_CONTROLLERS",
     "OPTIMIZERS",
     "SCHEDULERS",
     "Callback",
@@ -42,22 +41,16 @@ __all__ = [
     "EarlyStopping",
     "MetricsLogger",
     "ProgressBar",
-    "RunConfig",
     "RunDirectory",
-    "RunResult",
     "TrainState",
     "Trainer",
     "atomic_save",
     "build_optimizer",
     "build_scheduler",
-    "build_trainer",
     "evaluate",
     "keep_freed_memory",
     "load_checkpoint",
-    "load_config",
-    "load_trained_model",
     "load_model_weights",
-    "resume_run",
+    "resolve_checkpoint",
     "select_device",
-    "start_run",
 ]

@@ -7,6 +7,8 @@ stores them in its checkpoints under :attr:`Callback.state_key`.
 
 Before training, when the Trainer is built: ``configure_model`` (change the model in
 place: fold layers, freeze) and ``param_groups`` (the optimizer's parameter groups).
+When a checkpoint is loaded: ``on_load_checkpoint``, before its weights (a technique
+that changed the architecture reshapes the fresh model to the saved one).
 
 Order of the hooks in one epoch::
 
@@ -47,6 +49,12 @@ class Callback:
         """Parameter groups for the optimizer (e.g. one per layer for per-layer rates);
         the first callback returning groups wins, None keeps one group."""
         return None
+
+    def on_load_checkpoint(
+        self, trainer: Trainer, model: nn.Module, checkpoint: dict[str, Any]
+    ) -> None:
+        """Before a checkpoint's weights are loaded: reshape ``model`` in place to the
+        architecture the checkpoint records, when this callback's technique changed it."""
 
     def on_fit_start(self, trainer: Trainer, model: nn.Module) -> None:
         """Before the first epoch (also when resuming)."""

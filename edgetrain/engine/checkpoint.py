@@ -18,15 +18,14 @@ from torch import nn
 
 from edgetrain._atomic import atomic_writer
 from edgetrain.errors import CheckpointError
-from edgetrain.models.surgery import apply_grow_ops, restore_architecture
 
 __all__ = [
     "FORMAT",
     "atomic_save",
     "load_checkpoint",
     "load_model_weights",
+    "in_modules",
     "resolve_checkpoint",
-    "restore_saved_architecture",
 ]
 
 FORMAT = "edgetrain-checkpoint/1"
@@ -90,7 +89,7 @@ def _corrupted(path: Path, exc: BaseException) -> CheckpointError:
     )
 
 
-def _in_modules(key: str, modules: tuple[str, ...]) -> bool:
+def in_modules(key: str, modules: tuple[str, ...]) -> bool:
     """Whether state key ``key`` belongs to one of the named modules (not a name prefix)."""
     return any(key == m or key.startswith(m + ".") for m in modules)
 
@@ -111,10 +110,10 @@ def load_model_weights(
             ``fc`` does not cover ``fc1``).
     """
     if exclude:
-        state = {k: v for k, v in state.items() if not _in_modules(k, exclude)}
+        state = {k: v for k, v in state.items() if not in_modules(k, exclude)}
     own = model.state_dict()
     unexpected = sorted(set(state) - set(own))
-    missing = sorted(k for k in set(own) - set(state) if not _in_modules(k, exclude))
+    missing = sorted(k for k in set(own) - set(state) if not in_modules(k, exclude))
     mismatched = [
         f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
         for k in state
@@ -133,37 +132,3 @@ def load_model_weights(
             "use a checkpoint of this model, or exclude differing layers (model.init_exclude)"
         )
     model.load_state_dict(state, strict=not exclude)
-
-
-def restore_saved_architecture(
-    model: nn.Module,
-    ckpt: dict[str, Any],
-    exclude: tuple[str, ...] = (),
-    replay_growth: bool = True,
-) -> bool:
-    """Reshape a freshly built ``model`` into the architecture a checkpoint records when it
-    was grown (``architecture.grown``: operations replayed) or pruned
-    (``architecture.pruned``: widths from the weights, bypassed blocks), in place, before
-    its weights are loaded.
-
-    Args:
-        model: the model as built from its zoo entry.
-        ckpt: a loaded checkpoint.
-        exclude: modules whose saved shapes are ignored (e.g. a new classifier).
-        replay_growth: replay the growth operations (False when ``model`` was built with
-            them already, as when a grown run resumes).
-
-    Returns:
-        Whether ``model`` was reshaped.
-    """
-    arch = ckpt.get("architecture") or {}
-    grown = arch.get("grown") or []
-    if not arch.get("pruned") and not grown:
-        return False
-    if grown and replay_growth:
-        apply_grow_ops(model, grown, init="random")  # values come from the checkpoint
-    state = ckpt["model"]
-    if exclude:
-        state = {k: v for k, v in state.items() if not _in_modules(k, exclude)}
-    restore_architecture(model, state, arch.get("bypassed", ()))
-    return True

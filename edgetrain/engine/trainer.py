@@ -21,12 +21,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from edgetrain.engine.callback import Callback
 from edgetrain.engine.callbacks import Checkpointer, MetricsLogger, ProgressBar
-from edgetrain.engine.checkpoint import (
-    FORMAT,
-    load_checkpoint,
-    load_model_weights,
-    restore_saved_architecture,
-)
+from edgetrain.engine.checkpoint import FORMAT, load_checkpoint, load_model_weights
 from edgetrain.engine.distributed import DistInfo, all_reduce_sum, init_distributed
 from edgetrain.engine.evaluate import evaluate
 from edgetrain.engine.optim import rebind_parameters, scheduler_interval
@@ -481,9 +476,10 @@ class Trainer:
         """Restore a checkpoint written by this Trainer so that ``fit`` continues the run."""
         ckpt = load_checkpoint(path, map_location=self.device)
         old_names = {id(p): n for n, p in self.model.named_parameters()}
-        if restore_saved_architecture(self.model, ckpt, replay_growth=False):
-            # The run was pruned since it started: take the saved shape.
-            self.architecture = {**(self.architecture or {}), **ckpt["architecture"]}
+        self._call("on_load_checkpoint", ckpt)
+        if {id(p) for p in self.model.parameters()} != set(old_names):
+            # A technique reshaped the model to the checkpoint's (pruned since it started).
+            self.architecture = {**(self.architecture or {}), **(ckpt.get("architecture") or {})}
             self.replace_model(self.model)
             rebind_parameters(self.optimizer, old_names, self.model)
         load_model_weights(self.model, ckpt["model"], str(path))

@@ -9,7 +9,6 @@ Example:
 from __future__ import annotations
 
 from edgetrain.finetune.callback import LayerSchedule
-from edgetrain.finetune.compare import ScenarioRow, compare_schedules, scenario_cases
 from edgetrain.finetune.costing import (
     ScheduleCost,
     optimise_placement,
@@ -18,30 +17,19 @@ from edgetrain.finetune.costing import (
     step_plans,
     suggest_schedules,
 )
-from edgetrain.finetune.depth import DepthCase, sweep_depth, trainable_forward_macs
 from edgetrain.finetune.fold import fold_batchnorm
-from edgetrain.finetune.grid import GridResult, GridTrial, lr_grid
 from edgetrain.finetune.schedule import MODES, Schedule, even_placement
 
 __all__ = [
     "MODES",
-    "DepthCase",
-    "GridResult",
-    "GridTrial",
     "LayerSchedule",
-    "ScenarioRow",
     "Schedule",
     "ScheduleCost",
-    "compare_schedules",
     "even_placement",
     "fold_batchnorm",
-    "lr_grid",
     "optimise_placement",
-    "scenario_cases",
     "schedule_cost",
     "schedule_layers",
     "step_plans",
     "suggest_schedules",
-    "sweep_depth",
-    "trainable_forward_macs",
 ]

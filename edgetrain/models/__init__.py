@@ -9,9 +9,6 @@ Example:
 
 from __future__ import annotations
 
-from edgetrain.models import resnet as _resnet  # noqa: F401  (registers entries)
-from edgetrain.models import small as _small  # noqa: F401
-from edgetrain.models import vgg as _vgg  # noqa: F401
 from edgetrain.models.layers import (
     WEIGHT_LAYER_TYPES,
     ZooModel,

@@ -9,27 +9,19 @@ model from the zoo entry alone: :func:`restore_architecture`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from collections.abc import Iterable, Mapping
 
 import torch
 from torch import nn
 
-from edgetrain.errors import CheckpointError, ConfigError
+from edgetrain.errors import CheckpointError
 
 __all__ = [
-    "GROW_OPS",
     "ChannelBias",
     "ResidualBypass",
-    "apply_grow_ops",
-    "register_grow_op",
     "restore_architecture",
     "set_module",
 ]
-
-#: Growth operations by name (``widen``, ``deepen``), registered by ``edgetrain.prune``;
-#: each takes ``(model, *, init, **options)`` and changes the model in place.
-GROW_OPS: dict[str, Callable[..., Any]] = {}
 
 
 class ChannelBias(nn.Module):
@@ -65,38 +57,6 @@ class ResidualBypass(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = self.shortcut(x) if hasattr(self, "shortcut") else x
         return self.relu(self.offset(identity))
-
-
-def register_grow_op(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Register a growth operation that configs can name (``model.grow: [{op: name}]``)."""
-
-    def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
-        GROW_OPS[name] = fn
-        return fn
-
-    return deco
-
-
-def apply_grow_ops(
-    model: nn.Module, ops: Sequence[Mapping[str, Any]], init: str = "net2net"
-) -> nn.Module:
-    """Apply growth operations in order, e.g. ``[{"op": "widen", "layer": "conv2",
-    "width": 32}, {"op": "deepen", "after": "layer2.1"}]``, in place.
-
-    Args:
-        model: the model to grow.
-        ops: operation records (``op`` plus that operation's options).
-        init: ``"net2net"`` (function-preserving) or ``"random"`` (fresh channels).
-    """
-    for record in ops:
-        options = dict(record)
-        name = options.pop("op", None)
-        fn = GROW_OPS.get(str(name))
-        if fn is None:
-            known = ", ".join(sorted(GROW_OPS)) or "none registered (import edgetrain.prune)"
-            raise ConfigError(f"unknown grow op '{name}'; choose one of: {known}")
-        fn(model, init=init, **options)
-    return model
 
 
 def set_module(model: nn.Module, name: str, module: nn.Module) -> None:

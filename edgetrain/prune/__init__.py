@@ -18,7 +18,6 @@ from edgetrain.prune.graph import ChannelGroup, Member, channel_groups
 from edgetrain.prune.group_lasso import group_lasso, lasso_layers, penalty_lambda
 from edgetrain.prune.grow import deepen, widen
 from edgetrain.prune.lars import LARS
-from edgetrain.prune.lars import register as _register_lars
 from edgetrain.prune.morphnet import (
     MorphNet,
     MorphNetStructure,
@@ -33,8 +32,6 @@ from edgetrain.prune.reconfigure import (
     remove_channels,
     sparsify,
 )
-
-_register_lars()  # optimizer: {name: lars} in recipes
 
 __all__ = [
     "AdaptiveBatch",

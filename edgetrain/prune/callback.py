@@ -23,6 +23,7 @@ from torch import nn
 from edgetrain.cost import analyze
 from edgetrain.engine import CALLBACKS, Callback
 from edgetrain.errors import ConfigError
+from edgetrain.models.surgery import restore_architecture
 from edgetrain.prune.graph import example_input as default_input
 from edgetrain.prune.group_lasso import GroupLassoLayer, group_lasso, lasso_layers, penalty_lambda
 from edgetrain.prune.reconfigure import ReconfigureResult, reconfigure
@@ -197,6 +198,12 @@ class PruneTrain(Callback):
         trainer.architecture = arch
 
     # -------------------------------------------------------------- resume
+    def on_load_checkpoint(self, trainer: Trainer, model: nn.Module, checkpoint: dict) -> None:
+        """Reshape the freshly built model to the pruned one the checkpoint holds."""
+        arch = checkpoint.get("architecture") or {}
+        if arch.get("pruned"):
+            restore_architecture(model, checkpoint["model"], arch.get("bypassed", ()))
+
     def state_dict(self) -> dict[str, Any]:
         return {
             "lam": self.lam,

@@ -20,9 +20,10 @@ from typing import Any
 
 import torch
 
+from edgetrain.engine.optim import OPTIMIZERS
 from edgetrain.errors import EdgetrainError
 
-__all__ = ["LARS", "lars", "register"]
+__all__ = ["LARS", "lars"]
 
 Params = Iterable[torch.nn.Parameter] | Iterable[dict[str, Any]]
 
@@ -132,6 +133,7 @@ class LARS(torch.optim.Optimizer):
         return loss
 
 
+@OPTIMIZERS.register("lars")
 def lars(
     params: Params,
     lr: float = 0.1,
@@ -151,16 +153,3 @@ def lars(
         eps=eps,
         exclude_bias_and_bn=exclude_bias_and_bn,
     )
-
-
-def register() -> None:
-    """Register :func:`lars` as the optimizer ``"lars"`` of the engine's registry.
-
-    ``prune`` sits above ``engine``, so the engine cannot import LARS itself; calling
-    this (idempotent) makes ``build_optimizer(params, "lars", lr=...)`` and configs with
-    ``optimizer: lars`` work.
-    """
-    from edgetrain.engine.optim import OPTIMIZERS
-
-    if "lars" not in OPTIMIZERS:
-        OPTIMIZERS.register("lars")(lars)

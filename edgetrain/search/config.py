@@ -24,11 +24,11 @@ import math
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
-from edgetrain._yaml import YAMLError, safe_load
 from edgetrain.compress.recipe import Recipe, load_recipe
 from edgetrain.compress.runtime import RUNTIMES
+from edgetrain.configs import StrictConfig, load_validated, read_mapping
 from edgetrain.errors import ConfigError
 
 __all__ = [
@@ -66,7 +66,7 @@ METRICS: dict[str, str] = {
 _PERCENT = ("top1", "top5", "top1_pruned")
 
 
-class _Strict(BaseModel):
+class _Strict(StrictConfig):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
@@ -281,19 +281,6 @@ def _relative(value: str, base: Path | None) -> str:
     return str(candidate) if candidate.exists() else value
 
 
-def _format_error(exc: ValidationError) -> str:
-    err = exc.errors(include_url=False)[0]
-    loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith(("list[", "MetricSpec")))
-    msg = err["msg"].removeprefix("Value error, ")
-    if err["type"] == "extra_forbidden":
-        return f"unknown key '{err['loc'][-1]}' in {loc.rpartition('.')[0] or 'the sweep'}"
-    if err["type"] == "missing":
-        return f"missing required key '{loc}'"
-    if err["type"] == "value_error" or not loc:
-        return f"{loc}: {msg}" if loc else msg
-    return f"{loc}: {msg} (got {err.get('input')!r})"
-
-
 def load_sweep(source: str | Path | dict[str, Any]) -> tuple[SweepConfig, Path | None]:
     """Load and validate a sweep config from a YAML file or a dict.
 
@@ -310,21 +297,8 @@ def load_sweep(source: str | Path | dict[str, Any]) -> tuple[SweepConfig, Path |
         >>> cfg.method, cfg.directions
         ('bayes', ['minimize'])
     """
-    base = None
-    if isinstance(source, dict):
-        tree = source
-    else:
-        path = Path(source)
-        if not path.is_file():
-            raise ConfigError(f"sweep config '{path}' not found; check the path")
-        try:
-            tree = safe_load(path.read_text())
-        except YAMLError as exc:
-            raise ConfigError(f"sweep config '{path}' is not valid YAML: {exc}") from None
-        base = path.resolve().parent
-    if not isinstance(tree, dict):
-        raise ConfigError("a sweep config is a mapping of keys (name, method, metric, ...)")
-    try:
-        return SweepConfig.model_validate(tree), base
-    except ValidationError as exc:
-        raise ConfigError(f"sweep config: {_format_error(exc)}") from None
+    tree, file = read_mapping(
+        source, what="sweep config", hint="name, method, metric, recipe, model, parameters"
+    )
+    base = file.resolve().parent if file is not None else None
+    return load_validated(SweepConfig, tree, what="sweep config", where=file), base

@@ -14,7 +14,6 @@ example sparsities that round to the same filter counts) have the same
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import math
@@ -26,12 +25,11 @@ from typing import Any
 
 import yaml
 
-from edgetrain.compress.apply import CompressReport, apply
-from edgetrain.compress.deploy import deploy, measure
-from edgetrain.compress.finetune import finetune, save_compressed
+from edgetrain.compress.apply import CompressReport
+from edgetrain.compress.pipeline import Compression
 from edgetrain.compress.recipe import Recipe, load_recipe
-from edgetrain.compress.source import TrainedRun, evaluate_model, load_trained_run
 from edgetrain.errors import ConfigError, EdgetrainError
+from edgetrain.runs import TrainedRun, load_trained_run
 from edgetrain.search.config import SweepConfig
 
 __all__ = ["Candidate", "SweepContext", "TrialFailed", "config_key", "evaluate_candidate"]
@@ -139,19 +137,17 @@ def evaluate_candidate(
         TrialFailed: fine-tuning diverged.
     """
     out = Path(out)
-    run = ctx.run
-    model, report = apply(copy.deepcopy(run.model), recipe)
-    key = config_key(report, recipe)
+    job = Compression(ctx.run, recipe)
+    report = job.report
+    key = config_key(report, job.recipe)
     if cached is not None:
         hit = cached(key)
         if hit is not None:
             number, metrics = hit
             _write_record(out, recipe, {**metrics, "duplicate_of": number})
             return Candidate(dict(metrics), report, key, duplicate_of=number)
-    test = run.test_data()
-    pruned = evaluate_model(model, test)
+    pruned = job.evaluate(source=False)
     report.top1_before = None if baseline is None else baseline.get("top1_fp32")
-    report.mark_ruined(pruned["top1"], test.info.num_classes)
     metrics: dict[str, Any] = {
         "top1_pruned": pruned["top1"],
         "top5_pruned": pruned.get("top5"),
@@ -164,16 +160,13 @@ def evaluate_candidate(
         "filters_kept": {k: list(v) for k, v in report.filters_kept.items()},
         "finetune_epochs": 0,
     }
-    settings = recipe.finetune
-    if finetune_ and settings is not None and settings.epochs > 0:
-        tuned = finetune(model, settings, run.config, architecture=run.architecture)
-        last = tuned.history[-1] if tuned.history else {}
+    if finetune_ and job.finetune():
+        assert job.tuned is not None and recipe.finetune is not None
+        last = job.tuned.history[-1] if job.tuned.history else {}
         _finite(last.get("train_loss"), "the fine-tuning loss")
-        model = tuned.model
-        metrics["finetune_epochs"] = settings.epochs
+        metrics["finetune_epochs"] = recipe.finetune.epochs
     _write_record(out, recipe, None)
-    files = deploy(model, recipe, out, test, run.train_data())
-    measure(files, **ctx.config.runtime.settings())
+    files = job.deploy(out, ctx.config.runtime.settings())
     for f in files:
         tag = "fp32" if f.name == "fp32" else "int8"
         assert f.bench is not None
@@ -207,7 +200,7 @@ def evaluate_candidate(
         metrics["top1_drop"] = baseline["top1"] - metrics["top1"]
         metrics["latency_ratio"] = metrics["latency_ms"] / baseline["latency_ms"]
     if ctx.config.keep_models:
-        save_compressed(model, out / "model.pt", run.architecture)
+        job.save(out / "model.pt")
     else:
         for f in files:
             f.path.unlink(missing_ok=True)

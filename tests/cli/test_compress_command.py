@@ -7,7 +7,8 @@ import json
 
 import pytest
 
-from edgetrain.engine import load_checkpoint, load_trained_model
+from edgetrain.engine import load_checkpoint
+from edgetrain.runs import load_trained_model
 
 pytest.importorskip("torch_pruning")
 

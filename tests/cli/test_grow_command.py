@@ -13,8 +13,7 @@ import torch
 from torch import nn
 
 from edgetrain._yaml import safe_load
-from edgetrain.engine import load_config, load_trained_model
-from edgetrain.engine.run import build_model
+from edgetrain.runs import build_model, load_config, load_trained_model
 
 pytest.importorskip("torch_pruning")
 

@@ -20,9 +20,10 @@ from edgetrain.compress import (
 )
 from edgetrain.compress.finetune import COMPRESSED_CHECKPOINT
 from edgetrain.cost import analyze
-from edgetrain.engine import load_checkpoint, load_config, load_trained_model, resume_run
+from edgetrain.engine import load_checkpoint
 from edgetrain.errors import ConfigError
 from edgetrain.models import create
+from edgetrain.runs import load_config, load_trained_model, resume_run
 
 pytest.importorskip("torch_pruning")
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 
 from edgetrain.compress.pruning import PRUNERS
-from edgetrain.compress.recipe import Recipe, list_shipped_recipes, load_recipe
+from edgetrain.compress.recipe import Recipe, load_recipe
 from edgetrain.errors import ConfigError
 from edgetrain.models import create, select_modules
+from edgetrain.recipes import COMPRESSION_RECIPES
 from edgetrain.registry import RegistryEntry
 
 pytest.importorskip("torch_pruning")
@@ -105,7 +106,7 @@ def test_load_from_path_yaml_text_dict_and_shipped_name(tmp_path):
     path = tmp_path / "r.yaml"
     path.write_text(text)
     assert load_recipe(path) == load_recipe(str(path)) == load_recipe(text)
-    assert "resnet20-l1" in list_shipped_recipes()
+    assert "resnet20-l1" in COMPRESSION_RECIPES.names()
     shipped = load_recipe("resnet20-l1")
     assert set(shipped.pruners) == {"stage1", "stage2", "stage3"}
     assert isinstance(load_recipe(shipped), Recipe)

@@ -20,9 +20,9 @@ from edgetrain.diagnostics import (
     target_probability,
 )
 from edgetrain.diagnostics.actcool import _plateau_onset
-from edgetrain.engine import Callback, Trainer, load_config
-from edgetrain.engine.config import LR_CONTROLLERS
+from edgetrain.engine import LR_CONTROLLERS, Callback, Trainer
 from edgetrain.errors import ConfigError, EdgetrainError
+from edgetrain.runs import load_config
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

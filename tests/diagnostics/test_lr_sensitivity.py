@@ -21,9 +21,10 @@ from edgetrain.diagnostics import (
     read_lr_sensitivity,
     transition_distance,
 )
-from edgetrain.engine import CALLBACKS, Trainer, load_config
+from edgetrain.engine import CALLBACKS, Trainer
 from edgetrain.errors import ConfigError
 from edgetrain.report.lr_sensitivity import plot_lr_sensitivity, sensitivity_grid
+from edgetrain.runs import load_config
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

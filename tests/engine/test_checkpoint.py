@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from edgetrain import models
-from edgetrain.engine import Trainer, atomic_save, load_checkpoint, load_config, load_model_weights
+from edgetrain.engine import Trainer, atomic_save, load_checkpoint, load_model_weights
 from edgetrain.engine.checkpoint import FORMAT, resolve_checkpoint
-from edgetrain.engine.run import build_model
 from edgetrain.errors import CheckpointError
+from edgetrain.runs import build_model, load_config
 
 
 def _checkpoint(**extra: object) -> dict:

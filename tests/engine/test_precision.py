@@ -13,10 +13,11 @@ from typer.testing import CliRunner
 from edgetrain import models
 from edgetrain._yaml import safe_load
 from edgetrain.cli import app
-from edgetrain.engine import Trainer, load_config
+from edgetrain.engine import Trainer
 from edgetrain.engine import precision as precision_module
 from edgetrain.engine.precision import Precision, speedup_note
 from edgetrain.errors import ConfigError
+from edgetrain.runs import load_config
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -163,7 +164,11 @@ def test_run_config_rejects_an_unknown_precision_in_one_line():
         load_config(tree)
     message = str(info.value)
     assert "\n" not in message
-    assert message.startswith("precision:") and "'fp8'" in message and "bf16-mixed" in message
+    assert (
+        message.startswith("run config: precision:")
+        and "'fp8'" in message
+        and "bf16-mixed" in message
+    )
     tree["precision"] = "bf16-mixed"
     assert load_config(tree).precision == "bf16-mixed"
     del tree["precision"]

@@ -15,8 +15,9 @@ import pytest
 import torch
 
 from edgetrain.data import build_augmentation
-from edgetrain.engine import Callback, Trainer, build_scheduler, load_config, resume_run, start_run
-from edgetrain.engine import run as run_module
+from edgetrain.engine import Callback, Trainer, build_scheduler
+from edgetrain.runs import load_config, resume_run, start_run
+from edgetrain.runs import train as run_module
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -250,8 +251,8 @@ def test_start_run_refuses_to_overwrite_an_existing_run(tmp_path: Path) -> None:
 
 
 def test_load_trained_model_rebuilds_from_the_run_directory_alone(tmp_path: Path) -> None:
-    from edgetrain.engine import load_trained_model
     from edgetrain.engine.checkpoint import load_checkpoint
+    from edgetrain.runs import load_trained_model
 
     start_run(_digits_config("reload", epochs=1), tmp_path, progress=False)
     model = load_trained_model(tmp_path / "reload")

@@ -13,16 +13,10 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from edgetrain import models
-from edgetrain.engine import (
-    CALLBACKS,
-    Callback,
-    Trainer,
-    build_scheduler,
-    build_trainer,
-    load_config,
-)
+from edgetrain.engine import CALLBACKS, Callback, Trainer, build_scheduler
 from edgetrain.errors import EdgetrainError
 from edgetrain.finetune import LayerSchedule, Schedule, optimise_placement
+from edgetrain.runs import build_trainer, load_config
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

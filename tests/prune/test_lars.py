@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from edgetrain.errors import EdgetrainError
-from edgetrain.prune.lars import LARS, register
+from edgetrain.prune.lars import LARS
 
 
 def _params(w: list, b: list) -> tuple[torch.nn.Parameter, torch.nn.Parameter]:
@@ -105,12 +105,9 @@ def test_bad_options_raise_one_line(kwargs: dict, match: str) -> None:
         LARS([torch.nn.Parameter(torch.ones(2, 2))], **kwargs)
 
 
-def test_register_makes_lars_buildable_by_name(monkeypatch: pytest.MonkeyPatch) -> None:
-    from edgetrain.engine.optim import OPTIMIZERS, build_optimizer
+def test_lars_is_buildable_by_name() -> None:
+    from edgetrain.engine.optim import build_optimizer
 
-    monkeypatch.setattr(OPTIMIZERS, "_entries", dict(OPTIMIZERS._entries))
-    register()
-    register()  # idempotent
     opt = build_optimizer(torch.nn.Linear(2, 2).parameters(), "lars", lr=0.2, weight_decay=1e-4)
     assert isinstance(opt, LARS)
     assert opt.defaults["lr"] == 0.2 and opt.defaults["trust_coefficient"] == 0.001

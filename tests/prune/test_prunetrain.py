@@ -13,7 +13,8 @@ import torch
 from torch import nn
 
 from edgetrain import models
-from edgetrain.engine import Callback, Trainer, load_trained_model
+from edgetrain.engine import Callback, Trainer
+from edgetrain.runs import load_trained_model
 
 pytest.importorskip("torch_pruning")
 

@@ -6,11 +6,11 @@ from __future__ import annotations
 import pytest
 
 import edgetrain.finetune  # noqa: F401  (registers the layer-schedule callback)
-from edgetrain.engine import load_config, start_run
 from edgetrain.finetune import Schedule, schedule_cost
 from edgetrain.models import create
 from edgetrain.report import build_report, load_runs
 from edgetrain.report.scenario import plot_scenario, reference_runs, run_ops
+from edgetrain.runs import load_config, start_run
 
 
 def _tree(name: str, callbacks: list) -> dict:

@@ -15,8 +15,9 @@ from typing import Any
 
 from edgetrain import models
 from edgetrain.cost import analyze, load_profile
-from edgetrain.engine import RunConfig, load_config, start_run
 from edgetrain.errors import ConfigError
+from edgetrain.runs.config import RunConfig, load_config
+from edgetrain.runs.train import start_run
 
 __all__ = ["DepthCase", "sweep_depth", "trainable_forward_macs"]
 

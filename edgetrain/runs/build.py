@@ -1,57 +1,32 @@
-"""Build a :class:`Trainer` from a :class:`RunConfig` and run it in a run directory.
+"""Build the data, the model and a :class:`Trainer` from a :class:`RunConfig`.
 
-This is what ``edgetrain train`` calls: data and model from their registries, initial
-weights, frozen layers, optimizer/scheduler/callbacks from the config, a fresh or
-resumed run directory.
+Data and model come from their registries, then initial weights (with the pruned or
+grown architecture they were saved in), growth operations and frozen layers;
+optimizer, scheduler, callbacks and LR controller from the config.
 """
 
 from __future__ import annotations
 
 import contextlib
 import inspect
-import shutil
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from edgetrain import data as data_sets
 from edgetrain import models
 from edgetrain.cost import trace
-from edgetrain.engine.callbacks.registry import CALLBACKS
-from edgetrain.engine.checkpoint import (
-    load_checkpoint,
-    load_model_weights,
-    resolve_checkpoint,
-    restore_saved_architecture,
-)
-from edgetrain.engine.config import LR_CONTROLLERS, RunConfig, load_config
-from edgetrain.engine.optim import SCHEDULERS, build_optimizer, build_scheduler
+from edgetrain.engine import CALLBACKS, LR_CONTROLLERS, Trainer, build_optimizer, build_scheduler
+from edgetrain.engine.checkpoint import load_checkpoint, load_model_weights, resolve_checkpoint
 from edgetrain.engine.rundir import RunDirectory
-from edgetrain.engine.trainer import Trainer
-from edgetrain.errors import CheckpointError, ConfigError, EdgetrainError, one_line
-from edgetrain.models.surgery import apply_grow_ops
+from edgetrain.errors import ConfigError, EdgetrainError, one_line
+from edgetrain.prune.grow import apply_grow_ops
+from edgetrain.runs.config import RunConfig
+from edgetrain.runs.data import build_data
+from edgetrain.runs.reopen import restore_saved_architecture
 
-__all__ = [
-    "RunResult",
-    "build_model",
-    "build_trainer",
-    "load_trained_model",
-    "resume_run",
-    "start_run",
-]
-
-
-@dataclass
-class RunResult:
-    """Where a run was written and what it achieved (``is_main``: this process wrote it)."""
-
-    run_dir: RunDirectory
-    config: RunConfig
-    summary: dict[str, Any]
-    is_main: bool = True
+__all__ = ["build_model", "build_trainer"]
 
 
 @contextlib.contextmanager
@@ -137,10 +112,8 @@ def build_trainer(
 ) -> Trainer:
     """A ready :class:`Trainer` for ``config`` writing to ``run_dir`` (None: nothing)."""
     d = config.data
-    train = data_sets.create(
-        d.name, d.train_split, shift=d.shift, augment=d.augment or None, **d.options
-    )
-    test = data_sets.create(d.name, d.eval_split, shift=d.shift, **d.options)
+    train = build_data(d, "train", augment=True)
+    test = build_data(d, "test")
     info = train.info
     torch.manual_seed(config.seed)  # model initialisation depends on the run seed only
     model, architecture = build_model(config, info.num_classes, info.input_shape, load_init)
@@ -181,93 +154,3 @@ def build_trainer(
         checkpoint_every=config.checkpoint_every,
         architecture={**architecture, "data": info.name, "input_shape": list(info.input_shape)},
     )
-
-
-def start_run(
-    config: RunConfig,
-    runs_root: str | Path = "runs",
-    overwrite: bool = False,
-    progress: bool = True,
-) -> RunResult:
-    """Train ``config`` into ``<runs_root>/<config.name>``.
-
-    Everything (data, model, optimizer) is built before the folder is touched, so bad
-    input never leaves a run directory behind, and ``overwrite`` never loses an old run
-    to a new one that cannot start.
-
-    Raises:
-        EdgetrainError: when the run directory exists and ``overwrite`` is False.
-    """
-    run_dir = RunDirectory(Path(runs_root) / config.name)
-    if run_dir.path.exists() and any(run_dir.path.iterdir()) and not overwrite:
-        raise EdgetrainError(
-            f"run directory '{run_dir.path}' exists; continue it with --resume "
-            f"{run_dir.path}, or pass --overwrite or another --name"
-        )
-    trainer = build_trainer(config, None, progress)
-    if trainer.is_main:
-        if run_dir.path.exists():
-            shutil.rmtree(run_dir.path)
-        trainer.attach_run_dir(run_dir)
-        run_dir.write_config(config.to_dict())
-    try:
-        trainer.fit(config.epochs)
-    except EdgetrainError:
-        # A callback refusing its settings at fit start: leave no run folder behind.
-        if trainer.is_main and trainer.state.epoch == 0 and run_dir.path.exists():
-            shutil.rmtree(run_dir.path)
-        raise
-    return RunResult(run_dir, config, run_dir.read_summary(), trainer.is_main)
-
-
-def resume_run(path: str | Path, epochs: int | None = None, progress: bool = True) -> RunResult:
-    """Continue the run in ``path`` from its last finished epoch (same config, same seed)."""
-    run_dir = RunDirectory(path)
-    config = load_config(run_dir.read_config())
-    if run_dir.read_summary().get("status") == "stopped" and epochs is None:
-        raise ConfigError(
-            f"run '{run_dir.path}' was stopped early by a callback and is finished; "
-            "pass --epochs to train further anyway"
-        )
-    if epochs is not None and epochs != config.epochs:
-        sched = config.scheduler
-        if sched is not None and SCHEDULERS.entry(sched.name).meta.get("length_dependent"):
-            raise ConfigError(
-                f"the '{sched.name}' schedule of '{run_dir.path}' was planned for "
-                f"{config.epochs} epochs and cannot be stretched to {epochs}; resume without "
-                "--epochs, or start a new run with model.init_from set to this run"
-            )
-        config = load_config(config.to_dict(), epochs=epochs)
-    last = run_dir.checkpoints / "last.pt"
-    trainer = build_trainer(config, None, progress, load_init=not last.is_file())
-    if trainer.is_main:
-        trainer.attach_run_dir(run_dir)  # before loading: its writers restore their state too
-        run_dir.write_config(config.to_dict())
-    if last.is_file():
-        trainer.load_checkpoint(last)
-    trainer.fit(config.epochs)
-    return RunResult(run_dir, config, run_dir.read_summary(), trainer.is_main)
-
-
-def load_trained_model(path: str | Path, prefer: str = "best") -> torch.nn.Module:
-    """Rebuild a trained zoo model from a run directory (or checkpoint file) alone.
-
-    Args:
-        path: a run directory (``checkpoints/<prefer>.pt``, else ``last.pt``) or a file.
-        prefer: ``"best"`` or ``"last"``.
-
-    Example:
-        >>> model = load_trained_model("runs/digits-pretrain")  # doctest: +SKIP
-    """
-    file = resolve_checkpoint(path, prefer=prefer)
-    ckpt = load_checkpoint(file)
-    arch = ckpt.get("architecture") or {}
-    if "name" not in arch:
-        raise CheckpointError(
-            f"checkpoint '{file}' records no architecture; build the model yourself and "
-            "load its weights with edgetrain.engine.load_model_weights"
-        )
-    model = models.create(arch["name"], **arch.get("options", {}))
-    restore_saved_architecture(model, ckpt)
-    load_model_weights(model, ckpt["model"], str(file))
-    return model.eval()

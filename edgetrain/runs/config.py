@@ -23,33 +23,28 @@ import copy
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from edgetrain._yaml import YAMLError, safe_load
+from edgetrain.configs import NamedConfig, StrictConfig, load_validated, read_mapping
 from edgetrain.data import DATASETS, SHIFTS
 from edgetrain.data.transforms import AUGMENTATIONS
-from edgetrain.engine.callback import Callback
-from edgetrain.engine.callbacks.registry import CALLBACKS
+from edgetrain.engine.callbacks.registry import CALLBACKS, LR_CONTROLLERS
 from edgetrain.engine.optim import OPTIMIZERS, SCHEDULER_ARGS, SCHEDULERS
-from edgetrain.errors import ConfigError, EdgetrainError
+from edgetrain.errors import ConfigError
 from edgetrain.models import MODELS
-from edgetrain.models.surgery import GROW_OPS
+from edgetrain.prune.grow import GROW_OPS
+from edgetrain.recipes import RECIPES
 from edgetrain.registry import Registry, check_kwargs
 
 __all__ = [
-    "LR_CONTROLLERS",
     "DataConfig",
     "ModelConfig",
-    "NamedConfig",
     "RunConfig",
     "apply_overrides",
     "load_config",
+    "read_recipe",
 ]
-
-
-LR_CONTROLLERS: Registry[Callback] = Registry("LR controller")
-"""Callbacks that set the learning rate every step in place of a scheduler
-(``lr_control:`` in recipes); technique packages register them, the engine names none."""
 
 
 def _check_registered(registry: Registry[Any], name: str) -> str:
@@ -57,19 +52,8 @@ def _check_registered(registry: Registry[Any], name: str) -> str:
     return name
 
 
-class _Strict(BaseModel):
+class _Strict(StrictConfig):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-class NamedConfig(BaseModel):
-    """``{name: <registry key>, <option>: <value>, ...}`` for optimizers, schedulers, callbacks."""
-
-    model_config = ConfigDict(extra="allow")
-    name: str
-
-    @property
-    def options(self) -> dict[str, Any]:
-        return dict(self.model_extra or {})
 
 
 def _named(registry: Registry[Any], value: NamedConfig, skip: tuple[str, ...] = ()) -> NamedConfig:
@@ -138,10 +122,10 @@ class ModelConfig(_Strict):
     @classmethod
     def _grow(cls, v: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for i, op in enumerate(v):
-            if GROW_OPS and op.get("op") not in GROW_OPS:
+            if str(op.get("op")) not in GROW_OPS:
                 raise ValueError(
                     f"grow[{i}]: unknown op {op.get('op')!r}; choose one of: "
-                    f"{', '.join(sorted(GROW_OPS))}"
+                    f"{', '.join(GROW_OPS.names())}"
                 )
         return v
 
@@ -229,42 +213,6 @@ class RunConfig(_Strict):
         return self.model_dump(mode="json")
 
 
-def _format_error(exc: ValidationError) -> str:
-    err = exc.errors(include_url=False)[0]
-    loc = ".".join(str(p) for p in err["loc"])
-    if err["type"] == "extra_forbidden":
-        parent = err["loc"][:-1]
-        fields = _fields_at(parent)
-        where = ".".join(str(p) for p in parent) or "the top level"
-        return f"unknown key '{err['loc'][-1]}' in {where}; valid keys: {', '.join(fields)}"
-    msg = err["msg"].removeprefix("Value error, ")
-    if err["type"] == "missing":
-        return f"missing required key '{loc}'"
-    if err["type"] == "value_error" or not loc:
-        return f"{loc}: {msg}" if loc else msg
-    return f"{loc}: {msg} (got {err.get('input')!r})"
-
-
-def _fields_at(path: tuple[Any, ...]) -> list[str]:
-    model: type[BaseModel] = RunConfig
-    for part in path:
-        if isinstance(part, int):
-            continue
-        annotation = model.model_fields[str(part)].annotation
-        sub = next(
-            (
-                a
-                for a in getattr(annotation, "__args__", (annotation,))
-                if isinstance(a, type) and issubclass(a, BaseModel)
-            ),
-            None,
-        )
-        if sub is None:
-            break
-        model = sub
-    return list(model.model_fields)
-
-
 def _set_path(tree: dict[str, Any], dotted: str, value: Any) -> None:
     keys = dotted.split(".")
     node = tree
@@ -292,22 +240,11 @@ def apply_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return tree
 
 
-def read_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML mapping with one-line errors for missing or malformed files."""
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"config file '{p}' not found; pass a YAML recipe (see recipes/)")
-    try:
-        tree = safe_load(p.read_text(encoding="utf-8"))
-    except YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or "malformed YAML"
-        raise ConfigError(f"{p}: invalid YAML{where}: {problem}") from exc
-    if not isinstance(tree, dict):
-        raise ConfigError(
-            f"{p}: a recipe must be a YAML mapping (key: value), not {type(tree).__name__}"
-        )
+def read_recipe(source: str | Path) -> dict[str, Any]:
+    """A run recipe's tree from a YAML path or a shipped recipe's name."""
+    tree, _ = read_mapping(
+        source, what="recipe", shipped=RECIPES, hint="name, epochs, data, model, ..."
+    )
     return tree
 
 
@@ -330,7 +267,13 @@ def load_config(
     Raises:
         ConfigError: one line naming the bad key or value and the valid choices.
     """
-    tree = copy.deepcopy(source) if isinstance(source, dict) else read_yaml(source)
+    file = None
+    if isinstance(source, dict):
+        tree = copy.deepcopy(source)
+    else:
+        tree, file = read_mapping(
+            source, what="recipe", shipped=RECIPES, hint="name, epochs, data, model, ..."
+        )
     if full:
         sizes = tree.get("full")
         if not isinstance(sizes, dict) or not sizes:
@@ -341,9 +284,4 @@ def load_config(
     for key, value in typed.items():
         if value is not None:
             _set_path(tree, key, value)
-    try:
-        return RunConfig.model_validate(tree)
-    except ValidationError as exc:
-        raise ConfigError(_format_error(exc)) from None
-    except EdgetrainError as exc:
-        raise ConfigError(str(exc)) from None
+    return load_validated(RunConfig, tree, what="run config", where=file)

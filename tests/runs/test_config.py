@@ -9,10 +9,9 @@ from typing import Any
 import pytest
 import yaml
 
-from edgetrain.engine import RunConfig, load_config
-from edgetrain.engine.config import apply_overrides
 from edgetrain.engine.rundir import RunDirectory
 from edgetrain.errors import ConfigError
+from edgetrain.runs import RunConfig, apply_overrides, load_config
 
 BASE: dict[str, Any] = {
     "name": "digits-test",
@@ -88,7 +87,7 @@ def test_errors_are_one_line_naming_the_key_and_the_choices(
 def test_a_missing_required_section_is_named() -> None:
     tree = _tree()
     del tree["model"]
-    assert _error(tree) == "missing required key 'model'"
+    assert _error(tree) == "run config: missing required key 'model'"
 
 
 def test_malformed_yaml_names_the_file_and_the_line(tmp_path: Path) -> None:
@@ -200,13 +199,13 @@ def test_to_dict_round_trips_through_load_config_and_yaml(tmp_path: Path) -> Non
 
 
 def test_full_applies_the_recipes_full_section_and_refuses_without_one() -> None:
-    from edgetrain.recipes import list_recipes, recipe_path
+    from edgetrain.recipes import RECIPES
 
-    for name in list_recipes():
-        short = load_config(recipe_path(name))
-        long = load_config(recipe_path(name), full=True)
+    for name in RECIPES.names():
+        short = load_config(RECIPES.path(name))
+        long = load_config(RECIPES.path(name), full=True)
         assert long.epochs > short.epochs, name
-    long = load_config(recipe_path("keywords-pretrain"), full=True)
+    long = load_config(RECIPES.path("keywords-pretrain"), full=True)
     assert long.data.options["utterances_per_word"] > 100
     with pytest.raises(ConfigError, match="no 'full:' section"):
         load_config(_tree(), full=True)

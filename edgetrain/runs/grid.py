@@ -14,8 +14,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgetrain.engine import RunConfig, RunDirectory, load_config, start_run
+from edgetrain.engine import RunDirectory
 from edgetrain.errors import ConfigError
+from edgetrain.runs.config import RunConfig, load_config
+from edgetrain.runs.train import start_run
 
 __all__ = ["GridResult", "GridTrial", "lr_grid"]
 

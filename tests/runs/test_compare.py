@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from edgetrain.engine import RunDirectory, load_config
-from edgetrain.finetune import ScenarioRow, compare_schedules
-from edgetrain.finetune.compare import _top5_at_best
-from edgetrain.finetune.grid import GridResult, GridTrial
+from edgetrain.engine import RunDirectory
+from edgetrain.runs import ScenarioRow, compare_schedules, load_config
+from edgetrain.runs.compare import _top5_at_best
+from edgetrain.runs.grid import GridResult, GridTrial
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

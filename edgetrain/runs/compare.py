@@ -16,10 +16,11 @@ from typing import Any
 
 from edgetrain import data as data_sets
 from edgetrain import models
-from edgetrain.engine import RunConfig, RunDirectory, load_config
+from edgetrain.engine import RunDirectory
 from edgetrain.finetune.costing import optimise_placement, schedule_cost
-from edgetrain.finetune.grid import GridResult, lr_grid
 from edgetrain.finetune.schedule import DIGITS, Schedule
+from edgetrain.runs.config import RunConfig, load_config
+from edgetrain.runs.grid import GridResult, lr_grid
 
 __all__ = [
     "TOP5_MIN_CLASSES",
