@@ -128,8 +128,11 @@ def read_mapping(
     elif text_allowed and isinstance(source, str) and any(c in source for c in ":\n{"):
         text, where = source, what
     else:
-        choices = f"; or a shipped one: {', '.join(shipped.names())}" if shipped else ""
-        raise ConfigError(f"{what} '{source}' not found; pass a YAML file{choices}")
+        kinds = ["a YAML path", *(["YAML text"] if text_allowed else [])]
+        if shipped is not None:
+            kinds.append(f"a shipped name ({', '.join(shipped.names())})")
+        listed = ", ".join(kinds[:-1]) + f" or {kinds[-1]}" if len(kinds) > 1 else kinds[0]
+        raise ConfigError(f"{what} '{source}' not found; pass {listed}")
     try:
         tree = safe_load(text)
     except YAMLError as exc:

@@ -46,7 +46,9 @@ PLUGINS: dict[str, tuple[str, ...]] = {
     "pruning method": ("edgetrain.compress.l1",),
     "number format": ("edgetrain.compress.psb",),
     "runtime": ("edgetrain.compress.runtime",),
-    "search method": ("edgetrain.search.space",),
+    "quantization method": ("edgetrain.compress.quantize",),
+    "search method": ("edgetrain.search.methods",),
+    "report section": ("edgetrain.report.sections",),
 }
 """Registry kind -> the modules whose import registers its entries."""
 

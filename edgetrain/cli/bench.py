@@ -9,9 +9,9 @@ import typer
 from rich.table import Table
 
 from edgetrain._atomic import atomic_writer
-from edgetrain.cli._common import console, handle_errors
+from edgetrain.cli._common import console, handle_errors, parse_options
 from edgetrain.compress.benchmark import BenchmarkResult, benchmark
-from edgetrain.compress.runtime import op_times
+from edgetrain.compress.runtime import RUNTIMES
 from edgetrain.errors import ConfigError
 
 __all__ = ["bench_command"]
@@ -74,14 +74,21 @@ def bench_command(
         32, min=0, help="Batch of the throughput runs (0 skips them); latency is at batch 1."
     ),
     runtime: str = typer.Option(
-        None, help="onnxruntime (default) or command (default when --command is given)."
+        None,
+        help="A registered runtime (onnxruntime, command); default onnxruntime, or command "
+        "when --command is given.",
+    ),
+    option: list[str] = typer.Option(
+        None, "--option", "-o", help="A runtime option key=value (repeatable)."
     ),
     command: str = typer.Option(
         None,
         help='Command runtime: a JSON argument list run without a shell, e.g. \'["adb", "shell", '
-        '"bench", "{model}"]\'; it prints {"latency_ms": ...}.',
+        '"bench", "{model}"]\'; it prints {"latency_ms": ...}. Short for -o command=[...].',
     ),
-    timeout: float = typer.Option(600.0, min=1.0, help="Seconds one command call may take."),
+    timeout: float = typer.Option(
+        None, min=1.0, help="Seconds one command call may take (-o timeout_s=...; 600)."
+    ),
     profile: bool = typer.Option(True, help="Measure compute latency with ORT's profiler."),
     json_out: Path = typer.Option(None, "--json", help="Also write the results to this file."),
     ops: bool = typer.Option(
@@ -94,32 +101,30 @@ def bench_command(
     Example: edgetrain bench model.onnx --threads 1 --runs 100 --json bench.json
     """
     runtime = runtime or ("command" if command else "onnxruntime")
-    options: dict[str, object] = {}
-    if runtime == "command":
-        if command is None:
-            raise ConfigError('--runtime command needs --command \'["prog", "{model}"]\'')
-        options = {"command": _parse_command(command), "timeout_s": timeout}
-    elif command is not None:
-        raise ConfigError(f"--command goes with --runtime command, not --runtime {runtime}")
-    if ops and runtime != "onnxruntime":
-        raise ConfigError("--ops needs --runtime onnxruntime (it reads ORT's profiler)")
+    options = parse_options(option, "--option")
+    if command is not None:
+        options["command"] = _parse_command(command)
+    if timeout is not None:
+        options["timeout_s"] = timeout
+    rt = RUNTIMES.create(runtime, **options)  # unknown options name the valid ones
+    if ops and not rt.times_ops:
+        rt.op_times(model)  # the one-line refusal, before any benchmarking
     result = benchmark(
         model,
-        runtime=runtime,
+        runtime=rt,
         threads=threads,
         warmup=warmup,
         runs=runs,
         repeats=repeats,
         throughput_batch=batch or None,
         profile=profile,
-        runtime_options=options,
     )
     console.print(_table(result))
     console.print(result.summary(), highlight=False, soft_wrap=True)
     for note in result.notes:
         console.print(f"note: {note}", highlight=False, soft_wrap=True)
     if ops:
-        times = op_times(model, threads=threads, warmup=warmup, runs=runs)
+        times = rt.op_times(model, threads=threads, warmup=warmup, runs=runs)
         total = sum(times.values()) or 1.0
         table = Table(title="kernel time per operator type (batch 1)")
         for h in ("operator", "ms per run", "share"):

@@ -26,10 +26,17 @@ import numpy as np
 from edgetrain._optional import require
 from edgetrain.compress.runtime import onnx_session
 from edgetrain.errors import EdgetrainError, one_line
+from edgetrain.registry import Registry
 
 __all__ = ["QUANTIZE_METHODS", "QuantizeResult", "int8_speed_note", "quantize_onnx"]
 
-QUANTIZE_METHODS = ("int8_static", "int8_dynamic")
+QUANTIZE_METHODS: Registry[int | None] = Registry("quantization method")
+"""ONNX Runtime quantization methods by name (``quantize: {method: ...}`` in recipes).
+
+Each entry is called as ``fn(q, source, target, *, session, calibration_data,
+calibration_batches, per_channel)`` with ``q`` the ``onnxruntime.quantization`` module,
+writes ``target`` and returns the number of calibration batches used (None: none).
+``calibrated=True`` in its metadata: it needs calibration data."""
 
 _X86_INT8 = ("avx512_vnni", "avx_vnni", "amx_int8")
 _ARM_INT8 = ("asimddp", "i8mm")
@@ -85,14 +92,12 @@ def quantize_onnx(
         >>> batches = (x for x, _ in loader)  # doctest: +SKIP
         >>> quantize_onnx("m.onnx", "m.int8.onnx", calibration_data=batches)  # doctest: +SKIP
     """
-    if method not in QUANTIZE_METHODS:
+    entry = QUANTIZE_METHODS.entry(method)  # an unknown method lists the choices
+    if entry.meta.get("calibrated") and calibration_data is None:
+        uncalibrated = [e.name for e in QUANTIZE_METHODS if not e.meta.get("calibrated")]
         raise EdgetrainError(
-            f"unknown quantization method '{method}'; choose one of: {', '.join(QUANTIZE_METHODS)}"
-        )
-    if method == "int8_static" and calibration_data is None:
-        raise EdgetrainError(
-            "int8_static needs calibration_data (a few batches of inputs); pass it, or use "
-            "method='int8_dynamic'"
+            f"{method} needs calibration_data (a few batches of inputs); pass it, or use "
+            f"a method without calibration ({', '.join(uncalibrated)})"
         )
     if calibration_batches < 1:
         raise EdgetrainError(f"calibration_batches={calibration_batches} must be at least 1")
@@ -106,7 +111,6 @@ def quantize_onnx(
 
     out_path.parent.mkdir(parents=True, exist_ok=True)
     notes: list[str] = []
-    used: int | None = None
     with tempfile.TemporaryDirectory(prefix=f".{out_path.name}.", dir=out_path.parent) as tmp:
         source = Path(tmp) / "preprocessed.onnx"
         try:
@@ -116,22 +120,15 @@ def quantize_onnx(
             source = fp32_path
         target = Path(tmp) / "quantized.onnx"
         try:
-            if method == "int8_static":
-                reader = _CalibrationReader(session, calibration_data or (), calibration_batches)
-                q.quantize_static(
-                    str(source),
-                    str(target),
-                    reader,
-                    quant_format=q.QuantFormat.QDQ,
-                    per_channel=per_channel,
-                    weight_type=q.QuantType.QInt8,
-                    activation_type=q.QuantType.QInt8,
-                )
-                used = reader.used
-            else:
-                q.quantize_dynamic(
-                    str(source), str(target), per_channel=per_channel, weight_type=q.QuantType.QInt8
-                )
+            used = entry.fn(
+                q,
+                str(source),
+                str(target),
+                session=session,
+                calibration_data=calibration_data or (),
+                calibration_batches=calibration_batches,
+                per_channel=per_channel,
+            )
         except EdgetrainError:
             raise
         except Exception as exc:
@@ -149,6 +146,47 @@ def quantize_onnx(
         note,
         notes,
     )
+
+
+@QUANTIZE_METHODS.register("int8_static", calibrated=True)
+def _int8_static(
+    q: Any,
+    source: str,
+    target: str,
+    *,
+    session: Any,
+    calibration_data: Iterable[Any],
+    calibration_batches: int,
+    per_channel: bool,
+) -> int:
+    """Static int8 (QDQ), activation ranges calibrated on a few input batches."""
+    reader = _CalibrationReader(session, calibration_data, calibration_batches)
+    q.quantize_static(
+        source,
+        target,
+        reader,
+        quant_format=q.QuantFormat.QDQ,
+        per_channel=per_channel,
+        weight_type=q.QuantType.QInt8,
+        activation_type=q.QuantType.QInt8,
+    )
+    return reader.used
+
+
+@QUANTIZE_METHODS.register("int8_dynamic", calibrated=False)
+def _int8_dynamic(
+    q: Any,
+    source: str,
+    target: str,
+    *,
+    session: Any,
+    calibration_data: Iterable[Any],
+    calibration_batches: int,
+    per_channel: bool,
+) -> None:
+    """Dynamic int8: weights quantized ahead, activations at run time (no calibration)."""
+    q.quantize_dynamic(source, target, per_channel=per_channel, weight_type=q.QuantType.QInt8)
+    return None
 
 
 def int8_speed_note(cpuinfo: str | None = None, machine: str | None = None) -> str | None:

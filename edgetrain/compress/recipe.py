@@ -160,10 +160,7 @@ class QuantizeSpec(_Strict):
     @field_validator("method")
     @classmethod
     def _method(cls, v: str) -> str:
-        if v not in QUANTIZE_METHODS:
-            raise ValueError(
-                f"unknown quantization method '{v}'; choose one of: {', '.join(QUANTIZE_METHODS)}"
-            )
+        QUANTIZE_METHODS.entry(v)  # an unknown method lists the choices
         return v
 
 

@@ -90,6 +90,25 @@ class Runtime(ABC):
     ) -> Measurement:
         """Warm up, then time ``runs`` inferences of a random batch of ``batch`` samples."""
 
+    @property
+    def times_ops(self) -> bool:
+        """Whether :meth:`op_times` can time single operators on this runtime."""
+        return type(self).op_times is not Runtime.op_times
+
+    def op_times(
+        self, path: Path, *, threads: int = 1, warmup: int = 10, runs: int = 50
+    ) -> dict[str, float]:
+        """Kernel time per operator type in ms per run at batch 1, largest first.
+
+        Raises:
+            EdgetrainError: the runtime has no per-operator profile.
+        """
+        able = [e.name for e in RUNTIMES if e.fn.op_times is not Runtime.op_times]
+        raise EdgetrainError(
+            f"runtime '{self.name}' cannot time single operators; use one that can "
+            f"({', '.join(able)})"
+        )
+
 
 RUNTIMES: Registry[Runtime] = Registry("runtime")
 
@@ -160,6 +179,11 @@ class OnnxRuntime(Runtime):
             latencies.append((time.perf_counter_ns() - start) / 1e6)
         compute = _profiled_compute_ms(path, feeds, warmup, runs, threads) if profile else None
         return Measurement(latencies, compute)
+
+    def op_times(
+        self, path: Path, *, threads: int = 1, warmup: int = 10, runs: int = 50
+    ) -> dict[str, float]:
+        return op_times(path, threads=threads, warmup=warmup, runs=runs)
 
 
 @RUNTIMES.register("command")

@@ -46,7 +46,6 @@ From YAML: ``lr_control: actcool`` or
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Callable, Sequence
@@ -73,7 +72,7 @@ from edgetrain.diagnostics.probe import (
 )
 from edgetrain.engine import LR_CONTROLLERS, Callback
 from edgetrain.engine.distributed import all_reduce_sum
-from edgetrain.engine.rundir import atomic_write_text
+from edgetrain.engine.jsonl import JsonLines
 from edgetrain.errors import ConfigError, EdgetrainError
 from edgetrain.registry import Registry
 
@@ -266,8 +265,7 @@ class ActCoolLR(Callback):
             self.refit_due = self.refit_due or self.fit_at_start
         path = self._path(trainer)
         if path is not None:
-            kept = [r for r in read_actcool(path.parent) if r["step"] < step] if step else []
-            atomic_write_text(path, "".join(_json_line(r) for r in kept))
+            JsonLines(path, strict=True).keep(lambda r: step > 0 and r.get("step", step) < step)
 
     def on_epoch_start(self, trainer: Trainer, model: nn.Module) -> None:
         self._epoch_rows = []
@@ -347,9 +345,8 @@ class ActCoolLR(Callback):
         self.rows.extend(rows)
         self._epoch_rows = []
         path = self._path(trainer)
-        if path is not None and rows:
-            with path.open("a", encoding="utf-8") as f:
-                f.write("".join(_json_line(r) for r in rows))
+        if path is not None:
+            JsonLines(path, strict=True).append(*rows)
 
     # --------------------------------------------------------------------- model
     def _update(self, d: float, samples: int) -> None:
@@ -508,12 +505,6 @@ def _plateau_onset(points: dict[float, float]) -> float | None:
     return min(r for r in rates if points[r] >= level - 2 * _PLATEAU_SPREAD)
 
 
-def _json_line(row: dict[str, Any]) -> str:
-    """One strict JSON line (an infinite temperature, every pattern changed, is null)."""
-    clean = {k: None if isinstance(v, float) and math.isinf(v) else v for k, v in row.items()}
-    return json.dumps(clean) + "\n"
-
-
 def read_actcool(run_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """The per-step rows ActCoolLR wrote to ``<run>/actcool.jsonl`` (empty if none).
 
@@ -521,12 +512,4 @@ def read_actcool(run_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
     ``d``, ``t_measured`` (null when every pattern changed), ``mu`` and ``sigma``;
     re-fits add ``refit: true``.
     """
-    path = Path(run_dir) / ACTCOOL_FILE
-    rows = []
-    if path.is_file():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue  # a torn last line of an interrupted run
-    return rows
+    return JsonLines(Path(run_dir) / ACTCOOL_FILE).read()

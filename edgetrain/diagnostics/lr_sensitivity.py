@@ -29,7 +29,6 @@ put it last), and writes one JSON line per measurement to
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import warnings
@@ -45,7 +44,7 @@ from torch import nn
 
 from edgetrain.diagnostics.probe import TrainingSnapshot, probe_rates
 from edgetrain.engine import CALLBACKS, Callback
-from edgetrain.engine.rundir import atomic_write_text
+from edgetrain.engine.jsonl import JsonLines
 from edgetrain.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -344,15 +343,12 @@ def measure_lr_sensitivity(
 
 def read_lr_sensitivity(run_dir: str | os.PathLike[str]) -> list[SensitivityMeasurement]:
     """The measurements a run wrote to ``<run>/lr_sensitivity.jsonl`` (empty if none)."""
-    path = Path(run_dir) / LR_SENSITIVITY_FILE
-    if not path.is_file():
-        return []
     out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for record in JsonLines(Path(run_dir) / LR_SENSITIVITY_FILE).read():
         try:
-            out.append(SensitivityMeasurement.from_json(json.loads(line)))
-        except (json.JSONDecodeError, KeyError, TypeError):
-            continue  # a torn last line of an interrupted run
+            out.append(SensitivityMeasurement.from_json(record))
+        except (KeyError, TypeError):
+            continue  # a line of another format
     return out
 
 
@@ -417,8 +413,7 @@ class LRSensitivity(Callback):
         if path is None:
             return
         step = trainer.state.global_step
-        kept = [m for m in read_lr_sensitivity(path.parent) if m.step < step] if step else []
-        atomic_write_text(path, "".join(json.dumps(m.to_json()) + "\n" for m in kept))
+        JsonLines(path).keep(lambda r: step > 0 and r.get("step", step) < step)
 
     def on_batch_start(self, trainer: Trainer, model: nn.Module, batch: Any, index: int) -> None:
         self._due = (self.every_epoch and index == 0) or trainer.state.global_step in self.at_steps
@@ -463,8 +458,7 @@ class LRSensitivity(Callback):
             trainer.log(lr_sensitivity_mu=m.mu, lr_sensitivity_sigma=float(sigma))
         path = self._path(trainer)
         if path is not None:
-            with path.open("a", encoding="utf-8") as f:
-                f.write(json.dumps(m.to_json()) + "\n")
+            JsonLines(path).append(m.to_json())
 
     @staticmethod
     def _path(trainer: Trainer) -> Path | None:

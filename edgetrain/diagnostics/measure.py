@@ -19,7 +19,6 @@ given ``final_counts`` also reports the weighted Jaccard index to that final sta
 from __future__ import annotations
 
 import copy
-import json
 import math
 import os
 import time
@@ -45,7 +44,7 @@ from edgetrain.diagnostics.recorder import (
     occupancy_message,
 )
 from edgetrain.engine import CALLBACKS, Callback, atomic_save
-from edgetrain.engine.rundir import atomic_write_text
+from edgetrain.engine.jsonl import JsonLines
 from edgetrain.errors import CheckpointError, ConfigError, one_line
 
 if TYPE_CHECKING:
@@ -333,8 +332,7 @@ class PatternMonitor(Callback):
             # Resumed: keep the lines up to the checkpoint's last measurement, the one
             # the next "previous" comparisons refer to.
             last = -1 if self._last_step is None else self._last_step
-            kept = [r for r in read_pattern_records(path) if r["step"] <= last]
-            atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
+            JsonLines(path).keep(lambda r: r.get("step", last + 1) <= last)
         if self._last_step is None:
             self.measure(trainer, model)
 
@@ -388,10 +386,7 @@ class PatternMonitor(Callback):
         self.records.append(record)
         path = self._path(trainer)
         if path is not None and trainer.is_main:
-            with path.open("a", encoding="utf-8") as f:
-                f.write(json.dumps(record) + "\n")
-                f.flush()
-                os.fsync(f.fileno())
+            JsonLines(path).append(record)
         return record
 
     def _layer_record(self, name: str, counts: LayerCounts) -> dict[str, Any]:
@@ -437,17 +432,7 @@ def read_pattern_records(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """The complete lines of a ``patterns.jsonl`` (a torn last line is skipped); a run
     directory means its ``patterns.jsonl``."""
     p = Path(path)
-    if p.is_dir():
-        p = p / PATTERNS_FILE
-    if not p.is_file():
-        return []
-    records = []
-    for line in p.read_text(encoding="utf-8").splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return records
+    return JsonLines(p / PATTERNS_FILE if p.is_dir() else p).read()
 
 
 @CALLBACKS.register("ap-monitor")

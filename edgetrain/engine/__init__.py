@@ -25,6 +25,7 @@ from edgetrain.engine.checkpoint import (
     resolve_checkpoint,
 )
 from edgetrain.engine.evaluate import evaluate
+from edgetrain.engine.jsonl import JsonLines
 from edgetrain.engine.memory import keep_freed_memory
 from edgetrain.engine.optim import OPTIMIZERS, SCHEDULERS, build_optimizer, build_scheduler
 from edgetrain.engine.rundir import RunDirectory
@@ -39,6 +40,7 @@ __all__ = [
     "Callback",
     "Checkpointer",
     "EarlyStopping",
+    "JsonLines",
     "MetricsLogger",
     "ProgressBar",
     "RunDirectory",

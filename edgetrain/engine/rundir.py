@@ -12,6 +12,7 @@ from typing import Any
 import yaml
 
 from edgetrain._atomic import atomic_writer
+from edgetrain.engine.jsonl import JsonLines
 from edgetrain.errors import EdgetrainError
 
 __all__ = ["RunDirectory", "atomic_write_text"]
@@ -64,29 +65,18 @@ class RunDirectory:
             )
         return yaml.safe_load(self.config_path.read_text(encoding="utf-8")) or {}
 
+    @property
+    def metrics(self) -> JsonLines:
+        """``metrics.jsonl``: one record per epoch, flushed as written."""
+        return JsonLines(self.metrics_path)
+
     def append_metrics(self, record: dict[str, Any]) -> None:
         """Append one JSON line and flush it to disk immediately."""
-        with self.metrics_path.open("a", encoding="utf-8") as f:
-            f.write(json.dumps(record, default=float) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        self.metrics.append(record)
 
     def read_metrics(self) -> list[dict[str, Any]]:
         """All complete metric lines (a torn last line from a crash is ignored)."""
-        if not self.metrics_path.is_file():
-            return []
-        records = []
-        for line in self.metrics_path.read_text(encoding="utf-8").splitlines():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-        return records
-
-    def rewrite_metrics(self, records: list[dict[str, Any]]) -> None:
-        """Replace ``metrics.jsonl`` atomically (used on resume to drop unfinished epochs)."""
-        text = "".join(json.dumps(r, default=float) + "\n" for r in records)
-        atomic_write_text(self.metrics_path, text)
+        return self.metrics.read()
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         atomic_write_text(self.summary_path, json.dumps(summary, indent=2, default=float) + "\n")

@@ -14,12 +14,11 @@ from pathlib import Path
 from edgetrain.engine.rundir import atomic_write_text
 from edgetrain.report.extract import RunRecord, load_run, load_runs, series
 from edgetrain.report.html import render_html, summary_rows
-from edgetrain.report.lr_sensitivity import has_lr_diagnostics, plot_lr_diagnostics
-from edgetrain.report.patterns import has_patterns, plot_patterns
 from edgetrain.report.plots import plot_curves
-from edgetrain.report.pruning import is_pruning_run, plot_pruning
+from edgetrain.report.sections import REPORT_SECTIONS, sections
 
 __all__ = [
+    "REPORT_SECTIONS",
     "RunRecord",
     "build_report",
     "load_run",
@@ -66,13 +65,9 @@ def build_report(
     """
     runs = load_runs(list(run_dirs))
     for run in runs:
-        plot_curves([run], run.path / "plots")
-        if is_pruning_run(run):
-            plot_pruning([run], run.path / "plots")
-        if has_patterns(run):
-            plot_patterns([run], run.path / "plots")
-        if has_lr_diagnostics(run.path):
-            plot_lr_diagnostics(run.path, run.path / "plots", run.name)
+        for section in sections():
+            if section.applies(run):
+                section.plot([run], run.path / "plots")
     if len(runs) == 1:
         page = Path(out) if out else runs[0].path / "report.html"
         images = sorted((runs[0].path / "plots").glob("*.png"))
@@ -81,12 +76,11 @@ def build_report(
         if parent == Path(parent.anchor):  # unrelated folders: do not write to /
             parent = Path.cwd()
         page = Path(out) if out else parent / "report.html"
-        images = plot_curves(runs, page.with_name(f"{page.stem}_plots"))
-        if any(is_pruning_run(r) for r in runs):
-            images += plot_pruning(runs, page.with_name(f"{page.stem}_plots"))
-        watched = [r for r in runs if has_patterns(r)]
-        if len(watched) > 1:
-            images += plot_patterns(watched, page.with_name(f"{page.stem}_plots"))
+        images = []
+        for section in sections():
+            drawn = section.overlaid(runs)
+            if drawn:
+                images += section.plot(drawn, page.with_name(f"{page.stem}_plots"))
     if similarity:
         from edgetrain.analysis import similarity as compare_runs
         from edgetrain.report.similarity import plot_similarity

@@ -29,6 +29,7 @@ from edgetrain.cost import analyze  # noqa: E402
 from edgetrain.engine import load_checkpoint  # noqa: E402
 from edgetrain.finetune import Schedule, schedule_cost  # noqa: E402
 from edgetrain.report.extract import RunRecord  # noqa: E402
+from edgetrain.runs import load_trained_model  # noqa: E402
 
 __all__ = ["ReferenceRun", "RunOps", "plot_scenario", "reference_runs", "run_ops"]
 
@@ -71,10 +72,11 @@ def _schedule(run: RunRecord) -> Schedule | None:
 
 
 def _model(run: RunRecord, freeze: bool) -> tuple[Any, tuple[int, ...]]:
-    """The run's model as its checkpoint describes it (with the recipe's ``model.freeze``
-    applied when ``freeze``) and its input shape."""
-    arch = load_checkpoint(run.path / "checkpoints" / "last.pt")["architecture"] or {}
-    model = models.create(arch["name"], **arch.get("options", {}))
+    """The run's model as its last checkpoint holds it (pruned or grown architecture,
+    with the recipe's ``model.freeze`` applied when ``freeze``) and its input shape."""
+    file = run.path / "checkpoints" / "last.pt"
+    arch = load_checkpoint(file)["architecture"] or {}
+    model = load_trained_model(file)
     frozen = run.config.get("model", {}).get("freeze", [])
     if freeze and frozen:
         models.freeze(model, frozen)

@@ -17,7 +17,8 @@ Example:
 from __future__ import annotations
 
 from edgetrain.search.analysis import SweepData, TrialRow, load_sweep_data
-from edgetrain.search.config import METHODS, METRICS, SweepConfig, load_sweep
+from edgetrain.search.config import METRICS, SweepConfig, load_sweep
+from edgetrain.search.methods import SAMPLERS, make_sampler
 from edgetrain.search.objective import (
     Candidate,
     SweepContext,
@@ -25,7 +26,6 @@ from edgetrain.search.objective import (
     config_key,
     evaluate_candidate,
 )
-from edgetrain.search.space import SAMPLERS, make_sampler
 from edgetrain.search.study import (
     WorkSummary,
     default_storage,
@@ -36,7 +36,6 @@ from edgetrain.search.study import (
 )
 
 __all__ = [
-    "METHODS",
     "METRICS",
     "SAMPLERS",
     "Candidate",

@@ -30,9 +30,9 @@ from edgetrain.compress.recipe import Recipe, load_recipe
 from edgetrain.compress.runtime import RUNTIMES
 from edgetrain.configs import StrictConfig, load_validated, read_mapping
 from edgetrain.errors import ConfigError
+from edgetrain.search.methods import SAMPLERS
 
 __all__ = [
-    "METHODS",
     "METRICS",
     "BudgetSpec",
     "ConstraintSpec",
@@ -43,7 +43,6 @@ __all__ = [
     "load_sweep",
 ]
 
-METHODS = ("grid", "random", "bayes", "gp", "nsga2")
 
 # What a trial records, with the direction a user usually wants. Accuracy in percent.
 METRICS: dict[str, str] = {
@@ -206,7 +205,7 @@ class SweepConfig(_Strict):
     """A validated sweep; build it with :func:`load_sweep`."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.@-]*$")
-    method: Literal["grid", "random", "bayes", "gp", "nsga2"] = "bayes"
+    method: str = "bayes"
     metric: MetricSpec | list[MetricSpec]
     constraints: list[ConstraintSpec] = Field(default_factory=list)
     parameters: dict[str, ParameterSpec] = Field(min_length=1)
@@ -234,6 +233,12 @@ class SweepConfig(_Strict):
     def directions(self) -> list[str]:
         return [m.direction for m in self.metrics]
 
+    @field_validator("method")
+    @classmethod
+    def _method(cls, v: str) -> str:
+        SAMPLERS.entry(v)  # an unknown method lists the choices
+        return v
+
     @model_validator(mode="after")
     def _coherent(self) -> SweepConfig:
         n = len(self.metrics)
@@ -241,13 +246,17 @@ class SweepConfig(_Strict):
             raise ValueError("metric: give at least one metric")
         if len({m.name for m in self.metrics}) != n:
             raise ValueError("metric: each metric may appear once")
-        if self.method == "nsga2" and n < 2:
-            raise ValueError("method nsga2 is multi-objective: give a list of two or more metrics")
-        if self.method == "grid":
+        meta = SAMPLERS.entry(self.method).meta
+        least = int(meta.get("min_objectives", 1))
+        if n < least:
+            raise ValueError(
+                f"method {self.method} is multi-objective: give a list of {least} or more metrics"
+            )
+        if meta.get("enumerates"):
             ranged = [k for k, p in self.parameters.items() if p.min is not None]
             if ranged:
                 raise ValueError(
-                    f"method grid needs values: [...] for every parameter; "
+                    f"method {self.method} needs values: [...] for every parameter; "
                     f"{', '.join(ranged)} gives a range"
                 )
         return self

@@ -1,7 +1,6 @@
-"""The search space and the samplers: sweep parameters as Optuna suggestions, the
-sweep's ``method`` as an Optuna sampler registered under its name, and constraints in
-Optuna's convention (a trial is feasible when every value is <= 0; the samplers read
-them from the trial)."""
+"""The search space: sweep parameters as Optuna suggestions, and constraints in Optuna's
+convention (a trial is feasible when every value is <= 0; the samplers read them from
+the trial)."""
 
 from __future__ import annotations
 
@@ -9,20 +8,9 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from edgetrain._optional import require
-from edgetrain.registry import Registry
-from edgetrain.search.config import ConstraintSpec, ParameterSpec, SweepConfig
+from edgetrain.search.config import ConstraintSpec, ParameterSpec
 
-__all__ = [
-    "SAMPLERS",
-    "constraint_label",
-    "constraint_values",
-    "grid_size",
-    "make_sampler",
-    "suggest",
-]
-
-SAMPLERS: Registry[Any] = Registry("search method")
+__all__ = ["constraint_label", "constraint_values", "grid_size", "suggest"]
 
 
 def suggest(trial: Any, parameters: dict[str, ParameterSpec]) -> dict[str, Any]:
@@ -60,40 +48,3 @@ def constraint_values(
 ) -> list[float]:
     """Optuna's constraint values of a trial's metrics (<= 0 when a constraint is met)."""
     return [c.violation(float(metrics.get(c.name, math.nan))) for c in constraints]
-
-
-@SAMPLERS.register("grid")
-def _grid(config: SweepConfig, seed: int) -> Any:
-    optuna = require("optuna", "search")
-    space = {k: list(p.values) for k, p in config.parameters.items() if p.values is not None}
-    return optuna.samplers.GridSampler(space, seed=seed)
-
-
-@SAMPLERS.register("random")
-def _random(config: SweepConfig, seed: int) -> Any:
-    return require("optuna", "search").samplers.RandomSampler(seed=seed)
-
-
-@SAMPLERS.register("bayes")
-def _tpe(config: SweepConfig, seed: int) -> Any:
-    optuna = require("optuna", "search")
-    return optuna.samplers.TPESampler(seed=seed, multivariate=True)
-
-
-@SAMPLERS.register("gp")
-def _gp(config: SweepConfig, seed: int) -> Any:
-    optuna = require("optuna", "search")
-    return optuna.samplers.GPSampler(seed=seed)
-
-
-@SAMPLERS.register("nsga2")
-def _nsga2(config: SweepConfig, seed: int) -> Any:
-    optuna = require("optuna", "search")
-    population = max(4, min(50, config.budget.trials // 4))
-    return optuna.samplers.NSGAIISampler(population_size=population, seed=seed)
-
-
-def make_sampler(config: SweepConfig, seed: int | None = None) -> Any:
-    """The Optuna sampler of the sweep's ``method`` (seeded with ``seed``, by default the
-    sweep's seed; workers pass their own so that they do not propose the same points)."""
-    return SAMPLERS.create(config.method, config=config, seed=config.seed if seed is None else seed)

@@ -21,7 +21,6 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import itertools
 import math
 import os
 import random
@@ -38,18 +37,13 @@ from edgetrain._optional import require
 from edgetrain.compress.recipe import load_recipe
 from edgetrain.errors import ConfigError, EdgetrainError, one_line
 from edgetrain.search.config import SweepConfig
+from edgetrain.search.methods import grid_points, make_sampler
 from edgetrain.search.objective import (
     SweepContext,
     TrialFailed,
     evaluate_candidate,
 )
-from edgetrain.search.space import (
-    constraint_label,
-    constraint_values,
-    grid_size,
-    make_sampler,
-    suggest,
-)
+from edgetrain.search.space import constraint_label, constraint_values, suggest
 
 __all__ = [
     "BOOKKEEPING_ATTRS",
@@ -148,8 +142,9 @@ class WorkSummary:
 
 def _budget(config: SweepConfig, trials: int | None) -> int:
     n = config.budget.trials if trials is None else trials
-    if config.method == "grid":
-        n = min(n, grid_size(config.parameters))
+    points = grid_points(config)
+    if points is not None:
+        n = min(n, len(points))
     return n
 
 
@@ -179,12 +174,7 @@ def _top_up(study: Any, config: SweepConfig, budget: int) -> None:
     their grid point (Optuna's grid sampler takes queued trials only with every
     parameter set), so workers cover the grid exactly once."""
     have = int(study.user_attrs.get("slots", 0))
-    points: list[dict[str, Any]] = [{}] * budget
-    if config.method == "grid":
-        grid = {n: p.values for n, p in config.parameters.items() if p.values is not None}
-        points = [
-            dict(zip(grid, combo, strict=True)) for combo in itertools.product(*grid.values())
-        ]
+    points: list[dict[str, Any]] = grid_points(config) or [{}] * budget
     for slot in range(have, budget):
         study.enqueue_trial(points[slot], user_attrs={"slot": slot})
     if budget > have:

@@ -62,16 +62,17 @@ def test_export_then_bench_a_trained_run(cli, tiny_recipe, tmp_path):
         (["bench", "none.onnx"], "not found"),
         (["bench", "bad.onnx", "--runs", "1", "--repeats", "1"], "ONNX Runtime cannot load"),
         (["bench", "bad.onnx", "--runtime", "tflite"], "unknown runtime 'tflite'"),
-        (["bench", "bad.onnx", "--runtime", "command"], "needs --command"),
+        (["bench", "bad.onnx", "-o", "threads"], "--option 'threads' must look like key=value"),
+        (["bench", "bad.onnx", "--runtime", "command"], "needs an argument list"),
         (["bench", "bad.onnx", "--command", "prog {model}"], "must be a JSON list"),
         (["bench", "bad.onnx", "--command", '["prog"]'], "no '{model}' argument"),
         (
             ["bench", "bad.onnx", "--command", '["p", "{model}"]', "--ops"],
-            "--ops needs --runtime onnxruntime",
+            "runtime 'command' cannot time single operators; use one that can (onnxruntime)",
         ),
         (
             ["bench", "bad.onnx", "--runtime", "onnxruntime", "--command", '["p", "{model}"]'],
-            "goes with --runtime command",
+            "runtime 'onnxruntime' has no option 'command'",
         ),
     ],
 )

@@ -117,7 +117,7 @@ def test_file_errors_are_one_line(tmp_path):
         load_recipe("missing.yaml")
     bad = tmp_path / "bad.yaml"
     bad.write_text("version: [1\n")
-    with pytest.raises(ConfigError, match=r"bad.yaml: invalid YAML at line"):
+    with pytest.raises(ConfigError, match=r"bad.yaml': invalid YAML at line"):
         load_recipe(bad)
     bad.write_text("- 1\n- 2\n")
     with pytest.raises(ConfigError, match="must be a YAML mapping"):

@@ -77,7 +77,7 @@ def test_missing_file_and_bad_yaml(tmp_path):
         load_sweep(tmp_path / "none.yaml")
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: [unclosed\n")
-    with pytest.raises(ConfigError, match="not valid YAML"):
+    with pytest.raises(ConfigError, match=r"bad.yaml': invalid YAML at line 2, column 1"):
         load_sweep(bad)
 
 

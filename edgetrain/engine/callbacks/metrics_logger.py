@@ -31,10 +31,8 @@ class MetricsLogger(Callback):
 
     def on_fit_start(self, trainer: Trainer, model: nn.Module) -> None:
         self._started = time.perf_counter()
-        kept = [r for r in self.run_dir.read_metrics() if r.get("epoch", 0) <= trainer.state.epoch]
-        if trainer.state.epoch == 0:
-            kept = []
-        self.run_dir.rewrite_metrics(kept)
+        done = trainer.state.epoch
+        self.run_dir.metrics.keep(lambda r: done > 0 and r.get("epoch", 0) <= done)
         self._write_summary(trainer, model, "running")
 
     def on_epoch_end(self, trainer: Trainer, model: nn.Module) -> None:
