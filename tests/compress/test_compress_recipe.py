@@ -123,7 +123,7 @@ def test_file_errors_are_one_line(tmp_path):
     with pytest.raises(ConfigError, match="must be a YAML mapping"):
         load_recipe(bad)
     bad.write_text("version: 1\npruners: {s1: {method: l1_filter, sparsity: 2, layers: [x]}}\n")
-    with pytest.raises(ConfigError, match=r"bad.yaml: pruners.s1.sparsity: must be in \[0, 1\)"):
+    with pytest.raises(ConfigError, match=r"bad.yaml': pruners.s1.sparsity: must be in \[0, 1\)"):
         load_recipe(bad)
 
 

@@ -221,6 +221,6 @@ def test_lr_control_and_scheduler_are_refused_together() -> None:
     with pytest.raises(ConfigError) as info:
         load_config({**BASE, "lr_control": "actcool", "scheduler": {"name": "onecycle"}})
     assert str(info.value) == (
-        "run config: lr_control 'actcool' sets the learning rate every step and cannot be combined with "
-        "scheduler 'onecycle'; remove the scheduler (--set scheduler=null)"
+        "run config: lr_control 'actcool' sets the learning rate every step and cannot be "
+        "combined with scheduler 'onecycle'; remove the scheduler (--set scheduler=null)"
     )
