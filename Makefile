@@ -30,6 +30,7 @@ demo: install
 
 test: install
 	$(BIN)/ruff check edgetrain tests benchmarks
+	$(BIN)/mypy
 	$(BIN)/pytest -m "not slow and not gpu" $(PYTEST_ARGS)
 
 test-slow: install
@@ -38,6 +39,7 @@ test-slow: install
 lint: install
 	$(BIN)/ruff check edgetrain tests benchmarks
 	$(BIN)/ruff format --check edgetrain tests benchmarks
+	$(BIN)/mypy
 
 format: install
 	$(BIN)/ruff format edgetrain tests benchmarks
@@ -46,4 +48,4 @@ bench: install
 	$(BIN)/python benchmarks/engine_overhead.py
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache .ruff_cache
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache .mypy_cache

@@ -165,7 +165,8 @@ def _adapter(fn: Callable[..., Any], name: str) -> TypeAdapter[Any] | None:
     """A pydantic validator for parameter ``name`` of ``fn``; None when not annotated."""
     try:
         # a class's parameters are annotated on its __init__
-        hint = typing.get_type_hints(fn.__init__ if isinstance(fn, type) else fn).get(name)
+        target = getattr(fn, "__init__") if isinstance(fn, type) else fn  # noqa: B009
+        hint = typing.get_type_hints(target).get(name)
         return None if hint is None else TypeAdapter(hint)
     except Exception:  # unresolvable or non-pydantic annotation: names are still checked
         return None

@@ -250,12 +250,12 @@ class _Context:
         # backward ran, the gradient it received once it produced its own input gradient,
         # a weight gradient once the update (applied right away) consumed it.
         peak, remaining, incoming = persistent, stored_total, 0
-        for stored, grad_buf, wgrad in reversed(walk):
-            own = 0 if grad_buf is None else grad_buf
+        for stored, kept_grad, wgrad in reversed(walk):
+            own = 0 if kept_grad is None else kept_grad
             peak = max(peak, persistent + remaining + incoming + own + wgrad)
             remaining -= stored
-            if grad_buf is not None:
-                incoming = grad_buf
+            if kept_grad is not None:
+                incoming = kept_grad
         macs = sum(totals.values())
         cost = StepCost(
             plan=label,

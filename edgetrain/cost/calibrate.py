@@ -111,7 +111,7 @@ def _time(fn: Callable[[], object], min_seconds: float) -> float:
     return statistics.median(samples)
 
 
-def _grad(y: torch.Tensor, wrt: object, g: torch.Tensor) -> object:
+def _grad(y: torch.Tensor, wrt: torch.Tensor | Sequence[torch.Tensor], g: torch.Tensor) -> object:
     return torch.autograd.grad(y, wrt, g, retain_graph=True)
 
 

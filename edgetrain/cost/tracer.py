@@ -163,12 +163,12 @@ def trace(model: nn.Module, input_shape: Sequence[int], batch_size: int = 1) -> 
     meta: dict[str, torch.Tensor] = {}
     names: dict[int, str] = {}
     numel: dict[str, int] = {}
-    for name, tensor in model.named_parameters():
-        meta[name] = torch.empty_like(tensor, device="meta")
+    for name, param in model.named_parameters():
+        meta[name] = torch.empty_like(param, device="meta")
         names[id(meta[name])] = name
-        numel[name] = tensor.numel()
-    for name, tensor in model.named_buffers():  # constants: neither params nor activations
-        meta[name] = torch.empty_like(tensor, device="meta")
+        numel[name] = param.numel()
+    for name, buffer in model.named_buffers():  # constants: neither params nor activations
+        meta[name] = torch.empty_like(buffer, device="meta")
     stack: list[tuple[str, str]] = []
 
     def enter(name: str, kind: str) -> None:

@@ -30,9 +30,9 @@ from edgetrain.data.registry import DATASETS
 from edgetrain.errors import DataError, one_line
 
 try:  # numpy 2 moved the array reconstructor; files written by numpy 1 name the old module
-    from numpy._core.multiarray import _reconstruct  # type: ignore[attr-defined]
+    from numpy._core.multiarray import _reconstruct
 except ImportError:  # pragma: no cover - numpy 1.x
-    from numpy.core.multiarray import _reconstruct  # type: ignore[attr-defined,no-redef]
+    from numpy.core.multiarray import _reconstruct  # type: ignore[no-redef]
 
 __all__ = ["cifar10", "cifar100"]
 
@@ -169,8 +169,9 @@ def _fetch(url: str, path: Path) -> str:
                 out.write(chunk)
     except OSError as exc:  # URLError is an OSError
         reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+        why = one_line(reason) if isinstance(reason, BaseException) else str(reason)
         raise DataError(
-            f"could not download {url} ({one_line(reason)}); check the network connection "
+            f"could not download {url} ({why}); check the network connection "
             "or download and extract the archive by hand"
         ) from exc
     return digest.hexdigest()

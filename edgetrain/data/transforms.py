@@ -68,7 +68,7 @@ class RandomCrop:
         padded = F.pad(x, [p, p] * len(spatial))
         offsets = torch.randint(0, 2 * p + 1, (len(spatial),)).tolist()
         index = tuple(slice(o, o + n) for o, n in zip(offsets, spatial, strict=True))
-        return padded[(slice(None), *index)]
+        return padded[(slice(None),) + index]
 
     def __repr__(self) -> str:
         return f"RandomCrop(padding={self.padding})"

@@ -67,7 +67,8 @@ def adam(
     weight_decay: float = 0.0,
 ) -> torch.optim.Adam:
     """Adam (Kingma & Ba, 2015)."""
-    return torch.optim.Adam(params, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
+    b1, b2 = betas
+    return torch.optim.Adam(params, lr=lr, betas=(b1, b2), eps=eps, weight_decay=weight_decay)
 
 
 @OPTIMIZERS.register("adamw")
@@ -79,7 +80,8 @@ def adamw(
     weight_decay: float = 0.01,
 ) -> torch.optim.AdamW:
     """Adam with decoupled weight decay (Loshchilov & Hutter, 2019)."""
-    return torch.optim.AdamW(params, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
+    b1, b2 = betas
+    return torch.optim.AdamW(params, lr=lr, betas=(b1, b2), eps=eps, weight_decay=weight_decay)
 
 
 @SCHEDULERS.register("step", interval="epoch")
@@ -239,7 +241,7 @@ def rebind_parameters(
     placed: set[str] = set()
     vanished_group: dict[str, int] = {}
     for gi, group in enumerate(optimizer.param_groups):
-        kept = []
+        kept: list[torch.Tensor] = []
         for p in group["params"]:
             name = old_names.get(id(p))
             state = optimizer.state.pop(p, None)
@@ -257,8 +259,8 @@ def rebind_parameters(
     for name, p in current.items():
         if name in placed or name in known:
             continue  # new parameters only; ones the optimizer never trained stay out
-        group = vanished_group.get(name.rsplit(".", 2)[0], 0)
-        optimizer.param_groups[group]["params"].append(p)
+        index = vanished_group.get(name.rsplit(".", 2)[0], 0)
+        optimizer.param_groups[index]["params"].append(p)
     # Model order, whatever order the parameters joined in: optimizer state dicts match
     # parameters by position, so a run rebuilt in several steps and its resumption (one
     # rebuild from the checkpoint) must list them alike.

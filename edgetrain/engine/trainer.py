@@ -206,7 +206,7 @@ class Trainer:
     def _make_train_loader(self, data: Dataset | DataLoader) -> DataLoader:
         if isinstance(data, DataLoader):
             return data
-        sampler = None
+        sampler: DistributedSampler | None = None
         if self.dist.enabled:
             sampler = DistributedSampler(
                 data,
@@ -230,7 +230,8 @@ class Trainer:
         if isinstance(data, DataLoader):
             return data
         if self.dist.enabled:  # exact sharding without padding; counts are summed
-            data = Subset(data, range(self.dist.rank, len(data), self.dist.world_size))
+            size = len(data)  # type: ignore[arg-type]  # map-style data sets are sized
+            data = Subset(data, range(self.dist.rank, size, self.dist.world_size))
         return DataLoader(
             data, batch_size=self.eval_batch_size, shuffle=False, num_workers=self.num_workers
         )
@@ -242,7 +243,7 @@ class Trainer:
             (g for g in (cb.param_groups(self, self.model) for cb in self.callbacks) if g),
             None,
         )
-        params = groups if groups is not None else self.model.parameters()
+        params: Any = groups if groups is not None else self.model.parameters()
         if optimizer is None:
             return torch.optim.SGD(params, lr=0.01, momentum=0.9)
         return optimizer(params)
@@ -341,8 +342,9 @@ class Trainer:
         seed = epoch_seed(self.seed, epoch)
         seed_everything(seed)
         self._loader_generator.manual_seed(seed)
-        if isinstance(getattr(self.train_loader, "sampler", None), DistributedSampler):
-            self.train_loader.sampler.set_epoch(epoch)
+        sampler = getattr(self.train_loader, "sampler", None)
+        if isinstance(sampler, DistributedSampler):
+            sampler.set_epoch(epoch)
         self._record = {}
         self.model.train()
         self._call("on_epoch_start")

@@ -9,6 +9,7 @@ convention: ``conv1``, ``bn1``, ``layer{s}.{i}.conv{j}``/``bn{j}``/``shortcut``,
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -86,9 +87,10 @@ class BasicBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = x
         for j in range(1, self.depth + 1):
-            out = self._modules[f"bn{j}"](self._modules[f"conv{j}"](out))
+            conv = cast(nn.Module, self._modules[f"conv{j}"])
+            out = cast(nn.Module, self._modules[f"bn{j}"])(conv(out))
             if j < self.depth:
-                out = self._modules[f"relu{j}"](out)
+                out = cast(nn.Module, self._modules[f"relu{j}"])(out)
         identity = self.shortcut(x) if hasattr(self, "shortcut") else x
         return self.relu(out + identity)
 
@@ -96,12 +98,14 @@ class BasicBlock(nn.Module):
         """This block once its residual branch carries no signal (its last conv sees only
         zeros): ``relu(shortcut(x) + c)``, with ``c`` what the last conv-BN makes of zeros
         in eval mode. Exact in eval mode; ``c`` trains on as a bias."""
-        conv = self._modules[f"conv{self.depth}"]
-        bn = self._modules[f"bn{self.depth}"]
+        conv = cast(nn.Conv2d, self._modules[f"conv{self.depth}"])
+        bn = cast(nn.BatchNorm2d, self._modules[f"bn{self.depth}"])
+        mean, var = bn.running_mean, bn.running_var
+        assert mean is not None and var is not None, "the zoo's blocks track BN statistics"
         with torch.no_grad():
-            zero = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
-            scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-            const = (zero - bn.running_mean) * scale + bn.bias
+            zero = conv.bias if conv.bias is not None else torch.zeros_like(mean)
+            scale = bn.weight / torch.sqrt(var + bn.eps)
+            const = (zero - mean) * scale + bn.bias
         bypass = ResidualBypass(getattr(self, "shortcut", None), const.numel())
         with torch.no_grad():
             bypass.offset.bias.copy_(const)
@@ -158,7 +162,7 @@ class CifarResNet(ZooModel):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.relu(self.bn1(self.conv1(x)))
         for s in range(1, self.num_stages + 1):
-            x = self._modules[f"layer{s}"](x)
+            x = cast(nn.Module, self._modules[f"layer{s}"])(x)
         return self.fc(self.flatten(self.pool(x)))
 
 

@@ -12,13 +12,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 from torch import nn
 
 from edgetrain.models.layers import ZooModel, init_weights
 from edgetrain.models.registry import MODELS
-from edgetrain.models.vgg import VGG
+from edgetrain.models.vgg import VGG, Plan
 
 __all__ = ["FCN1d", "KWSCNN", "fcn1d", "kws_cnn", "small_cnn"]
 
@@ -58,7 +59,7 @@ def kws_cnn(in_channels: int = 1, num_classes: int = 8, input_size: int = 32) ->
 @MODELS.register("small_cnn", input="image")
 def small_cnn(in_channels: int = 1, num_classes: int = 10, input_size: int = 32) -> VGG:
     """6 conv (32,32,M,64,64,M,128,128,M) + 2 dense layers, ~550k params at 1x32x32."""
-    plan = [32, 32, "M", 64, 64, "M", 128, 128, "M"]
+    plan: Plan = [32, 32, "M", 64, 64, "M", 128, 128, "M"]
     return VGG(plan, in_channels, num_classes, input_size, hidden=(128,))
 
 
@@ -91,7 +92,10 @@ class FCN1d(ZooModel):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for j in range(1, self.depth + 1):
-            x = self._modules[f"relu{j}"](self._modules[f"bn{j}"](self._modules[f"conv{j}"](x)))
+            conv, bn, relu = (
+                cast(nn.Module, self._modules[f"{k}{j}"]) for k in ("conv", "bn", "relu")
+            )
+            x = relu(bn(conv(x)))
         return self.fc(self.flatten(self.pool(x)))
 
 

@@ -7,6 +7,7 @@ inputs and 10 classes); ``vgg11_b`` is a reduced VGG-11 with batch-norm for 100 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 from torch import nn
@@ -71,7 +72,7 @@ class VGG(ZooModel):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for name in self._order:
-            x = self._modules[name](x)
+            x = cast(nn.Module, self._modules[name])(x)
         return x
 
 
@@ -86,5 +87,5 @@ def vgg11_b(
     in_channels: int = 3, num_classes: int = 100, input_size: int = 32, dropout: float = 0.5
 ) -> VGG:
     """Reduced VGG-11 with batch-norm: 9 convs (32..256) and 3 linears, for 100 classes."""
-    plan = [32, "M", 64, "M", 128, 128, "M", 256, 256, "M", 256, 256, 256, "M"]
+    plan: Plan = [32, "M", 64, "M", 128, 128, "M", 256, 256, "M", 256, 256, 256, "M"]
     return VGG(plan, in_channels, num_classes, input_size, (256, 256), True, dropout)

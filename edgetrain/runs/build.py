@@ -130,6 +130,7 @@ def build_trainer(
             return build_optimizer(params, opt_cfg.name, **opt_cfg.options)
 
     def scheduler(opt: torch.optim.Optimizer, steps_per_epoch: int) -> Any:
+        assert sched_cfg is not None  # only passed to the Trainer with a scheduler section
         with _building(f"scheduler '{sched_cfg.name}'"):
             return build_scheduler(
                 opt, sched_cfg.name, config.epochs, steps_per_epoch, **sched_cfg.options

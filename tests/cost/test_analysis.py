@@ -9,7 +9,6 @@ import importlib
 import io
 import json
 import sys
-import time
 from collections.abc import Callable
 
 import pytest
@@ -219,12 +218,9 @@ def test_energy_per_byte_adds_the_bytes_moved() -> None:
 
 
 # ------------------------------------------------------------------ meta and strict
-def test_a_meta_resnet56_is_analysed_quickly_without_memory() -> None:
-    analyze(nn.Sequential(nn.Linear(2, 2)), (2,))  # one-off warm-up of the dispatch path
+def test_a_meta_resnet56_is_analysed_without_memory() -> None:
     model = create("resnet56", device="meta")
-    start = time.perf_counter()
     report = analyze(model, (3, 32, 32))
-    assert time.perf_counter() - start < 1.0
     assert all(p.device.type == "meta" for p in model.parameters())
     # stem 432 + 32; stage 1: 9 * (2*2304 + 64) = 42,048; stage 2: 4608 + 9216 + 128 + 512
     # + 64 + 8 * (2*9216 + 128) = 163,008; stage 3: 18,432 + 36,864 + 256 + 2048 + 128

@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -62,11 +61,8 @@ def test_torchrun_two_processes(tmp_path: Path) -> None:
     env.pop("WORLD_SIZE", None)
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2"]
     command += ["--standalone", str(script), str(run_dir)]
-    started = time.perf_counter()
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
-    elapsed = time.perf_counter() - started
     assert done.returncode == 0, done.stderr[-3000:]
-    assert elapsed < 60
 
     lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in lines] == [1, 2]  # rank 1 wrote nothing

@@ -11,6 +11,7 @@ from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
+    TaskID,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
@@ -39,7 +40,7 @@ class ProgressBar(Callback):
         self.description = description
         self.refresh = refresh
         self._progress: Progress | None = None
-        self._epochs = self._batches = None
+        self._epochs = self._batches = TaskID(0)
         self._pending = 0
         self._last = 0.0
 
