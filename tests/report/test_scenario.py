@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import pytest
 
-import edgetrain.finetune  # noqa: F401  (registers the layer-schedule callback)
+from edgetrain import compress
+from edgetrain.cost import analyze
 from edgetrain.finetune import Schedule, schedule_cost
 from edgetrain.models import create
 from edgetrain.report import build_report, load_runs
 from edgetrain.report.scenario import plot_scenario, reference_runs, run_ops
-from edgetrain.runs import load_config, start_run
+from edgetrain.runs import load_config, load_trained_model, load_trained_run, start_run
 
 
 def _tree(name: str, callbacks: list) -> dict:
@@ -47,6 +48,24 @@ def test_step_macs_follow_the_cost_model(runs):
     first = next(m for m in records if m["val_top1"] >= best["val_top1"])
     assert ops[0].epochs_to_target == first["epoch"]
     assert ops[0].macs_to_target == pytest.approx(ops[0].step_macs * first["step"])
+
+
+def test_a_pruned_run_is_counted_with_its_pruned_architecture(copy_tiny_resnet_run, tmp_path):
+    source = load_trained_run(copy_tiny_resnet_run(tmp_path))
+    recipe = {
+        "version": 1,
+        "pruners": {
+            "inner": {"method": "l1_filter", "sparsity": 0.5, "layers": ["layer1.*.conv1"]}
+        },
+        "finetune": {"epochs": 1, "lr": 0.01},
+    }
+    out = compress.run(source, recipe, tmp_path / "pruned").out
+    (ops,) = run_ops(load_runs([out]))
+    pruned = load_trained_model(out, prefer="last")
+    batch = source.config.data.batch_size
+    expected = analyze(pruned, (1, 8, 8), plans=["all"], batch_size=batch).steps()[0]
+    full = analyze(source.model, (1, 8, 8), plans=["all"], batch_size=batch).steps()[0]
+    assert ops.step_macs == expected.step_macs < full.step_macs
 
 
 def test_report_with_scenario(runs, tmp_path):
