@@ -44,7 +44,7 @@ PLUGINS: dict[str, tuple[str, ...]] = {
     "cooling plan": ("edgetrain.diagnostics.actcool",),
     "grow op": ("edgetrain.prune.grow.widen", "edgetrain.prune.grow.deepen"),
     "pruning method": ("edgetrain.compress.l1",),
-    "number format": ("edgetrain.compress.psb",),
+    "number format": ("edgetrain.compress.psb.number_format",),
     "runtime": ("edgetrain.compress.runtime",),
     "quantization method": ("edgetrain.compress.quantize",),
     "search method": ("edgetrain.search.methods",),

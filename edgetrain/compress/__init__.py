@@ -25,33 +25,29 @@ from edgetrain.compress.finetune import (
     save_compressed,
 )
 from edgetrain.compress.l1 import filters_to_remove, l1_filter
+from edgetrain.compress.number_formats import NUMBER_FORMATS
 from edgetrain.compress.pipeline import Compression, CompressionResult, run
 from edgetrain.compress.pruning import PRUNERS, PrunedGroup
 from edgetrain.compress.psb import (
-    NUMBER_FORMATS,
-    OperationCost,
-    PSBConv2d,
-    PSBLinear,
-    operation_cost,
-    psb_layers,
-    set_samples,
-    to_psb,
-)
-from edgetrain.compress.psb_attention import (
     AttentionOutput,
     AttentionResult,
-    attention_forward,
-    evaluate_attention,
-)
-from edgetrain.compress.psb_format import PSBConfig
-from edgetrain.compress.psb_grid import (
+    OperationCost,
+    PSBConfig,
+    PSBConv2d,
+    PSBLinear,
     PSBScore,
     SampleGrid,
+    attention_forward,
     draw_sample_grid,
+    evaluate_attention,
     finetune_psb,
+    operation_cost,
     plot_sample_grid,
     psb_accuracy,
+    psb_layers,
     sample_grid,
+    set_samples,
+    to_psb,
 )
 from edgetrain.compress.quantize import (
     QUANTIZE_METHODS,

@@ -17,8 +17,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from edgetrain.compress.number_formats import NUMBER_FORMATS
 from edgetrain.compress.pruning import PRUNERS, PrunedGroup
-from edgetrain.compress.psb import NUMBER_FORMATS
 from edgetrain.compress.recipe import Recipe, load_recipe
 from edgetrain.cost import analyze
 from edgetrain.models import WEIGHT_LAYER_TYPES

@@ -35,8 +35,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from torch import nn
 
 from edgetrain._modules import select_modules
+from edgetrain.compress.number_formats import NUMBER_FORMATS
 from edgetrain.compress.pruning import PRUNER_ARGS, PRUNERS, check_prunable, tied_layers
-from edgetrain.compress.psb import NUMBER_FORMATS
 from edgetrain.compress.quantize import QUANTIZE_METHODS
 from edgetrain.configs import NamedConfig, StrictConfig, load_validated, read_mapping
 from edgetrain.engine.optim import OPTIMIZERS, SCHEDULER_ARGS, SCHEDULERS

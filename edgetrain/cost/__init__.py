@@ -21,10 +21,14 @@ from edgetrain.cost.handles import HANDLES, KINDS, OpCounts
 from edgetrain.cost.plans import ALL, all_trainable, resolve_plan
 from edgetrain.cost.profile import TERMS, DeviceProfile, list_profiles, load_profile
 from edgetrain.cost.report import CostReport, CycleCost, LayerCost, StepCost
+from edgetrain.cost.shift_add import ShiftAddCost, shift_add_costs, shift_add_ops
 from edgetrain.cost.taps import conv_output_length, kernel_taps, taps_1d
 from edgetrain.cost.tracer import OpRecord, Trace, trace
 
 __all__ = [
+    "ShiftAddCost",
+    "shift_add_costs",
+    "shift_add_ops",
     "ALL",
     "HANDLES",
     "KINDS",

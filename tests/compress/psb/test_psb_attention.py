@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from edgetrain.compress import attention_forward, evaluate_attention, operation_cost, to_psb
-from edgetrain.compress.psb_attention import _ReceptiveFields, _trace_head, position_entropy
+from edgetrain.compress.psb.attention import _ReceptiveFields, _trace_head, position_entropy
 from edgetrain.errors import ConfigError
 from edgetrain.models import create
 

@@ -26,7 +26,7 @@ from edgetrain.compress import (
     set_samples,
     to_psb,
 )
-from edgetrain.compress.psb_format import (
+from edgetrain.compress.psb.format import (
     decompose,
     max_relative_std,
     relative_std,

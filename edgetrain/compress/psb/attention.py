@@ -49,7 +49,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from edgetrain.compress.psb import _PSBLayer, operation_cost, psb_layers
+from edgetrain.compress.psb.cost import operation_cost
+from edgetrain.compress.psb.layers import _PSBLayer, psb_layers
 from edgetrain.errors import ConfigError
 
 __all__ = [

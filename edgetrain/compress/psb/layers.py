@@ -1,40 +1,12 @@
-"""Progressive stochastic binarization (PSB) of conv and linear layers.
-
-After the paper "Progressive Stochastic Binarization of Deep Networks": every weight is
-replaced at each forward by the mean of ``n`` random signed powers of two whose
-expectation is the weight (the number format is in :mod:`edgetrain.compress.psb_format`).
-
-:class:`PSBConv2d` and :class:`PSBLinear` are ``nn.Conv2d`` / ``nn.Linear`` that keep the
-real weights as their parameters and draw a fresh weight sample at every forward, in
-training and in evaluation alike. Options
-(:class:`~edgetrain.compress.psb_format.PSBConfig`):
-
-- ``samples``: ``n`` above; ``0`` uses the expected weight (the limit of many samples).
-- ``fixed_point``: the fractional bits ``f`` of 16-bit fixed-point intermediates. The
-  activations entering and leaving each PSB layer, and its bias, are rounded to the
-  nearest multiple of ``2^-f`` and saturated to the int16 range, i.e. the signed
-  ``Q(15-f).f`` format (``f = 8``: Q7.8, range ``[-128, 128)``, step ``1/256``). Products
-  and the accumulator are exact, as in a wide accumulator that is rounded once when the
-  layer's output is stored.
-- ``prune``: the fraction of each layer's smallest-magnitude weights set to zero (for
-  example 0.25 or 0.5); they stay zero through fine-tuning.
-- ``p_bits``: ``p`` rounded to ``p_bits`` bits (multiples of ``2^-p_bits``; rounding up
-  to 1 carries into the exponent), e.g. 4, 2 or 1.
-
-Training runs through a straight-through estimator: the forward uses the sample, the
-backward passes the gradient to the real weights as if the sample were the real weight
-(rounding to fixed point is passed straight through too).
-
-:func:`to_psb` converts a trained model in place, folding batch-norm into the preceding
-layers first; :func:`operation_cost` counts the shifts and adds one forward needs. The
-recipe's number format ``psb`` (``number_format: {method: psb, samples: 8}``, applied by
-:func:`~edgetrain.compress.apply` after pruning) is registered in :data:`NUMBER_FORMATS`.
+"""PSB conv and linear layers: ``nn.Conv2d`` / ``nn.Linear`` that keep the real weights as
+their parameters and draw a fresh weight sample at every forward, in training and in
+evaluation alike; :func:`to_psb` converts a trained model in place.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -42,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgetrain._modules import select_modules
-from edgetrain.compress.psb_format import (
+from edgetrain.compress.psb.format import (
     FIXED_POINT_BITS,
     PSBConfig,
     _draw,
@@ -52,26 +24,8 @@ from edgetrain.compress.psb_format import (
 )
 from edgetrain.errors import ConfigError, EdgetrainError
 from edgetrain.finetune.fold import fold_batchnorm
-from edgetrain.registry import Registry
 
-__all__ = [
-    "NUMBER_FORMATS",
-    "LayerOps",
-    "OperationCost",
-    "PSBConv2d",
-    "PSBLinear",
-    "PSBReport",
-    "operation_cost",
-    "psb_layers",
-    "set_samples",
-    "to_psb",
-]
-
-# Number formats applied to the PyTorch model (not to an exported file), by recipe name:
-# ``fn(model, *, example_input=None, **options) -> report`` with meta ``check(options)``
-# (validates option values without a model), ``check_model(model, options)`` and
-# ``exportable`` (whether ONNX can express the result).
-NUMBER_FORMATS: Registry[Any] = Registry("number format")
+__all__ = ["PSBConv2d", "PSBLinear", "psb_layers", "set_samples", "to_psb"]
 
 
 class _PSBLayer(nn.Module):
@@ -334,187 +288,3 @@ def to_psb(
     config = PSBConfig(samples, fixed_point, prune, p_bits)
     _convert(model, config, layers, input_shape)
     return model
-
-
-@dataclass(frozen=True)
-class LayerOps:
-    """One PSB layer's work per input sample (one image) at ``samples`` weight samples.
-
-    Attributes:
-        products: activation x nonzero-weight products (MACs without the zero weights).
-        outputs: output values.
-        shifts: ``samples * products`` (one shift per product by a one-sample weight,
-            ``s * 2^e`` or ``s * 2^(e+1)``) plus, when ``samples > 1``, one per output
-            for the ``1/n`` scaling (a shift when ``n`` is a power of two, counted as one
-            operation otherwise).
-        adds: ``samples * products`` (accumulating each product, sign included).
-    """
-
-    name: str
-    kind: str
-    samples: int
-    products: int
-    outputs: int
-    shifts: int
-    adds: int
-
-
-@dataclass
-class OperationCost:
-    """Shifts and adds of one forward of a PSB model, per input sample."""
-
-    layers: list[LayerOps] = field(default_factory=list)
-
-    @property
-    def shifts(self) -> int:
-        return sum(layer.shifts for layer in self.layers)
-
-    @property
-    def adds(self) -> int:
-        return sum(layer.adds for layer in self.layers)
-
-    @property
-    def products(self) -> int:
-        return sum(layer.products for layer in self.layers)
-
-    def by_layer(self) -> dict[str, LayerOps]:
-        return {layer.name: layer for layer in self.layers}
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "shifts": self.shifts,
-            "adds": self.adds,
-            "products": self.products,
-            "layers": [asdict(layer) for layer in self.layers],
-        }
-
-
-def _layer_ops(name: str, layer: _PSBLayer, out: torch.Tensor, samples: int) -> LayerOps:
-    """The :class:`LayerOps` of ``layer`` for one sample of its output ``out`` (batched)."""
-    nonzero = int(torch.count_nonzero(layer.weight.detach() * layer.prune_mask))
-    per_sample = out[0]
-    # conv: every output position uses all of its channel's weights; linear: every row
-    rows = per_sample[0].numel() if isinstance(layer, nn.Conv2d) else per_sample[..., 0].numel()
-    products = rows * nonzero
-    outputs = per_sample.numel()
-    shifts = samples * products + (outputs if samples > 1 else 0)
-    return LayerOps(
-        name, type(layer).__name__, samples, products, outputs, shifts, samples * products
-    )
-
-
-def operation_cost(
-    model: nn.Module, input_shape: Sequence[int] | None = None, samples: int | None = None
-) -> OperationCost:
-    """Count the shifts and adds of one forward of a PSB model, per input sample.
-
-    Layers that are not PSB (pools, activations, remaining float layers) are not counted.
-
-    Args:
-        model: a model converted with :func:`to_psb`.
-        input_shape: one sample's shape (default ``model.input_shape``).
-        samples: count at this many weight samples (default: each layer's own).
-
-    Raises:
-        ConfigError: no PSB layer, no input shape, or 0 samples (expected weights are
-            not powers of two: their products are multiplications).
-
-    Example:
-        >>> from edgetrain.models import create
-        >>> net = to_psb(create("vgg_small"), samples=4)
-        >>> cost = operation_cost(net)
-        >>> cost.adds == 4 * cost.products
-        True
-    """
-    layers = psb_layers(model)
-    if not layers:
-        raise ConfigError(
-            f"{type(model).__name__} has no PSB layer; convert it first with to_psb(model)"
-        )
-    shape = input_shape or getattr(model, "input_shape", None)
-    if not shape:
-        raise ConfigError("operation_cost needs input_shape for a model without .input_shape")
-    found: list[LayerOps] = []
-    handles = []
-    for name, layer in layers:
-        n = layer.psb.samples if samples is None else samples
-        if n < 1:
-            raise ConfigError(
-                f"operation cost of '{name}' at {n} samples: expected weights are not powers "
-                "of two; count at samples >= 1"
-            )
-        handles.append(
-            layer.register_forward_hook(
-                lambda m, _i, out, name=name, n=n: found.append(_layer_ops(name, m, out, n))
-            )
-        )
-    was_training = model.training
-    try:
-        model.eval()
-        with torch.no_grad():
-            device = next(model.parameters()).device
-            model(torch.zeros(1, *shape, device=device))
-    finally:
-        model.train(was_training)
-        for h in handles:
-            h.remove()
-    return OperationCost(found)
-
-
-@dataclass
-class PSBReport:
-    """What the recipe method ``psb`` did: settings, folded batch-norms, converted layers,
-    and the operation cost of one forward (per input sample)."""
-
-    config: PSBConfig
-    folded: list[str]
-    layers: list[str]
-    cost: OperationCost | None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "method": "psb",
-            **asdict(self.config),
-            "folded": list(self.folded),
-            "layers": list(self.layers),
-            "cost": None if self.cost is None else self.cost.to_dict(),
-            "summary": self.summary(),
-        }
-
-    def summary(self) -> str:
-        ops = (
-            "expected weights (multiplications, not shift-add)"
-            if self.cost is None
-            else f"{self.cost.shifts:,} shifts and {self.cost.adds:,} adds per input"
-        )
-        return (
-            f"psb: {len(self.layers)} layers at {self.config.samples} samples "
-            f"({len(self.folded)} batch-norms folded): {ops}"
-        )
-
-
-def _check_options(options: dict[str, Any]) -> None:
-    PSBConfig(**{k: v for k, v in options.items() if k != "layers"})
-
-
-def _check_model(model: nn.Module, options: dict[str, Any]) -> None:
-    _targets(model, options.get("layers"))
-
-
-@NUMBER_FORMATS.register("psb", check=_check_options, check_model=_check_model, exportable=False)
-def psb(
-    model: nn.Module,
-    *,
-    example_input: torch.Tensor | None = None,
-    samples: int = 8,
-    fixed_point: int | None = None,
-    prune: float = 0.0,
-    p_bits: int | None = None,
-    layers: list[str] | None = None,
-) -> PSBReport:
-    """Progressive stochastic binarization: sampled power-of-two weights, shift-add only."""
-    config = PSBConfig(samples, fixed_point, prune, p_bits)
-    shape = tuple(example_input.shape[1:]) if example_input is not None else None
-    folded, names = _convert(model, config, layers, shape)
-    cost = operation_cost(model, shape) if samples > 0 else None
-    return PSBReport(config, folded, names, cost)

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from edgetrain.compress.psb import psb_layers, set_samples, to_psb
+from edgetrain.compress.psb.layers import psb_layers, set_samples, to_psb
 from edgetrain.engine import Trainer
 from edgetrain.engine.evaluate import evaluate
 from edgetrain.errors import ConfigError
