@@ -10,7 +10,7 @@ Example:
 
 from __future__ import annotations
 
-from edgetrain.runs.build import build_model, build_trainer
+from edgetrain.runs.build import build_model, build_run_model, build_trainer
 from edgetrain.runs.compare import ScenarioRow, compare_schedules, scenario_cases, scenario_table
 from edgetrain.runs.config import (
     DataConfig,
@@ -45,6 +45,7 @@ __all__ = [
     "apply_overrides",
     "build_data",
     "build_model",
+    "build_run_model",
     "build_trainer",
     "compare_schedules",
     "load_config",

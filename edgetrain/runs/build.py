@@ -26,7 +26,7 @@ from edgetrain.runs.config import RunConfig
 from edgetrain.runs.data import build_data
 from edgetrain.runs.reopen import restore_saved_architecture
 
-__all__ = ["build_model", "build_trainer"]
+__all__ = ["build_model", "build_run_model", "build_trainer"]
 
 
 @contextlib.contextmanager
@@ -45,6 +45,7 @@ def build_model(
     num_classes: int | None,
     input_shape: tuple[int, ...],
     load_init: bool = True,
+    freeze: bool = True,
 ) -> tuple[torch.nn.Module, dict[str, Any]]:
     """The configured model; classes, channels and input size default from the data set.
 
@@ -53,6 +54,7 @@ def build_model(
         num_classes: classes of the data set.
         input_shape: one sample's shape.
         load_init: load ``model.init_from`` (skipped on resume, where ``last.pt`` wins).
+        freeze: apply ``model.freeze``.
 
     Returns:
         The model and its plain-data architecture ``{"name", "options"}``.
@@ -89,7 +91,7 @@ def build_model(
         architecture["grown"] = grown
     if init_arch.get("pruned"):
         architecture.update(pruned=True, bypassed=init_arch.get("bypassed", []))
-    if config.model.freeze:
+    if freeze and config.model.freeze:
         models.freeze(model, config.model.freeze)
     return model, architecture
 
@@ -105,6 +107,15 @@ def _check_input(model: torch.nn.Module, name: str, input_shape: tuple[int, ...]
             f"model '{name}' cannot take the data's {shape} inputs ({cause}); "
             "set model.options to match the data set"
         ) from exc
+
+
+def build_run_model(config: RunConfig) -> tuple[torch.nn.Module, tuple[int, ...]]:
+    """The model a run of ``config`` trains (architecture of ``model.init_from``, growth,
+    options defaulted from the data; no weights loaded, nothing frozen) and the data's
+    input shape: what the cost model should count for the run."""
+    info = build_data(config.data, "test").info
+    model, _ = build_model(config, info.num_classes, info.input_shape, False, freeze=False)
+    return model, tuple(info.input_shape)
 
 
 def build_trainer(

@@ -15,12 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from edgetrain import data as data_sets
-from edgetrain import models
 from edgetrain.engine import RunDirectory
 from edgetrain.finetune.costing import optimise_placement, schedule_cost
 from edgetrain.finetune.schedule import DIGITS, Schedule
+from edgetrain.runs.build import build_run_model
 from edgetrain.runs.config import RunConfig, load_config
-from edgetrain.runs.data import build_data
 from edgetrain.runs.grid import GridResult, lr_grid
 
 __all__ = [
@@ -102,8 +101,7 @@ def compare_schedules(
     """Run every case of :func:`scenario_cases` with an LR grid; one row per case (costs
     under ``profile``; ops are its calibrated estimate when it is not ``reference``).
     Rows carry ``best_top5`` when the data set has more than 10 classes."""
-    model = models.create(config.model.name, **config.model.options)
-    shape = tuple(build_data(config.data, "test").info.input_shape)
+    model, shape = build_run_model(config)
     classes = data_sets.describe(config.data.name, **config.data.options).num_classes
     with_top5 = classes > TOP5_MIN_CLASSES
     cases = scenario_cases(schedules, modes)

@@ -16,8 +16,8 @@ from typing import Any
 from edgetrain import models
 from edgetrain.cost import analyze, load_profile
 from edgetrain.errors import ConfigError
+from edgetrain.runs.build import build_run_model
 from edgetrain.runs.config import RunConfig, load_config
-from edgetrain.runs.data import build_data
 from edgetrain.runs.train import start_run
 
 __all__ = ["DepthCase", "sweep_depth", "trainable_forward_macs"]
@@ -63,8 +63,7 @@ def sweep_depth(
     is replaced by the case's freezing.
     """
     tree = config.to_dict()
-    model = models.create(config.model.name, **config.model.options)
-    shape = tuple(build_data(config.data, "test").info.input_shape)
+    model, shape = build_run_model(config)
     layers = [n for n, _ in models.parameter_layers(model)]
     cases = list(depths or range(1, len(layers) + 1))
     bad = [n for n in cases if not 1 <= n <= len(layers)]

@@ -158,6 +158,47 @@ def widen(
         >>> torch.allclose(net(x), y, rtol=1e-4, atol=1e-5)
         True
     """
+    root, n = _widenable(model, layer_name, new_width, noise, init)
+    if new_width == n:
+        return model
+    DG = _graph(model, example_input, f"widen '{layer_name}'")
+    fn = DG.get_pruner_of_module(root).prune_out_channels
+    group = DG.get_pruning_group(root, fn, idxs=list(range(n)))
+    drawn = torch.randint(
+        0, n, (new_width - n,), generator=generator, device=_draw_device(generator)
+    )
+    g = torch.cat([torch.arange(n), drawn.cpu()])
+    count = torch.bincount(g, minlength=n)  # replication count per old channel
+    names = _names(model)
+    param_names: dict[int, list[str]] = {}
+    for pname, param in model.named_parameters(remove_duplicate=False):
+        param_names.setdefault(id(param), []).append(pname)
+    members = _tied_members(DG, group, g, n, names, param_names, layer_name)
+    device = root.weight.device
+    g_dev, count_dev = g.to(device), count.to(device)
+    with torch.no_grad():
+        for entry in members.values():
+            old = entry["module"]
+            if "dim" in entry:  # a bare per-channel parameter: gathered by g
+                index = entry["out"].index.to(old.device)
+                new_p = nn.Parameter(old.detach().index_select(entry["dim"], index))
+                new_p.requires_grad_(old.requires_grad)
+                for pname in param_names[id(old)]:
+                    owner, _, attr = pname.rpartition(".")
+                    setattr(model.get_submodule(owner) if owner else model, attr, new_p)
+                continue
+            new = _grown(
+                old, entry["out"], entry["in"], g_dev, count_dev, n, noise, init, generator
+            )
+            for name in names[id(old)]:
+                set_module(model, name, new)
+    return model
+
+
+def _widenable(
+    model: nn.Module, layer_name: str, new_width: int, noise: float, init: str
+) -> tuple[nn.Module, int]:
+    """The layer to widen and its current width, after checking the request."""
     _check_init(init)
     root = _module(model, layer_name, "widen")
     if not isinstance(root, (*_CONVS, nn.Linear)):
@@ -173,29 +214,30 @@ def widen(
         )
     if noise < 0:
         raise EdgetrainError(f"widen: noise must be >= 0, got {noise}")
-    if new_width == n:
-        return model
-    q = new_width - n
     if isinstance(root, _CONVS) and root.groups != 1:
         raise EdgetrainError(
             f"widen: '{layer_name}' is a grouped convolution (groups={root.groups}); "
             "only groups=1 convolutions can be widened"
         )
+    return root, int(n)
 
-    DG = _graph(model, example_input, f"widen '{layer_name}'")
-    fn = DG.get_pruner_of_module(root).prune_out_channels
-    group = DG.get_pruning_group(root, fn, idxs=list(range(n)))
 
-    device = root.weight.device
-    drawn = torch.randint(0, n, (q,), generator=generator, device=_draw_device(generator))
-    g = torch.cat([torch.arange(n), drawn.cpu()])
-    count = torch.bincount(g, minlength=n)  # replication count per old channel
-    names = _names(model)
-    param_names: dict[int, list[str]] = {}
-    for pname, param in model.named_parameters(remove_duplicate=False):
-        param_names.setdefault(id(param), []).append(pname)
+def _tied_members(
+    DG: Any,
+    group: Any,
+    g: torch.Tensor,
+    n: int,
+    names: dict[int, list[str]],
+    param_names: dict[int, list[str]],
+    layer_name: str,
+) -> dict[int, dict[str, Any]]:
+    """Every module (and bare parameter) tied to the widened channels, with the layout of
+    its output and input channels: ``{id: {"module", "out": _Layout | None, "in": ...}}``.
 
-    # (module id) -> {"module", "out": _Layout | None, "in": _Layout | None}
+    Raises:
+        EdgetrainError: a tied module that widen cannot grow, or a layer whose channels
+            reach the model's output unconsumed.
+    """
     members: dict[int, dict[str, Any]] = {}
     for item in group.items:
         dep, idxs = item.dep, item.idxs
@@ -241,31 +283,12 @@ def widen(
         if entry[side] is None:
             roots = getattr(item, "root_idxs", None)
             entry[side] = _layout(list(idxs), roots, dim_size, g, n, where)
-
     if not any(e["in"] is not None for e in members.values()):
         raise EdgetrainError(
             f"widen: '{layer_name}' feeds the model's output directly; widening it would "
             "change the output size; widen a hidden layer"
         )
-
-    g_dev, count_dev = g.to(device), count.to(device)
-    with torch.no_grad():
-        for entry in members.values():
-            old = entry["module"]
-            if "dim" in entry:  # a bare per-channel parameter: gathered by g
-                index = entry["out"].index.to(old.device)
-                new_p = nn.Parameter(old.detach().index_select(entry["dim"], index))
-                new_p.requires_grad_(old.requires_grad)
-                for pname in param_names[id(old)]:
-                    owner, _, attr = pname.rpartition(".")
-                    setattr(model.get_submodule(owner) if owner else model, attr, new_p)
-                continue
-            new = _grown(
-                old, entry["out"], entry["in"], g_dev, count_dev, n, noise, init, generator
-            )
-            for name in names[id(old)]:
-                set_module(model, name, new)
-    return model
+    return members
 
 
 def _add_parameter(
