@@ -10,7 +10,7 @@ from typing import Any
 import typer
 
 from edgetrain.cli._common import console, err_console, handle_errors
-from edgetrain.cli.train import resolve_recipe, run_and_report
+from edgetrain.cli.train import run_and_report
 from edgetrain.diagnostics import (
     DEFAULT_BUCKETS,
     OCCUPANCY_WARNING,
@@ -118,7 +118,7 @@ def _recipe_with(
 ) -> RunConfig:
     """The recipe ``config`` with ``callback`` last among its callbacks (replacing one of
     the same name), run under ``name`` (default: ``<recipe name>-<suffix>``)."""
-    base = load_config(resolve_recipe(config), list(overrides or []), epochs=epochs, seed=seed)
+    base = load_config(config, list(overrides or []), epochs=epochs, seed=seed)
     tree = base.to_dict()
     tree["name"] = name or f"{base.name}-{suffix}"
     tree["callbacks"] = [c for c in tree["callbacks"] if c.get("name") != callback["name"]]

@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from edgetrain.cli._common import console, handle_errors
-from edgetrain.cli.train import resolve_recipe, run_and_report
+from edgetrain.cli.train import run_and_report
 from edgetrain.errors import ConfigError
 from edgetrain.finetune import MODES, Schedule
 from edgetrain.report.depth import plot_depth
@@ -53,7 +53,7 @@ def run_command(
             parsed = parsed.in_mode(mode)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    base = load_config(resolve_recipe(config), list(set_ or []), epochs=epochs)
+    base = load_config(config, list(set_ or []), epochs=epochs)
     tree = base.to_dict()
     tree["name"] = name or f"{base.name}-{parsed}"
     tree["callbacks"] = [
@@ -82,7 +82,7 @@ def sweep_depth_command(
 
     Example: edgetrain finetune sweep-depth --config digits-finetune --depths 1,2,3,7 --epochs 4
     """
-    base = load_config(resolve_recipe(config), list(set_ or []), epochs=epochs)
+    base = load_config(config, list(set_ or []), epochs=epochs)
     try:
         cases = [int(d) for d in depths.split(",")] if depths else None
     except ValueError:
@@ -151,7 +151,7 @@ def grid_command(
 
     Example: edgetrain finetune grid --config digits-finetune --upper 0.1 --lower 0.005
     """
-    base = load_config(resolve_recipe(config), list(set_ or []), epochs=epochs)
+    base = load_config(config, list(set_ or []), epochs=epochs)
     tree = base.to_dict()
     if schedule:
         try:
@@ -228,7 +228,7 @@ def compare_command(
 
     Example: edgetrain finetune compare --config digits-finetune --upper 0.05 --lower 0.01
     """
-    base = load_config(resolve_recipe(config), list(set_ or []), epochs=epochs)
+    base = load_config(config, list(set_ or []), epochs=epochs)
     try:
         rows = compare_schedules(
             base,

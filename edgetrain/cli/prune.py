@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from edgetrain.cli._common import console, handle_errors
-from edgetrain.cli.train import resolve_recipe, run_and_report
+from edgetrain.cli.train import run_and_report
 from edgetrain.errors import ConfigError
 from edgetrain.prune.callback import PENALTY_MODES
 from edgetrain.report.extract import load_run
@@ -51,7 +51,7 @@ def prune_train_command(
     """
     config = _recipe_argument(config, config_opt)
     overrides = [*(set_ or []), *([f"precision={precision}"] if precision else [])]
-    base = load_config(resolve_recipe(config), overrides, full=full, epochs=epochs, seed=seed)
+    base = load_config(config, overrides, full=full, epochs=epochs, seed=seed)
     tree = base.to_dict()
     tree["name"] = name or f"{base.name}-prunetrain{ratio:g}"
     tree["callbacks"] = [
@@ -164,7 +164,7 @@ def grow_command(
     ops = _grow_ops(list(widen or []), list(deepen or []))
     if not ops:
         raise ConfigError("nothing to grow; pass --widen LAYER=WIDTH and/or --deepen LAYER")
-    base = load_config(resolve_recipe(config), list(set_ or []), epochs=epochs, seed=seed)
+    base = load_config(config, list(set_ or []), epochs=epochs, seed=seed)
     tree = base.to_dict()
     tree["name"] = name or f"{base.name}-grown-{init if from_ else 'scratch'}"
     tree["model"]["grow"] = ops

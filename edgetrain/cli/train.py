@@ -17,24 +17,9 @@ from edgetrain.cli._common import (
     sigterm_as_interrupt,
 )
 from edgetrain.errors import ConfigError
-from edgetrain.recipes import RECIPES
 from edgetrain.report import build_report, load_run
 from edgetrain.report.html import SUMMARY_HEADER, summary_rows
 from edgetrain.runs import RunConfig, RunResult, load_config, resume_run, start_run
-
-
-def resolve_recipe(config: str) -> Path:
-    """A recipe path, or the shipped recipe of that name (``digits-pretrain``)."""
-    path = Path(config)
-    if path.is_file():
-        return path
-    shipped = RECIPES.path(config)
-    if shipped is not None and not path.parent.parts:
-        return shipped
-    raise ConfigError(
-        f"config file '{config}' not found; pass a YAML path or a shipped recipe "
-        f"({', '.join(RECIPES.names())})"
-    )
 
 
 def print_runs(run_dirs: list[Path]) -> None:
@@ -108,7 +93,7 @@ def train_command(
     if config is None:
         raise ConfigError("pass a recipe (e.g. recipes/digits-pretrain.yaml) or --resume")
     cfg = load_config(
-        resolve_recipe(config),
+        config,
         [*(set_ or []), *([f"precision={precision}"] if precision else [])],
         full=full,
         epochs=epochs,

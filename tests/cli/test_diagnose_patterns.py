@@ -133,4 +133,4 @@ def test_bad_input_is_one_line_and_exit_2(cli, recipe, tmp_path, args, message):
 
 def test_missing_recipe_is_one_line_exit_2(cli):
     result = cli("diagnose", "patterns", "--config", "nope.yaml", code=2)
-    assert "config file 'nope.yaml' not found" in result.output
+    assert "recipe 'nope.yaml' not found; pass a YAML path or a shipped name" in result.output
