@@ -6,6 +6,8 @@ red line and exit status 2.
 
 from __future__ import annotations
 
+import warnings
+
 import typer
 
 from edgetrain import __version__
@@ -69,6 +71,12 @@ app.command("export")(export_command)
 app.command("bench")(bench_command)
 
 
+def _one_line_warning(message: Warning | str, category: type[Warning], *_: object) -> str:
+    # A warning for a person at a terminal: what happened, not where in the library.
+    return f"warning: {message}\n"
+
+
 def main() -> None:
     """Entry point of the ``edgetrain`` console script."""
+    warnings.formatwarning = _one_line_warning
     app()

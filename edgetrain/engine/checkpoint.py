@@ -24,6 +24,7 @@ __all__ = [
     "atomic_save",
     "load_checkpoint",
     "load_model_weights",
+    "load_weights",
     "in_modules",
     "resolve_checkpoint",
 ]
@@ -60,26 +61,84 @@ def resolve_checkpoint(path: str | os.PathLike[str], prefer: str = "best") -> Pa
     return p
 
 
-def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> dict:
-    """Load an edgetrain checkpoint with ``weights_only=True``, explaining every failure."""
-    p = resolve_checkpoint(path)
+def _safe_load(p: Path, map_location: str | torch.device) -> Any:
+    """``torch.load(weights_only=True)`` with every failure explained in one line."""
     try:
-        obj = torch.load(p, map_location=map_location, weights_only=True)
+        return torch.load(p, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
         if "Unsupported global" in str(exc) or "Unsupported class" in str(exc):
             raise CheckpointError(
-                f"checkpoint '{p}' holds objects other than tensors and plain data and was "
-                "not loaded (weights_only=True); re-save it as a state_dict"
-            ) from exc
+                f"checkpoint '{p}' refused: it contains objects that are not plain tensors "
+                "and data (loaded with weights_only=True); re-save it as a state_dict"
+            ) from None
         raise _corrupted(p, exc) from exc
     except Exception as exc:  # torch's unpickler raises many types on damaged bytes
         raise _corrupted(p, exc) from exc
+
+
+def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> dict:
+    """Load an edgetrain checkpoint with ``weights_only=True``, explaining every failure."""
+    p = resolve_checkpoint(path)
+    obj = _safe_load(p, map_location)
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         raise CheckpointError(
             f"'{p}' is not an edgetrain checkpoint (expected format {FORMAT}); "
             "load plain state_dicts with torch.load"
         )
     return obj
+
+
+# Prefixes wrappers add to every key: DistributedDataParallel, torch.compile.
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+
+def load_weights(
+    path: str | os.PathLike[str], map_location: str | torch.device = "cpu"
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The model weights in a file, whatever saved them, with ``weights_only=True``.
+
+    Accepts an edgetrain checkpoint (or its run directory), a plain ``state_dict``, or a
+    dict holding one under ``state_dict`` or ``model`` (as many training scripts save);
+    ``module.`` (DistributedDataParallel) and ``_orig_mod.`` (``torch.compile``) prefixes
+    on every key are removed.
+
+    Returns:
+        ``(state_dict, architecture)``: the architecture record of an edgetrain
+        checkpoint (pruned or grown shapes), ``{}`` for other files.
+
+    Raises:
+        CheckpointError: a missing, damaged or unsafe file, or one holding no weights.
+    """
+    p = resolve_checkpoint(path, prefer="best")
+    obj = _safe_load(p, map_location)
+    architecture: dict[str, Any] = {}
+    if isinstance(obj, dict) and obj.get("format") == FORMAT:
+        state, architecture = obj["model"], dict(obj.get("architecture") or {})
+    elif isinstance(obj, dict) and _is_state(obj.get("state_dict")):
+        state = obj["state_dict"]
+    elif isinstance(obj, dict) and _is_state(obj.get("model")):
+        state = obj["model"]
+    elif _is_state(obj):
+        state = obj
+    else:
+        keys = ", ".join(map(str, list(obj)[:6])) if isinstance(obj, dict) else type(obj).__name__
+        raise CheckpointError(
+            f"'{p}' holds no model weights (found: {keys}); pass a state_dict, a dict with "
+            "a 'state_dict' or 'model' entry, or an edgetrain checkpoint"
+        )
+    for prefix in _WRAPPER_PREFIXES:
+        if state and all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix) :]: v for k, v in state.items()}
+    return state, architecture
+
+
+def _is_state(obj: Any) -> bool:
+    """A non-empty mapping of names to tensors (a ``state_dict``)."""
+    return (
+        isinstance(obj, dict)
+        and bool(obj)
+        and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
+    )
 
 
 def _corrupted(path: Path, exc: BaseException) -> CheckpointError:
@@ -92,6 +151,12 @@ def _corrupted(path: Path, exc: BaseException) -> CheckpointError:
 def in_modules(key: str, modules: tuple[str, ...]) -> bool:
     """Whether state key ``key`` belongs to one of the named modules (not a name prefix)."""
     return any(key == m or key.startswith(m + ".") for m in modules)
+
+
+def _listed(what: str, names: list[str], limit: int = 3) -> str:
+    shown = ", ".join(f"'{n}'" if what != "shape" else n for n in names[:limit])
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return f"{what} {shown}{more}"
 
 
 def load_model_weights(
@@ -120,15 +185,17 @@ def load_model_weights(
         if k in own and state[k].shape != own[k].shape
     ]
     if unexpected or missing or mismatched:
-        detail = (
-            f"shape {mismatched[0]}"
-            if mismatched
-            else f"missing '{missing[0]}'"
-            if missing
-            else f"unexpected '{unexpected[0]}'"
-        )
+        parts = [
+            _listed(what, names)
+            for what, names in (
+                ("shape", mismatched),
+                ("missing", missing),
+                ("unexpected", unexpected),
+            )
+            if names
+        ]
         raise CheckpointError(
-            f"checkpoint '{source}' was saved for another architecture ({detail}); "
+            f"checkpoint '{source}' was saved for another architecture ({'; '.join(parts)}); "
             "use a checkpoint of this model, or exclude differing layers (model.init_exclude)"
         )
     model.load_state_dict(state, strict=not exclude)

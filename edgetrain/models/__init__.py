@@ -17,16 +17,20 @@ from edgetrain.models.layers import (
     parameter_layers,
     select_modules,
 )
-from edgetrain.models.registry import MODELS, create, list_models
+from edgetrain.models.registry import MODELS, list_models
+from edgetrain.models.spec import ModelSpec, create, is_model_spec, resolve_model
 
 __all__ = [
     "MODELS",
+    "ModelSpec",
     "WEIGHT_LAYER_TYPES",
     "ZooModel",
     "create",
     "freeze",
     "init_weights",
+    "is_model_spec",
     "list_models",
     "parameter_layers",
+    "resolve_model",
     "select_modules",
 ]

@@ -18,7 +18,7 @@ import torch
 from edgetrain import models
 from edgetrain.cost import trace
 from edgetrain.engine import CALLBACKS, LR_CONTROLLERS, Trainer, build_optimizer, build_scheduler
-from edgetrain.engine.checkpoint import load_checkpoint, load_model_weights, resolve_checkpoint
+from edgetrain.engine.checkpoint import load_model_weights, load_weights, resolve_checkpoint
 from edgetrain.engine.rundir import RunDirectory
 from edgetrain.errors import ConfigError, EdgetrainError, one_line
 from edgetrain.prune.grow import apply_grow_ops
@@ -60,7 +60,7 @@ def build_model(
         The model and its plain-data architecture ``{"name", "options"}``.
     """
     options = dict(config.model.options)
-    params = inspect.signature(models.MODELS.entry(config.model.name).fn).parameters
+    params = inspect.signature(models.resolve_model(config.model.name).fn).parameters
     defaults = {"num_classes": num_classes, "in_channels": input_shape[0] if input_shape else None}
     if len(input_shape) == 3:
         defaults["input_size"] = input_shape[-1]
@@ -75,14 +75,16 @@ def build_model(
     init_arch: dict[str, Any] = {}
     if config.model.init_from and (load_init or Path(config.model.init_from).exists()):
         # On resume only the architecture is taken (pruned or grown); last.pt has weights.
+        # Any weights file: an edgetrain checkpoint, a plain state_dict, {"state_dict": ...}.
         path = resolve_checkpoint(config.model.init_from, prefer="best")
-        ckpt = load_checkpoint(path)
+        state, init_arch = load_weights(path)
         exclude = tuple(n for n, _ in models.select_modules(model, config.model.init_exclude))
-        restore_saved_architecture(model, ckpt, exclude)
+        restore_saved_architecture(model, {"model": state, "architecture": init_arch}, exclude)
         if load_init:
-            load_model_weights(model, ckpt["model"], str(path), exclude)
-        init_arch = ckpt.get("architecture") or {}
+            load_model_weights(model, state, str(path), exclude)
     architecture: dict[str, Any] = {"name": config.model.name, "options": options}
+    if config.model.sha256:  # a model file: reopening warns when it changed
+        architecture["sha256"] = config.model.sha256
     grown = [*init_arch.get("grown", []), *config.model.grow]
     if config.model.grow:
         with _building("model.grow"):

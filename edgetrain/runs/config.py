@@ -32,7 +32,7 @@ from edgetrain.data.transforms import AUGMENTATIONS
 from edgetrain.engine.callbacks.registry import CALLBACKS, LR_CONTROLLERS
 from edgetrain.engine.optim import OPTIMIZERS, SCHEDULER_ARGS, SCHEDULERS
 from edgetrain.errors import ConfigError
-from edgetrain.models import MODELS
+from edgetrain.models import resolve_model
 from edgetrain.prune.grow import GROW_OPS
 from edgetrain.recipes import RECIPES
 from edgetrain.registry import Registry, check_kwargs
@@ -107,9 +107,14 @@ class DataConfig(_Strict):
 
 
 class ModelConfig(_Strict):
-    """Which model, optional initial weights, growth operations, and layers to freeze."""
+    """Which model (a zoo name, ``file.py:fn`` or ``module:fn``), optional initial
+    weights, growth operations, and layers to freeze.
+
+    ``sha256`` is filled in for a file spec: the content hash of the file when the run
+    was configured."""
 
     name: str
+    sha256: str | None = None
     options: dict[str, Any] = Field(default_factory=dict)
     init_from: str | None = None
     init_exclude: list[str] = Field(default_factory=list)
@@ -132,11 +137,17 @@ class ModelConfig(_Strict):
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
-        return _check_registered(MODELS, v)
+        # A file spec is recorded by its absolute path, so the run reopens from anywhere.
+        return resolve_model(v).text
 
     @model_validator(mode="after")
-    def _options(self) -> ModelConfig:
-        check_kwargs(MODELS.entry(self.name).fn, self.options, f"model '{self.name}'")
+    def _spec(self) -> ModelConfig:
+        # ... and by its content hash, so reopening says when the file changed since.
+        spec = resolve_model(self.name)
+        spec.warn_if_changed(self.sha256)
+        spec.check_options(self.options)
+        if spec.sha256 != self.sha256:
+            object.__setattr__(self, "sha256", spec.sha256)
         return self
 
 

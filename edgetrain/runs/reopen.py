@@ -92,9 +92,15 @@ def _model_from_checkpoint(ckpt: dict[str, Any], file: Path) -> nn.Module:
             f"checkpoint '{file}' records no architecture; build the model yourself and "
             "load its weights with edgetrain.engine.load_model_weights"
         )
-    model = models.create(arch["name"], **arch.get("options", {}))
+    spec = models.resolve_model(arch["name"])
+    spec.warn_if_changed(arch.get("sha256"))
+    model = spec.build(**arch.get("options", {}))
     restore_saved_architecture(model, ckpt)
     load_model_weights(model, ckpt["model"], str(file))
+    if not getattr(model, "input_shape", None) and arch.get("input_shape"):
+        # A model of the user's own records no input shape; the run's data does, and
+        # export, compression and the cost model read it where zoo models keep theirs.
+        setattr(model, "input_shape", tuple(arch["input_shape"]))  # noqa: B010
     return model.eval()
 
 

@@ -1,0 +1,200 @@
+"""Model specs: wherever a model is named, a zoo name, ``path/to/file.py:callable`` or
+``package.module:callable``.
+
+The callable is called with the model's options as keyword arguments and must return an
+``nn.Module``. A file spec is resolved to its absolute path, and its content hash is
+kept, so a run reopened later (resume, compress, export, report) builds the same model
+from the same file, and says so when the file changed since.
+
+Example:
+    >>> resolve_model("vgg_small").kind
+    'zoo'
+    >>> spec = resolve_model("torch.nn:Identity")
+    >>> spec.kind, spec.text, type(spec.build()).__name__
+    ('module', 'torch.nn:Identity', 'Identity')
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib
+import importlib.util
+import sys
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from edgetrain.errors import ConfigError, UnknownNameError, one_line
+from edgetrain.models.registry import MODELS
+from edgetrain.registry import check_kwargs
+
+__all__ = ["ModelSpec", "create", "file_digest", "is_model_spec", "resolve_model"]
+
+
+def is_model_spec(text: str) -> bool:
+    """Whether ``text`` names a callable in a file or module rather than a zoo entry."""
+    return ":" in text
+
+
+def file_digest(path: Path) -> str:
+    """The SHA-256 of a file's bytes (hex)."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A resolved model spec.
+
+    Attributes:
+        text: the spec in its resolved form (zoo name, absolute ``file.py:fn`` or
+            ``module:fn``); what run configs and checkpoints record.
+        kind: ``"zoo"``, ``"file"`` or ``"module"``.
+        fn: the callable that builds the model.
+        path: the file of a file spec.
+        sha256: that file's content hash when it was resolved.
+    """
+
+    text: str
+    kind: str
+    fn: Callable[..., Any]
+    path: Path | None = None
+    sha256: str | None = None
+
+    def check_options(self, options: dict[str, Any]) -> dict[str, Any]:
+        """``options`` checked against the callable's signature (one line per mistake)."""
+        return check_kwargs(self.fn, options, f"model '{self.text}'")
+
+    def build(self, **options: Any) -> nn.Module:
+        """Call the spec's callable with ``options``; it must return an ``nn.Module``."""
+        options = self.check_options(options)
+        if self.kind == "zoo":
+            return MODELS.create(self.text, **options)
+        try:
+            model = self.fn(**options)
+        except Exception as exc:
+            why = f"{type(exc).__name__}: {one_line(exc)}"
+            raise ConfigError(f"model '{self.text}' failed to build: {why}") from exc
+        if not isinstance(model, nn.Module):
+            raise ConfigError(
+                f"model '{self.text}' returned a {type(model).__name__}, not a "
+                "torch.nn.Module; return the network from the callable"
+            )
+        return model
+
+    def warn_if_changed(self, recorded: str | None) -> None:
+        """Warn, naming the file, when its content differs from the ``recorded`` hash."""
+        if self.path is not None and recorded and recorded != self.sha256:
+            warnings.warn(
+                f"model file '{self.path}' changed since the run was made (sha256 "
+                f"{recorded[:12]} -> {(self.sha256 or '')[:12]}); the model is built from "
+                "the file as it is now",
+                UserWarning,
+                stacklevel=3,
+            )
+
+
+def resolve_model(text: str) -> ModelSpec:
+    """Resolve a model spec (see the module docstring).
+
+    Raises:
+        ConfigError: an unknown zoo name, a missing file or module, a missing or
+            non-callable attribute, or a file that fails to import, in one line.
+    """
+    if not is_model_spec(text):
+        try:
+            entry = MODELS.entry(text)
+        except UnknownNameError as exc:
+            raise UnknownNameError(f"{exc}; or name your own: path/to/file.py:fn") from None
+        return ModelSpec(text, "zoo", entry.fn)
+    target, _, attr = text.rpartition(":")
+    if not target or not attr.isidentifier():
+        raise ConfigError(
+            f"model spec '{text}' must look like path/to/file.py:callable or "
+            "package.module:callable"
+        )
+    if target.endswith(".py") or "/" in target or "\\" in target:
+        return _from_file(text, Path(target), attr)
+    return _from_module(text, target, attr)
+
+
+def _from_file(text: str, path: Path, attr: str) -> ModelSpec:
+    path = path.expanduser().resolve()
+    if not path.is_file():
+        raise ConfigError(f"model spec '{text}': file '{path}' not found; check the path")
+    digest = file_digest(path)
+    name = f"edgetrain_user_model_{hashlib.sha256(str(path).encode()).hexdigest()[:12]}"
+    module = sys.modules.get(name)
+    if module is None or getattr(module, "__edgetrain_sha256__", None) != digest:
+        loader_spec = importlib.util.spec_from_file_location(name, path)
+        if loader_spec is None or loader_spec.loader is None:
+            raise ConfigError(f"model spec '{text}': '{path}' is not a Python file")
+        module = importlib.util.module_from_spec(loader_spec)
+        sys.modules[name] = module  # dataclasses and pickling look their module up
+        try:
+            loader_spec.loader.exec_module(module)
+        except Exception as exc:
+            del sys.modules[name]
+            raise ConfigError(
+                f"model spec '{text}': importing '{path}' failed: {one_line(exc)}"
+            ) from exc
+        module.__edgetrain_sha256__ = digest  # type: ignore[attr-defined]
+    fn = _attribute(text, module, attr, f"'{path}'")
+    return ModelSpec(f"{path}:{attr}", "file", fn, path, digest)
+
+
+def _from_module(text: str, target: str, attr: str) -> ModelSpec:
+    cwd = str(Path.cwd())
+    added = cwd not in sys.path
+    if added:  # importable from the current directory, as the spec says
+        sys.path.insert(0, cwd)
+    try:
+        module = importlib.import_module(target)
+    except ModuleNotFoundError as exc:
+        raise ConfigError(
+            f"model spec '{text}': module '{target}' not found ({one_line(exc)}); run from "
+            "its folder or put it on the Python path"
+        ) from exc
+    except Exception as exc:
+        raise ConfigError(
+            f"model spec '{text}': importing '{target}' failed: {one_line(exc)}"
+        ) from exc
+    finally:
+        if added:
+            sys.path.remove(cwd)
+    return ModelSpec(text, "module", _attribute(text, module, attr, f"module '{target}'"))
+
+
+def _attribute(text: str, module: Any, attr: str, where: str) -> Callable[..., Any]:
+    fn = getattr(module, attr, None)
+    if fn is None:
+        public = sorted(n for n, v in vars(module).items() if callable(v) and not n.startswith("_"))
+        hint = f"; callables there: {', '.join(public[:8])}" if public else ""
+        raise ConfigError(f"model spec '{text}': {where} has no '{attr}'{hint}")
+    if not callable(fn):
+        raise ConfigError(f"model spec '{text}': '{attr}' in {where} is not callable")
+    return fn
+
+
+def create(name: str, *, device: str | torch.device | None = None, **kwargs: Any) -> nn.Module:
+    """Build a model from a zoo name or a model spec.
+
+    Args:
+        name: a zoo name (``edgetrain models`` lists them), ``path/to/file.py:fn`` or
+            ``package.module:fn``.
+        device: build directly on this device; ``"meta"`` allocates no memory (analysis).
+        **kwargs: model options such as ``in_channels`` and ``num_classes``.
+
+    Example:
+        >>> m = create("resnet20", num_classes=10, device="meta")
+        >>> sum(p.numel() for p in m.parameters())
+        272474
+    """
+    spec = resolve_model(name)
+    with torch.device(device) if device is not None else contextlib.nullcontext():
+        return spec.build(**kwargs)

@@ -1,0 +1,95 @@
+"""A model of the user's own, named by file, through train, cost, export, compress and
+report, and reopened in a fresh process from another folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+NETS = """
+import torch.nn.functional as F
+from torch import nn
+
+
+class Block(nn.Module):  # depthwise-separable, functional activations
+    def __init__(self, c_in, c_out):
+        super().__init__()
+        self.dw = nn.Conv2d(c_in, c_in, 3, padding=1, groups=c_in, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_in)
+        self.pw = nn.Conv2d(c_in, c_out, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+
+    def forward(self, x):
+        return F.relu(self.bn2(self.pw(F.relu(self.bn1(self.dw(x))))))
+
+
+def ds_net(in_channels=1, num_classes=10, width=8):
+    return nn.Sequential(
+        nn.Conv2d(in_channels, width, 3, padding=1), nn.ReLU(), Block(width, 2 * width),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2 * width, num_classes),
+    )
+"""
+
+RECIPE = """
+name: mine
+epochs: 1
+data: {name: digits, batch_size: 32}
+model: {name: ./nets.py:ds_net, options: {width: 8}}
+optimizer: {name: sgd, lr: 0.05, momentum: 0.9}
+"""
+
+COMPRESS = """
+version: 1
+pruners:
+  p: {method: l1_filter, sparsity: 0.5, layers: ["2.pw"]}
+export: {opset: 17}
+"""
+
+
+def _edgetrain(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
+    return subprocess.run(
+        [sys.executable, "-m", "edgetrain.cli", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_a_model_file_through_every_command(cli, tmp_path: Path) -> None:
+    (tmp_path / "nets.py").write_text(NETS)
+    (tmp_path / "mine.yaml").write_text(RECIPE)
+    (tmp_path / "compress.yaml").write_text(COMPRESS)
+    out = cli("cost", "./nets.py:ds_net", "--input", "1x8x8", "--format", "json").output
+    assert json.loads(out)["inference"]["forward_macs"] > 0
+    cli("train", "mine.yaml", "--no-progress", "--no-report")
+    config = yaml.safe_load((tmp_path / "runs" / "mine" / "config.yaml").read_text())
+    assert config["model"]["name"] == f"{tmp_path / 'nets.py'}:ds_net"
+    assert len(config["model"]["sha256"]) == 64
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    run = str(tmp_path / "runs" / "mine")
+    done = _edgetrain("export", run, "--out", "m.onnx", cwd=elsewhere)
+    assert done.returncode == 0, done.stderr
+    assert "input Nx1x8x8" in done.stdout and (elsewhere / "m.onnx").is_file()
+    recipe = str(tmp_path / "compress.yaml")
+    done = _edgetrain("compress", run, "--recipe", recipe, "--out", "c", cwd=elsewhere)
+    assert done.returncode == 0, done.stderr
+    report = json.loads((elsewhere / "c" / "compress.json").read_text())
+    assert report["params_after"] < report["params_before"]
+    done = _edgetrain("train", "--resume", run, "--epochs", "2", "--no-progress", cwd=elsewhere)
+    assert done.returncode == 0, done.stderr
+    assert "changed since" not in done.stderr
+
+    (tmp_path / "nets.py").write_text(NETS + "\n# edited\n")
+    done = _edgetrain("export", run, "--out", "m2.onnx", cwd=elsewhere)
+    assert done.returncode == 0, done.stderr
+    assert f"warning: model file '{tmp_path / 'nets.py'}' changed since the run" in done.stderr
