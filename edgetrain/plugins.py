@@ -24,6 +24,7 @@ PLUGINS: dict[str, tuple[str, ...]] = {
         "edgetrain.data.keywords",
         "edgetrain.data.speech_commands",
         "edgetrain.data.image_folder",
+        "edgetrain.data.arrays",
     ),
     "domain shift": ("edgetrain.data.transforms",),
     "augmentation": ("edgetrain.data.transforms",),

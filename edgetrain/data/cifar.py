@@ -272,7 +272,7 @@ def _build(
     return ArrayDataset(images, torch.from_numpy(labels), info)
 
 
-@DATASETS.register("cifar10", task="classification", offline=False)
+@DATASETS.register("cifar10", task="classification", offline=False, paths=("root",))
 def cifar10(
     split: str = "train", root: str | os.PathLike[str] | None = None, download: bool = False
 ) -> ArrayDataset:
@@ -291,7 +291,7 @@ def cifar10(
     return _build(_CIFAR10, split, root, download, "labels", "label_names", {})
 
 
-@DATASETS.register("cifar100", task="classification", offline=False)
+@DATASETS.register("cifar100", task="classification", offline=False, paths=("root",))
 def cifar100(
     split: str = "train",
     root: str | os.PathLike[str] | None = None,

@@ -108,7 +108,7 @@ def _read_images(items: list[_Item], size: int | None, channels: int) -> torch.T
     return torch.from_numpy(np.stack(arrays))
 
 
-@DATASETS.register("image-folder", task="classification", offline=False)
+@DATASETS.register("image-folder", task="classification", offline=False, paths=("root",))
 def image_folder(
     split: str = "train",
     root: str | os.PathLike[str] | None = None,

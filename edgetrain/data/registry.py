@@ -1,6 +1,8 @@
 """The data set registry: ``create(name, split, **kw)``, ``list_datasets()``, ``describe(name)``.
 
 A registered builder has the signature ``builder(split, **options) -> ArrayDataset``.
+Builders that read the user's files name those options in ``paths=(...)``: run configs
+record them as absolute paths, so a run reopens from any folder.
 Parametric families register with ``parametric=True`` and receive the part after the
 colon as ``variant`` (``"ucr:GunPoint"`` -> ``variant="GunPoint"``).
 """

@@ -117,7 +117,7 @@ def _prepared(
     return splits, mean, std
 
 
-@DATASETS.register("speech-commands", task="classification", offline=False)
+@DATASETS.register("speech-commands", task="classification", offline=False, paths=("root",))
 def speech_commands(
     split: str = "train",
     root: str | Path | None = None,

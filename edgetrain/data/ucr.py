@@ -195,7 +195,9 @@ def ucr(split: str = "train", variant: str | None = None, znormalize: bool = Tru
     return _build(f"ucr:{name}", split, train, test, znormalize, f"{_SOURCE} ({name})")
 
 
-@DATASETS.register("ts-file", task="classification", offline=False)
+@DATASETS.register(
+    "ts-file", task="classification", offline=False, paths=("train_path", "test_path")
+)
 def ts_file(
     split: str = "train",
     train_path: str | os.PathLike[str] | None = None,

@@ -103,6 +103,11 @@ class DataConfig(_Strict):
     def _options(self) -> DataConfig:
         entry = DATASETS.entry(self.name)
         check_kwargs(entry.fn, self.options, f"data set '{self.name}'", reserved=("split",))
+        # The user's files by absolute path: the run reopens from any folder.
+        for key in entry.meta.get("paths", ()):
+            value = self.options.get(key)
+            if value is not None and not Path(str(value)).is_absolute():
+                self.options[key] = str(Path(str(value)).expanduser().resolve())
         return self
 
 

@@ -93,3 +93,65 @@ def test_a_model_file_through_every_command(cli, tmp_path: Path) -> None:
     done = _edgetrain("export", run, "--out", "m2.onnx", cwd=elsewhere)
     assert done.returncode == 0, done.stderr
     assert f"warning: model file '{tmp_path / 'nets.py'}' changed since the run" in done.stderr
+
+
+NPZ_RECIPE = """
+name: npz
+epochs: 2
+data: {name: arrays, options: {path: data/train.npz, test_path: data/test.npz}, batch_size: 16}
+model: {name: ./nets.py:ds_net, options: {width: 8}}
+optimizer: {name: sgd, lr: 0.05, momentum: 0.9}
+"""
+
+SWEEP = """
+name: s
+method: random
+metric: {name: latency_ms}
+parameters:
+  p.sparsity: {min: 0.0, max: 0.75}
+budget: {trials: 2}
+recipe: sweep-recipe.yaml
+model: runs/npz
+runtime: {runs: 5, repeats: 1, warmup: 1}
+"""
+
+
+def _npz(path: Path, n: int, seed: int) -> None:
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % 3
+    x = rng.normal(size=(n, 2, 8, 8)) + y.reshape(-1, 1, 1, 1)
+    np.savez(path, x=x.astype(np.float32), y=y)
+
+
+def test_own_arrays_and_own_model_through_train_and_sweep(cli, tmp_path: Path) -> None:
+    (tmp_path / "nets.py").write_text(NETS)
+    (tmp_path / "data").mkdir()
+    _npz(tmp_path / "data" / "train.npz", 48, 0)
+    _npz(tmp_path / "data" / "test.npz", 24, 1)
+    (tmp_path / "npz.yaml").write_text(NPZ_RECIPE)
+    cli("train", "npz.yaml", "--no-progress", "--no-report")
+    from edgetrain.engine import load_checkpoint
+
+    arch = load_checkpoint(tmp_path / "runs" / "npz" / "checkpoints" / "last.pt")["architecture"]
+    # channels and classes come from the arrays, as for a zoo model
+    assert arch["options"] == {"width": 8, "in_channels": 2, "num_classes": 3}
+    assert arch["input_shape"] == [2, 8, 8] and arch["data"] == "arrays"
+    (tmp_path / "sweep-recipe.yaml").write_text(
+        "version: 1\npruners:\n  p: {method: l1_filter, sparsity: 0.5, layers: ['2.pw']}\n"
+    )
+    (tmp_path / "sweep.yaml").write_text(SWEEP)
+    done = _edgetrain("sweep", "run", "sweep.yaml", "--no-progress", "--no-report", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    metrics = [
+        json.loads(p.read_text())
+        for p in (tmp_path / "runs" / "s" / "trials").glob("*/metrics.json")
+    ]
+    assert len(metrics) == 2 and all(m["latency_ms"] > 0 for m in metrics)
+    config = yaml.safe_load((tmp_path / "runs" / "npz" / "config.yaml").read_text())
+    assert config["data"]["options"]["path"] == str(tmp_path / "data" / "train.npz")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    done = _edgetrain("report", str(tmp_path / "runs" / "npz"), "--scenario", cwd=elsewhere)
+    assert done.returncode == 0, done.stderr

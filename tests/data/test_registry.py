@@ -52,11 +52,11 @@ def test_offline_entry_contract(name):
 @pytest.mark.parametrize("name", NEEDS_FILES)
 def test_file_loaders_name_the_missing_input(name, tmp_path):
     missing = tmp_path / "absent"
-    options = (
-        {"train_path": missing / "a_TRAIN.ts", "test_path": missing / "a_TEST.ts"}
-        if name == "ts-file"
-        else {"root": missing}
-    )
+    options = {
+        "ts-file": {"train_path": missing / "a_TRAIN.ts", "test_path": missing / "a_TEST.ts"},
+        "arrays": {"path": str(missing / "train.npz")},
+        "csv": {"path": str(missing / "train.csv")},
+    }.get(name, {"root": missing})
     with pytest.raises(DataError) as err:
         data.create(name, "train", **options)
     message = str(err.value)
