@@ -156,7 +156,9 @@ def _steps_table(report: CostReport) -> Table:
 @app.command("analyze")
 @handle_errors
 def analyze_command(
-    model: str = typer.Argument(..., help="Zoo model name (edgetrain models)."),
+    model: str = typer.Argument(
+        ..., help="Zoo model name (edgetrain models), path/to/file.py:fn or module:fn."
+    ),
     input_shape: str = typer.Option(
         None, "--input", help="One sample's shape, e.g. 3x32x32 (default: the model's)."
     ),
@@ -227,7 +229,8 @@ def calibrate_command(
     ),
     model: str = typer.Option(
         None,
-        help="Anchor the per-step offset on a measured training step of this zoo model: "
+        help="Anchor the per-step offset on a measured training step of this model (zoo "
+        "name or file.py:fn): "
         "the profile then predicts that model's whole step, fixed costs included.",
     ),
     input_shape: str = typer.Option(

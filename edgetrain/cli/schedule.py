@@ -26,7 +26,7 @@ app = typer.Typer(
     add_completion=False,
 )
 
-MODEL_HELP = "Zoo model name."
+MODEL_HELP = "Zoo model name, path/to/file.py:fn or module:fn."
 INPUT_HELP = "One sample's shape, e.g. 3x32x32 (default: the model's)."
 
 
