@@ -110,3 +110,68 @@ def test_a_batchnorm_after_a_nonlinearity_is_not_folded():
         assert fold_batchnorm(model, (1, 8, 8)) == []
         with torch.no_grad():
             assert _relative_error(model(x), before) < 1e-5
+
+
+class _DenseBlock(nn.Module):
+    """conv -> bn, and the conv's output also concatenated (DenseNet-style)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(2, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+        self.head = nn.Conv2d(8, 3, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        return self.head(torch.cat([torch.relu(self.bn(y)), y], dim=1))
+
+
+class _PreActivation(nn.Module):
+    """out = conv(x); out + relu(bn(out)): the conv's output is the residual too."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(2, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+        self.conv2 = nn.Conv2d(4, 4, 3, padding=1)
+        self.bn2 = nn.BatchNorm2d(4)  # this pair is a plain conv-BN and folds
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.conv(x)
+        return self.bn2(self.conv2(out + torch.relu(self.bn(out))))
+
+
+class _Shared(nn.Module):
+    """One conv-BN pair run twice."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(2, 2, 3, padding=1)
+        self.bn = nn.BatchNorm2d(2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(self.conv(self.bn(self.conv(x))))
+
+
+@pytest.mark.parametrize(
+    ("model", "folded", "needle"),
+    [
+        (_DenseBlock, [], "the output of 'conv' also feeds another op"),
+        (_PreActivation, ["bn2"], "the output of 'conv' also feeds another op"),
+        (_Shared, [], "runs more than once per forward"),
+    ],
+)
+def test_a_shared_output_is_never_folded(model, folded, needle) -> None:
+    torch.manual_seed(0)
+    net = model()
+    for m in net.modules():  # statistics far from identity, so a wrong fold shows
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-1, 1)
+            m.running_var.uniform_(0.5, 2)
+            m.weight.data.uniform_(0.5, 2)
+    net.eval()
+    x = torch.randn(3, 2, 6, 6)
+    before = net(x)
+    with pytest.warns(RuntimeWarning, match=needle):
+        assert fold_batchnorm(net, (2, 6, 6)) == folded
+    assert torch.allclose(net(x), before, atol=1e-5)
