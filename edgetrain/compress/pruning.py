@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from edgetrain.errors import ConfigError
-from edgetrain.models import WEIGHT_LAYER_TYPES, parameter_layers
+from edgetrain.models import WEIGHT_LAYER_TYPES, output_layers
 from edgetrain.prune.graph import ChannelGroup, channel_groups
 from edgetrain.registry import Registry
 
@@ -71,10 +71,10 @@ class TiedLayers:
         return len(self.producers) > 1
 
 
-def output_layer(model: nn.Module, example: torch.Tensor) -> str | None:
-    """The layer the model's outputs come from (the last conv/linear a forward calls)."""
-    layers = parameter_layers(model, tuple(example.shape[1:]))
-    return layers[-1][0] if layers else None
+def output_layer(model: nn.Module, example: torch.Tensor) -> list[str]:
+    """The layers whose outputs are the model's outputs (their channels are the classes),
+    from the traced forward or ``model.output_layer``."""
+    return output_layers(model, tuple(example.shape[1:]))
 
 
 def _producers(group: ChannelGroup, order: dict[str, int]) -> tuple[str, ...]:
@@ -116,7 +116,7 @@ def check_prunable(
             outputs are fixed, or a layer listed without the layers tied to it.
     """
     tied = tied if tied is not None else tied_layers(model, example)
-    out = output_layer(model, example)
+    outputs = output_layer(model, example)
     listed = set(layers)
     targets: dict[int, TiedLayers] = {}
     for name in layers:
@@ -126,7 +126,7 @@ def check_prunable(
                 f"{what}: '{name}' is a {type(module).__name__}, not a conv or linear layer; "
                 "list the conv/linear layers whose filters to remove (e.g. 'layer1.*.conv1')"
             )
-        if name == out:
+        if name in outputs:
             raise ConfigError(
                 f"{what}: '{name}' is the model's output layer (its outputs are the classes) "
                 "and cannot lose filters; remove it from layers"

@@ -72,8 +72,12 @@ class SensitivityRow:
 
 
 def _prunable(model: nn.Module, names: Sequence[str], example: torch.Tensor) -> list[str]:
-    out = output_layer(model, example)
-    return [n for n in names if isinstance(model.get_submodule(n), WEIGHT_LAYER_TYPES) and n != out]
+    outputs = output_layer(model, example)
+    return [
+        n
+        for n in names
+        if isinstance(model.get_submodule(n), WEIGHT_LAYER_TYPES) and n not in outputs
+    ]
 
 
 def sensitivity_targets(

@@ -14,6 +14,7 @@ from edgetrain.models.layers import (
     ZooModel,
     freeze,
     init_weights,
+    output_layers,
     parameter_layers,
     select_modules,
 )
@@ -29,6 +30,7 @@ __all__ = [
     "freeze",
     "init_weights",
     "is_model_spec",
+    "output_layers",
     "list_models",
     "parameter_layers",
     "resolve_model",

@@ -2,9 +2,10 @@
 
 Freezing, layer schedules and the cost model all speak of "the last N layers", so every
 model needs one ordered list of its weight layers (convolutions and linears; their
-batch-norms travel with them). The order is the order in which a forward pass *calls*
-them, found by tracing one forward on the meta device (no real memory is used), and
-falls back to registration order when no input shape is known.
+batch-norms travel with them). The order is the order in which a forward pass *uses*
+them (reads their parameters), found by tracing one forward on the meta device (no real
+memory is used), and falls back to registration order when no input shape is known.
+The same trace finds the output layers: those whose outputs are the model's outputs.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 from edgetrain._modules import select_modules
 
@@ -21,6 +24,7 @@ __all__ = [
     "ZooModel",
     "freeze",
     "init_weights",
+    "output_layers",
     "parameter_layers",
     "select_modules",
 ]
@@ -33,10 +37,74 @@ WEIGHT_LAYER_TYPES: tuple[type[nn.Module], ...] = (
 )
 
 
+class _ParameterUse(TorchDispatchMode):
+    """Follows one forward at the dispatch level: the order in which weight layers' own
+    parameters are first read, and, for every tensor, the weight layers nearest upstream
+    of it (an op reading a weight layer's parameters starts a new set; any other op passes
+    on the union of its inputs' sets)."""
+
+    def __init__(self, owners: dict[int, str]) -> None:
+        super().__init__()
+        self.owners = owners  # id(meta parameter, or a view of one) -> weight layer
+        self.order: dict[str, int] = {}
+        self.sources: dict[int, frozenset[str]] = {}
+        self.alive: list[torch.Tensor] = []  # keeps ids unique while tracing
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+        out = func(*args, **(kwargs or {}))
+        leaves = [t for t in tree_flatten((args, kwargs or {}))[0] if isinstance(t, torch.Tensor)]
+        layers = {self.owners[id(t)] for t in leaves if id(t) in self.owners}
+        outs = [t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)]
+        acts = [t for t in leaves if id(t) in self.sources]
+        if layers and not acts:  # a view or cast of a weight: still that layer's weight
+            for t in outs:
+                self.owners[id(t)] = next(iter(layers))
+                self.alive.append(t)
+            return out
+        for name in sorted(layers):
+            self.order.setdefault(name, len(self.order))
+        tag = (
+            frozenset(layers) if layers else frozenset().union(*(self.sources[id(t)] for t in acts))
+        )
+        for t in outs:
+            self.sources[id(t)] = tag
+            self.alive.append(t)
+        return out
+
+
+def _trace(model: nn.Module, shape: Sequence[int]) -> tuple[_ParameterUse, list[frozenset[str]]]:
+    """One meta-device forward under :class:`_ParameterUse`; also the sources of every
+    output tensor."""
+    layers = {n for n, m in model.named_modules() if isinstance(m, WEIGHT_LAYER_TYPES)}
+    meta: dict[str, torch.Tensor] = {}
+    owners: dict[int, str] = {}
+    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+        meta[name] = torch.empty_like(tensor, device="meta")
+        owner = name.rpartition(".")[0]
+        if owner in layers:
+            owners[id(meta[name])] = owner
+    mode = _ParameterUse(owners)
+    x = torch.empty(1, *shape, device="meta")
+    mode.sources[id(x)] = frozenset()
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad(), mode:
+            output = torch.func.functional_call(model, meta, (x,))
+    finally:
+        model.train(was_training)
+    outs = [t for t in tree_flatten(output)[0] if isinstance(t, torch.Tensor)]
+    return mode, [mode.sources.get(id(t), frozenset()) for t in outs]
+
+
 def parameter_layers(
     model: nn.Module, input_shape: Sequence[int] | None = None
 ) -> list[tuple[str, nn.Module]]:
-    """The model's weight layers ``(name, module)`` in the order a forward pass calls them.
+    """The model's weight layers ``(name, module)`` in the order a forward pass uses them.
+
+    A layer's place is where its parameters are first read, so a layer whose weights a
+    parent module uses directly (``nn.MultiheadAttention``'s ``out_proj``) is ordered
+    where it runs, not after the classifier.
 
     Args:
         model: any module.
@@ -52,27 +120,35 @@ def parameter_layers(
     shape = input_shape if input_shape is not None else getattr(model, "input_shape", None)
     if shape is None:
         return layers
-    order: dict[str, int] = {}
+    mode, _ = _trace(model, shape)
+    # Layers the forward never used (dead branches) keep registration order at the end.
+    return sorted(layers, key=lambda nm: mode.order.get(nm[0], len(mode.order)))
 
-    def record(name: str) -> None:
-        order.setdefault(name, len(order))
 
-    handles = [m.register_forward_pre_hook(lambda _m, _a, n=n: record(n)) for n, m in layers]
-    meta_state = {
-        k: torch.empty_like(v, device="meta")
-        for k, v in [*model.named_parameters(), *model.named_buffers()]
-    }
-    was_training = model.training
-    try:
-        model.eval()
-        with torch.no_grad():
-            torch.func.functional_call(model, meta_state, (torch.empty(1, *shape, device="meta"),))
-    finally:
-        model.train(was_training)
-        for h in handles:
-            h.remove()
-    # Layers the forward never called (dead branches) keep registration order at the end.
-    return sorted(layers, key=lambda nm: order.get(nm[0], len(order)))
+def output_layers(model: nn.Module, input_shape: Sequence[int] | None = None) -> list[str]:
+    """The weight layers whose outputs are the model's outputs (their output channels are
+    the classes), found by following the traced forward back from the outputs; or what
+    the model names itself in ``model.output_layer`` (a name or a list of names).
+
+    Example:
+        >>> from edgetrain.models import create
+        >>> output_layers(create("resnet20"))
+        ['fc']
+    """
+    named = getattr(model, "output_layer", None)
+    if named:
+        names = [named] if isinstance(named, str) else list(named)
+        for name in names:
+            model.get_submodule(name)  # an unknown name fails here, naming it
+        return names
+    shape = input_shape if input_shape is not None else getattr(model, "input_shape", None)
+    if shape is None:
+        layers = [n for n, m in model.named_modules() if isinstance(m, WEIGHT_LAYER_TYPES)]
+        return layers[-1:]
+    _, sources = _trace(model, shape)
+    found: set[str] = set().union(*sources) if sources else set()
+    order = {n: i for i, (n, _) in enumerate(model.named_modules())}
+    return sorted(found, key=order.__getitem__)
 
 
 class ZooModel(nn.Module):

@@ -19,7 +19,8 @@ from torch import nn
 
 from edgetrain._optional import require
 from edgetrain.errors import ConfigError, one_line
-from edgetrain.models import WEIGHT_LAYER_TYPES, parameter_layers
+from edgetrain.models import WEIGHT_LAYER_TYPES
+from edgetrain.models import output_layers as find_output_layers
 from edgetrain.models.surgery import ChannelBias
 
 __all__ = [
@@ -201,7 +202,8 @@ def channel_groups(
     """Every group of coupled channels whose channels may change.
 
     The model's outputs are fixed: the output channels of ``output_layers`` (default:
-    the last parameter layer, the classifier) form no group. The input channels of the
+    the layers whose outputs are the model's outputs, as the traced forward shows, or
+    ``model.output_layer``) form no group. The input channels of the
     first layer are never a group either (they are the data's channels).
 
     Args:
@@ -215,8 +217,7 @@ def channel_groups(
     graph = graph if graph is not None else build_graph(model, example)
     names = {m: n for n, m in model.named_modules()}
     if output_layers is None:
-        layers = parameter_layers(model, tuple(example.shape[1:]))
-        output_layers = [layers[-1][0]] if layers else []
+        output_layers = find_output_layers(model, tuple(example.shape[1:]))
     ignored = [model.get_submodule(n) for n in output_layers]
     groups: list[ChannelGroup] = []
     for group in graph.get_all_groups(

@@ -71,6 +71,8 @@ def build_model(
             options.setdefault(key, value)
     with _building(f"model '{config.model.name}'"):
         model = models.create(config.model.name, **options)
+    if config.model.output_layer:
+        _name_output_layer(model, config.model.output_layer)
     _check_input(model, config.model.name, input_shape)
     init_arch: dict[str, Any] = {}
     if config.model.init_from and (load_init or Path(config.model.init_from).exists()):
@@ -85,6 +87,8 @@ def build_model(
     architecture: dict[str, Any] = {"name": config.model.name, "options": options}
     if config.model.sha256:  # a model file: reopening warns when it changed
         architecture["sha256"] = config.model.sha256
+    if config.model.output_layer:
+        architecture["output_layer"] = config.model.output_layer
     grown = [*init_arch.get("grown", []), *config.model.grow]
     if config.model.grow:
         with _building("model.grow"):
@@ -96,6 +100,20 @@ def build_model(
     if freeze and config.model.freeze:
         models.freeze(model, config.model.freeze)
     return model, architecture
+
+
+def _name_output_layer(model: torch.nn.Module, names: str | list[str]) -> None:
+    """Record the model's output layers on it, where every technique looks for them."""
+    for name in [names] if isinstance(names, str) else names:
+        try:
+            model.get_submodule(name)
+        except AttributeError:
+            layers = [n for n, _ in models.parameter_layers(model)]
+            raise ConfigError(
+                f"model.output_layer: the model has no layer '{name}'; its weight layers: "
+                f"{', '.join(layers[-6:])}"
+            ) from None
+    setattr(model, "output_layer", names)  # noqa: B010 - a plain attribute on the module
 
 
 def _check_input(model: torch.nn.Module, name: str, input_shape: tuple[int, ...]) -> None:

@@ -97,6 +97,8 @@ def _model_from_checkpoint(ckpt: dict[str, Any], file: Path) -> nn.Module:
     model = spec.build(**arch.get("options", {}))
     restore_saved_architecture(model, ckpt)
     load_model_weights(model, ckpt["model"], str(file))
+    if arch.get("output_layer"):
+        setattr(model, "output_layer", arch["output_layer"])  # noqa: B010
     if not getattr(model, "input_shape", None) and arch.get("input_shape"):
         # A model of the user's own records no input shape; the run's data does, and
         # export, compression and the cost model read it where zoo models keep theirs.
