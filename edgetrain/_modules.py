@@ -1,4 +1,5 @@
-"""Selecting a model's modules by name: exact names, shell-style globs or ``re:<regex>``.
+"""Selecting a model's modules by name (exact names, shell-style globs, ``re:<regex>``) or
+by kind (``type:Conv2d``).
 
 Shared by everything that names layers (freezing, checkpoint exclusion, cost-model plans).
 """
@@ -23,7 +24,9 @@ def param_owners(model: nn.Module) -> list[str]:
 
 def select_modules(model: nn.Module, patterns: Sequence[str]) -> list[tuple[str, nn.Module]]:
     """Modules whose name equals a pattern, matches a shell-style glob (``layer1.*.conv1``;
-    ``*`` also matches dots, as in :mod:`fnmatch`) or a ``re:<regex>`` pattern (fullmatch).
+    ``*`` also matches dots, as in :mod:`fnmatch`) or a ``re:<regex>`` pattern (fullmatch),
+    or whose class (or a base class) is called as a ``type:<ClassName>`` pattern says
+    (``type:Linear`` also selects ``nn.MultiheadAttention``'s ``out_proj``).
 
     Raises:
         EdgetrainError: naming a pattern that matches nothing (or is not a valid regex),
@@ -35,6 +38,8 @@ def select_modules(model: nn.Module, patterns: Sequence[str]) -> list[tuple[str,
         >>> [n for n, _ in select_modules(net, ["re:[02]"])]
         ['0', '2']
         >>> [n for n, _ in select_modules(net, ["[!1]"])]
+        ['0', '2']
+        >>> [n for n, _ in select_modules(net, ["type:Linear"])]
         ['0', '2']
     """
     named = dict(model.named_modules())
@@ -48,6 +53,13 @@ def select_modules(model: nn.Module, patterns: Sequence[str]) -> list[tuple[str,
                     f"layer pattern '{pattern}' is not a valid regex ({exc})"
                 ) from None
             hits = {n: m for n, m in named.items() if n and rx.fullmatch(n)}
+        elif pattern.startswith("type:"):
+            kind = pattern[5:]
+            hits = {
+                n: m
+                for n, m in named.items()
+                if n and any(c.__name__ == kind for c in type(m).__mro__)
+            }
         elif any(c in pattern for c in "*?["):  # module names never hold these characters
             hits = {n: m for n, m in named.items() if n and fnmatch.fnmatchcase(n, pattern)}
         else:

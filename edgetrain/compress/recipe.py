@@ -322,9 +322,17 @@ class Recipe(_Strict):
         """
         resolved: dict[str, list[str]] = {}
         owner: dict[str, str] = {}
+        prunable: list[str] | None = None
         for label, spec in self.pruners.items():
             names: list[str] = []
             for pattern in spec.layers:
+                if pattern == "*" or pattern.startswith("type:"):
+                    # By kind: among the layers whose filters can go (never an output
+                    # layer, nor one tied to it).
+                    if prunable is None:
+                        prunable = _prunable(model, example_input)
+                    names += _of_kind(model, pattern, prunable, label)
+                    continue
                 try:
                     names += [n for n, _ in select_modules(model, [pattern])]
                 except EdgetrainError as exc:
@@ -375,6 +383,32 @@ class Recipe(_Strict):
                     )
             check_prunable(model, resolved[label], example, tied, what=f"pruners.{label}")
         return resolved
+
+
+def _prunable(model: nn.Module, example_input: torch.Tensor | None) -> list[str]:
+    """Layers whose filters can be removed, in model order."""
+    tied = tied_layers(model, default_input(model, example_input))
+    return [n for n, _ in model.named_modules() if n in tied]
+
+
+def _of_kind(model: nn.Module, pattern: str, prunable: list[str], label: str) -> list[str]:
+    """The prunable layers a ``*`` or ``type:<Class>`` pattern selects."""
+    if pattern == "*":
+        return list(prunable)
+    try:
+        kinds = {n for n, _ in select_modules(model, [pattern])}
+    except EdgetrainError:
+        raise ConfigError(
+            f"pruners.{label}.layers: '{pattern}' matches no module; conv/linear layers: "
+            f"{_layer_hint(model)}"
+        ) from None
+    chosen = [n for n in prunable if n in kinds]
+    if not chosen:
+        raise ConfigError(
+            f"pruners.{label}.layers: no '{pattern[5:]}' layer can lose filters (the output "
+            "layers and layers tied to them cannot); name other layers"
+        )
+    return chosen
 
 
 def _layer_hint(model: nn.Module, limit: int = 8) -> str:

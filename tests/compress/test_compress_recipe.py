@@ -234,3 +234,30 @@ def test_model_checks_name_the_layer_and_the_fix(resnet20, pruners, expected):
         _check(resnet20, pruners)
     assert expected in str(err.value)
     assert "\n" not in str(err.value)
+
+
+def test_layers_by_kind_select_only_layers_that_can_lose_filters():
+    from edgetrain.models import create
+
+    net = create("resnet20", num_classes=10)
+    every = load_recipe(
+        {
+            "version": 1,
+            "pruners": {"all": {"method": "l1_filter", "sparsity": 0.5, "layers": ["*"]}},
+        }
+    ).check(net)["all"]
+    assert "fc" not in every and len(every) == 21 and every[0] == "conv1"
+    convs = load_recipe(
+        {
+            "version": 1,
+            "pruners": {"c": {"method": "l1_filter", "sparsity": 0.5, "layers": ["type:Conv2d"]}},
+        }
+    ).check(net)["c"]
+    assert convs == every
+    linear = {"version": 1, "pruners": {"l": {"method": "l1_filter", "sparsity": 0.5}}}
+    linear["pruners"]["l"]["layers"] = ["type:Linear"]
+    with pytest.raises(ConfigError, match="no 'Linear' layer can lose filters"):
+        load_recipe(linear).check(net)
+    linear["pruners"]["l"]["layers"] = ["type:LSTM"]
+    with pytest.raises(ConfigError, match="'type:LSTM' matches no module"):
+        load_recipe(linear).check(net)
