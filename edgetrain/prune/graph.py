@@ -73,6 +73,11 @@ class ChannelGroup:
     def weight_members(self) -> list[Member]:
         return [m for m in self.members if m.is_weight_layer]
 
+    def mixing_norms(self) -> list[str]:
+        """Members that normalise across channels (LayerNorm, GroupNorm, RMSNorm...):
+        removing a channel, even a dead one, changes their statistics."""
+        return sorted({m.name for m in self.members if isinstance(m.module, MIXING_NORMS)})
+
     def layer_names(self, role: str | None = None) -> list[str]:
         return sorted({m.name for m in self.members if role is None or m.role == role})
 
@@ -87,6 +92,19 @@ class ChannelGroup:
             idx = torch.tensor(m.idxs, dtype=torch.long)
             sq.index_add_(0, torch.tensor(m.root_idxs, dtype=torch.long), per_idx[idx].cpu())
         return sq.sqrt()
+
+
+#: Normalisations whose statistics span the channels of a group.
+MIXING_NORMS: tuple[type[nn.Module], ...] = tuple(
+    t
+    for t in (
+        nn.LayerNorm,
+        nn.GroupNorm,
+        nn.LocalResponseNorm,
+        getattr(nn, "RMSNorm", None),
+    )
+    if t is not None
+)
 
 
 def _channel_bias_pruner():  # noqa: ANN202

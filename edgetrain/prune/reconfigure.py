@@ -23,6 +23,7 @@ optimizer tensor are then gathered with those indices.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -151,6 +152,17 @@ def _prune_plan(
         for group in groups:
             dead = dead_channels(group)
             if not dead:
+                continue
+            norms = group.mixing_norms()
+            if norms:
+                # Kept (as zeros): the normalisation still counts them.
+                warnings.warn(
+                    f"{len(dead)} dead channels of '{group.root}' kept: {', '.join(norms)} "
+                    "normalises across these channels, so removing them would change the "
+                    "model's outputs",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
                 continue
             if len(dead) == group.size:
                 block = _bypassable_block(model, group)

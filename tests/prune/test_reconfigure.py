@@ -531,3 +531,20 @@ def test_bypass_moves_the_block_parameters_out_of_the_optimizer_and_the_offset_i
     assert offset not in optimizer.state  # new: no momentum yet
     _step(net, optimizer, 1)
     assert "momentum_buffer" in optimizer.state[offset]
+
+
+def test_dead_channels_under_a_layer_norm_are_kept_with_a_warning() -> None:
+    """A LayerNorm normalises over every channel, dead ones included: removing one
+    would change the output."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 8), nn.LayerNorm(8), nn.ReLU(), nn.Linear(8, 3)).eval()
+    with torch.no_grad():  # channel 2 is dead in every weight, as group lasso leaves it
+        for t in (net[0].weight[2], net[0].bias[2], net[1].weight[2], net[1].bias[2]):
+            t.zero_()
+        net[3].weight[:, 2] = 0
+    x = torch.randn(5, 4)
+    before = net(x)
+    with pytest.warns(RuntimeWarning, match="dead channels of '0' kept: 1 normalises across"):
+        result = reconfigure(net, None, x[:1])
+    assert result.channels_after == result.channels_before
+    assert torch.equal(net(x), before)

@@ -18,8 +18,6 @@ DEEPEN_KINDS = ("auto", "conv", "residual")
 _CONVS: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _BN = nn.modules.batchnorm._BatchNorm
 _BNS: dict[int, type[nn.Module]] = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
-# Normalisations whose statistics mix channels: replicated channels would change them.
-_MIXING_NORMS = (nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
 # Standard deviation of the fresh consumer weights of the random-init control.
 _RANDOM_CONSUMER_STD = 0.01
 

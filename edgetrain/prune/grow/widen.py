@@ -18,10 +18,10 @@ from torch import nn
 
 from edgetrain.errors import ConfigError, EdgetrainError
 from edgetrain.models.surgery import ChannelBias, set_module
+from edgetrain.prune.graph import MIXING_NORMS
 from edgetrain.prune.grow._common import (
     _BN,
     _CONVS,
-    _MIXING_NORMS,
     _RANDOM_CONSUMER_STD,
     _bn_like,
     _check_init,
@@ -251,7 +251,7 @@ def _tied_members(
                 f"widen: '{layer_name}' is tied to a {type(module).__name__}, which widen "
                 "cannot grow; widen another layer"
             )
-        if isinstance(module, _MIXING_NORMS):
+        if isinstance(module, MIXING_NORMS):
             raise EdgetrainError(
                 f"widen: '{layer_name}' is tied to a {type(module).__name__}, which "
                 "normalises across channels (copies would change its statistics); "
