@@ -16,7 +16,15 @@ import importlib
 __all__ = ["PLUGINS", "load"]
 
 PLUGINS: dict[str, tuple[str, ...]] = {
-    "model": ("edgetrain.models.small", "edgetrain.models.vgg", "edgetrain.models.resnet"),
+    "model": (
+        "edgetrain.models.small",
+        "edgetrain.models.vgg",
+        "edgetrain.models.resnet",
+        "edgetrain.models.mobilenet",
+        "edgetrain.models.efficientnet",
+        "edgetrain.models.kws",
+        "edgetrain.models.vit",
+    ),
     "data set": (
         "edgetrain.data.digits",
         "edgetrain.data.cifar",

@@ -71,7 +71,9 @@ def test_parameter_layers_are_all_weight_layers_in_call_order_output_last(name: 
         out = model(torch.randn(2, *model.input_shape))
     for h in handles:
         h.remove()
-    assert called == [n for n, _ in layers]
+    # Attention's out_proj is used by nn.MultiheadAttention's functional forward, never
+    # called as a module; every other layer is called, in the listed order.
+    assert called == [n for n, _ in layers if not n.endswith("attn.out_proj")]
     # "Output layer last": the last listed layer computes the model's output.
     last_name, last = layers[-1]
     assert isinstance(last, nn.Linear) and torch.equal(outputs[last_name], out)
