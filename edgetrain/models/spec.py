@@ -17,10 +17,6 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import importlib
-import importlib.util
-import sys
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,6 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from edgetrain._callables import file_digest, import_callable
 from edgetrain.errors import ConfigError, UnknownNameError, one_line
 from edgetrain.models.registry import MODELS
 from edgetrain.registry import check_kwargs
@@ -40,11 +37,6 @@ __all__ = ["ModelSpec", "create", "file_digest", "is_model_spec", "resolve_model
 def is_model_spec(text: str) -> bool:
     """Whether ``text`` names a callable in a file or module rather than a zoo entry."""
     return ":" in text
-
-
-def file_digest(path: Path) -> str:
-    """The SHA-256 of a file's bytes (hex)."""
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -112,73 +104,8 @@ def resolve_model(text: str) -> ModelSpec:
         except UnknownNameError as exc:
             raise UnknownNameError(f"{exc}; or name your own: path/to/file.py:fn") from None
         return ModelSpec(text, "zoo", entry.fn)
-    target, _, attr = text.rpartition(":")
-    if not target or not attr.isidentifier():
-        raise ConfigError(
-            f"model spec '{text}' must look like path/to/file.py:callable or "
-            "package.module:callable"
-        )
-    if target.endswith(".py") or "/" in target or "\\" in target:
-        return _from_file(text, Path(target), attr)
-    return _from_module(text, target, attr)
-
-
-def _from_file(text: str, path: Path, attr: str) -> ModelSpec:
-    path = path.expanduser().resolve()
-    if not path.is_file():
-        raise ConfigError(f"model spec '{text}': file '{path}' not found; check the path")
-    digest = file_digest(path)
-    name = f"edgetrain_user_model_{hashlib.sha256(str(path).encode()).hexdigest()[:12]}"
-    module = sys.modules.get(name)
-    if module is None or getattr(module, "__edgetrain_sha256__", None) != digest:
-        loader_spec = importlib.util.spec_from_file_location(name, path)
-        if loader_spec is None or loader_spec.loader is None:
-            raise ConfigError(f"model spec '{text}': '{path}' is not a Python file")
-        module = importlib.util.module_from_spec(loader_spec)
-        sys.modules[name] = module  # dataclasses and pickling look their module up
-        try:
-            loader_spec.loader.exec_module(module)
-        except Exception as exc:
-            del sys.modules[name]
-            raise ConfigError(
-                f"model spec '{text}': importing '{path}' failed: {one_line(exc)}"
-            ) from exc
-        module.__edgetrain_sha256__ = digest  # type: ignore[attr-defined]
-    fn = _attribute(text, module, attr, f"'{path}'")
-    return ModelSpec(f"{path}:{attr}", "file", fn, path, digest)
-
-
-def _from_module(text: str, target: str, attr: str) -> ModelSpec:
-    cwd = str(Path.cwd())
-    added = cwd not in sys.path
-    if added:  # importable from the current directory, as the spec says
-        sys.path.insert(0, cwd)
-    try:
-        module = importlib.import_module(target)
-    except ModuleNotFoundError as exc:
-        raise ConfigError(
-            f"model spec '{text}': module '{target}' not found ({one_line(exc)}); run from "
-            "its folder or put it on the Python path"
-        ) from exc
-    except Exception as exc:
-        raise ConfigError(
-            f"model spec '{text}': importing '{target}' failed: {one_line(exc)}"
-        ) from exc
-    finally:
-        if added:
-            sys.path.remove(cwd)
-    return ModelSpec(text, "module", _attribute(text, module, attr, f"module '{target}'"))
-
-
-def _attribute(text: str, module: Any, attr: str, where: str) -> Callable[..., Any]:
-    fn = getattr(module, attr, None)
-    if fn is None:
-        public = sorted(n for n, v in vars(module).items() if callable(v) and not n.startswith("_"))
-        hint = f"; callables there: {', '.join(public[:8])}" if public else ""
-        raise ConfigError(f"model spec '{text}': {where} has no '{attr}'{hint}")
-    if not callable(fn):
-        raise ConfigError(f"model spec '{text}': '{attr}' in {where} is not callable")
-    return fn
+    found = import_callable(text, "model spec")
+    return ModelSpec(found.text, found.kind, found.fn, found.path, found.sha256)
 
 
 def create(name: str, *, device: str | torch.device | None = None, **kwargs: Any) -> nn.Module:
