@@ -14,6 +14,7 @@ from typing import Any
 
 from edgetrain.data.base import ArrayDataset, DatasetInfo, check_split
 from edgetrain.data.transforms import SHIFTS, build_augmentation
+from edgetrain.errors import DataError
 from edgetrain.registry import Registry
 
 __all__ = ["DATASETS", "create", "describe", "list_datasets"]
@@ -32,7 +33,8 @@ def create(
     """Build split ``split`` of the data set ``name``.
 
     Args:
-        name: a registry name (``edgetrain data list``), e.g. ``"digits-32"``, ``"ucr:GunPoint"``.
+        name: a registry name (``edgetrain data list``), e.g. ``"digits-32"``, ``"ucr:GunPoint"``,
+            or a data-set spec ``path/to/file.py:fn`` returning the user's own Datasets.
         split: ``"train"`` or ``"test"``.
         shift: optional domain shift applied to every input once (``"rotate180-invert"``).
         augment: optional augmentations applied per sample (``["crop", "flip"]``).
@@ -44,6 +46,16 @@ def create(
         (3, 32, 32)
     """
     check_split(split)
+    from edgetrain.data.spec import is_data_spec, load_data_spec  # it uses this registry
+
+    if is_data_spec(name):  # the user's own torch Datasets
+        if shift is not None:
+            raise DataError(
+                f"data.shift '{shift}' needs a data set held in memory; apply it in '{name}'"
+            )
+        user = load_data_spec(name, split, **options)
+        user.transform = build_augmentation(augment)
+        return user  # type: ignore[return-value]  # an ArrayDataset in all but storage
     dataset = DATASETS.create(name, split=split, **options)
     if shift is not None:
         dataset = dataset.map_inputs(SHIFTS.entry(shift).fn)
@@ -53,7 +65,7 @@ def create(
 
 def describe(name: str, **options: Any) -> DatasetInfo:
     """The :class:`DatasetInfo` of ``name`` (builds the test split to read it)."""
-    return DATASETS.create(name, split="test", **options).info
+    return create(name, "test", **options).info
 
 
 def list_datasets(pattern: str = "*") -> list[str]:

@@ -25,9 +25,11 @@ from typing import Any, Literal
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
+from edgetrain._callables import import_callable
 from edgetrain._yaml import YAMLError, safe_load
 from edgetrain.configs import NamedConfig, StrictConfig, load_validated, read_mapping
 from edgetrain.data import DATASETS, SHIFTS
+from edgetrain.data.spec import is_data_spec
 from edgetrain.data.transforms import AUGMENTATIONS
 from edgetrain.engine.callbacks.registry import CALLBACKS, LR_CONTROLLERS
 from edgetrain.engine.optim import OPTIMIZERS, SCHEDULER_ARGS, SCHEDULERS
@@ -78,6 +80,8 @@ class DataConfig(_Strict):
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
+        if is_data_spec(v):  # the user's own: recorded by absolute path
+            return import_callable(v, "data-set spec").text
         return _check_registered(DATASETS, v)
 
     @field_validator("shift")
@@ -101,6 +105,10 @@ class DataConfig(_Strict):
 
     @model_validator(mode="after")
     def _options(self) -> DataConfig:
+        if is_data_spec(self.name):
+            fn = import_callable(self.name, "data-set spec").fn
+            check_kwargs(fn, self.options, f"data set '{self.name}'")
+            return self
         entry = DATASETS.entry(self.name)
         check_kwargs(entry.fn, self.options, f"data set '{self.name}'", reserved=("split",))
         # The user's files by absolute path: the run reopens from any folder.
