@@ -86,13 +86,15 @@ def tied_layers(
     model: nn.Module,
     example: torch.Tensor,
     groups: Sequence[ChannelGroup] | None = None,
+    refused: dict[str, str] | None = None,
 ) -> dict[str, TiedLayers]:
     """``{layer: its TiedLayers}`` for every conv/linear whose output channels can change.
 
-    Layers absent from the mapping have fixed outputs (the model's output layer, or a
-    layer tied to it).
+    Layers absent from the mapping have fixed outputs (the model's output layer, a
+    layer tied to it, or one ``refused`` names with the reason).
     """
-    groups = groups if groups is not None else channel_groups(model, example)
+    if groups is None:
+        groups = channel_groups(model, example, refused=refused)
     order = {name: i for i, (name, _) in enumerate(model.named_modules())}
     tied: dict[str, TiedLayers] = {}
     for group in groups:
@@ -108,6 +110,7 @@ def check_prunable(
     example: torch.Tensor,
     tied: dict[str, TiedLayers] | None = None,
     what: str = "pruner",
+    refused: dict[str, str] | None = None,
 ) -> list[TiedLayers]:
     """The channel groups that pruning exactly ``layers`` touches, refusing incomplete ones.
 
@@ -115,7 +118,8 @@ def check_prunable(
         ConfigError: a layer that is not a conv/linear, the output layer, a layer whose
             outputs are fixed, or a layer listed without the layers tied to it.
     """
-    tied = tied if tied is not None else tied_layers(model, example)
+    refused = {} if refused is None else refused
+    tied = tied if tied is not None else tied_layers(model, example, refused=refused)
     outputs = output_layer(model, example)
     listed = set(layers)
     targets: dict[int, TiedLayers] = {}
@@ -132,6 +136,8 @@ def check_prunable(
                 "and cannot lose filters; remove it from layers"
             )
         entry = tied.get(name)
+        if entry is None and name in refused:
+            raise ConfigError(f"{what}: '{name}' cannot lose filters: {refused[name]}")
         if entry is None:
             raise ConfigError(
                 f"{what}: the output channels of '{name}' are tied to the model's output "

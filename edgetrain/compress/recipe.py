@@ -364,7 +364,8 @@ class Recipe(_Strict):
         if not structured:
             return resolved
         example = default_input(model, example_input)
-        tied = tied_layers(model, example)
+        refused: dict[str, str] = {}
+        tied = tied_layers(model, example, refused=refused)
         for label in structured:
             for name in resolved[label]:
                 entry = tied.get(name)
@@ -381,7 +382,9 @@ class Recipe(_Strict):
                         f"(their outputs are added, as at a residual connection) but are split "
                         f"across pruners {split}; list them all in one pruner"
                     )
-            check_prunable(model, resolved[label], example, tied, what=f"pruners.{label}")
+            check_prunable(
+                model, resolved[label], example, tied, what=f"pruners.{label}", refused=refused
+            )
         return resolved
 
 

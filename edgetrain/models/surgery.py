@@ -71,16 +71,20 @@ def _resized(module: nn.Module, prefix: str, state: Mapping[str, torch.Tensor]) 
     weight = state.get(f"{prefix}weight")
     if isinstance(module, nn.Conv1d | nn.Conv2d | nn.Conv3d) and weight is not None:
         out_c, in_per_group = weight.shape[:2]
-        if (out_c, in_per_group * module.groups) == (module.out_channels, module.in_channels):
+        groups = module.groups
+        if groups > 1 and groups == module.in_channels:
+            # depthwise (one input channel per group): the groups shrink with the channels
+            groups = out_c // (module.out_channels // module.in_channels)
+        if (out_c, in_per_group * groups) == (module.out_channels, module.in_channels):
             return None
         return type(module)(
-            in_per_group * module.groups,
+            in_per_group * groups,
             out_c,
             module.kernel_size,  # type: ignore[arg-type]
             stride=module.stride,  # type: ignore[arg-type]
             padding=module.padding,  # type: ignore[arg-type]
             dilation=module.dilation,  # type: ignore[arg-type]
-            groups=module.groups,
+            groups=groups,
             bias=module.bias is not None,
             padding_mode=module.padding_mode,
         )

@@ -216,6 +216,7 @@ def channel_groups(
     example: torch.Tensor | None = None,
     graph=None,  # noqa: ANN001 - tp.DependencyGraph
     output_layers: Sequence[str] | None = None,
+    refused: dict[str, str] | None = None,
 ) -> list[ChannelGroup]:
     """Every group of coupled channels whose channels may change.
 
@@ -229,6 +230,11 @@ def channel_groups(
         example: one batch of inputs (default: zeros of ``model.input_shape``).
         graph: a dependency graph already built for ``model``.
         output_layers: names of layers whose outputs are the model's outputs.
+        refused: filled with ``{layer: why}`` for the producers of groups left out because
+            their channels cannot change correctly: channels that are an attention
+            module's embedding (``nn.MultiheadAttention`` keeps every head as wide as the
+            embedding divided by the head count, so removing single channels would leave
+            heads of different widths).
     """
     tp = _tp()
     example = example_input(model, example)
@@ -258,6 +264,18 @@ def channel_groups(
                     root_idxs=tuple(int(i) for i in item.root_idxs),
                 )
             )
+        attention = sorted({m.name for m in members if isinstance(m.module, nn.MultiheadAttention)})
+        if attention:
+            if refused is not None:
+                for m in members:
+                    if m.role == "out" and m.is_weight_layer:
+                        refused.setdefault(
+                            m.name,
+                            f"its channels are the embedding of the attention "
+                            f"'{attention[0]}', whose heads cannot be thinned channel by "
+                            "channel",
+                        )
+            continue
         size = 1 + max((r for m in members for r in m.root_idxs), default=-1)
         groups.append(ChannelGroup(root=names.get(root, "?"), size=size, members=members))
     return groups

@@ -261,3 +261,28 @@ def test_layers_by_kind_select_only_layers_that_can_lose_filters():
     linear["pruners"]["l"]["layers"] = ["type:LSTM"]
     with pytest.raises(ConfigError, match="'type:LSTM' matches no module"):
         load_recipe(linear).check(net)
+
+
+def test_attention_embeddings_are_refused_and_the_mlp_is_pruned():
+    """nn.MultiheadAttention keeps every head embed_dim / num_heads wide: thinning its
+    embedding channel by channel would leave uneven heads, so those layers keep theirs."""
+    import torch
+
+    from edgetrain.compress import apply
+    from edgetrain.models import create
+
+    net = create("vit_tiny", depth=2).eval()
+    every = {"version": 1, "pruners": {"a": {"method": "l1_filter", "sparsity": 0.5}}}
+    every["pruners"]["a"]["layers"] = ["*"]
+    assert load_recipe(every).check(net)["a"] == [
+        "encoder.layers.0.linear1",
+        "encoder.layers.1.linear1",
+    ]
+    x = torch.randn(2, 3, 32, 32)
+    pruned, _ = apply(net, every)
+    assert pruned.encoder.layers[0].linear1.out_features == 384
+    assert pruned.encoder.layers[0].self_attn.embed_dim == 192
+    assert pruned(x).shape == (2, 10)
+    every["pruners"]["a"]["layers"] = ["patch_embed"]
+    with pytest.raises(ConfigError, match="heads cannot be thinned channel by channel"):
+        load_recipe(every).check(create("vit_tiny", depth=2))
