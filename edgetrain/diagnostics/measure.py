@@ -165,14 +165,28 @@ def measure_patterns(
     try:
         torch.manual_seed(0)  # layers that still draw random numbers draw the same ones
         twin = _measurement_copy(model)
-        recorder = PatternRecorder(
-            twin, mode=mode, buckets=buckets, layers=layers, warn_occupancy=warn_occupancy
-        )
-        with torch.no_grad(), recorder:
-            for batch in loader:
-                inputs = batch[0] if isinstance(batch, list | tuple) else batch
-                twin(inputs.to(device, non_blocking=True))
-                samples += len(inputs)
+        recorder: PatternRecorder | None = None
+        try:
+            with torch.no_grad():
+                for batch in loader:
+                    inputs = batch[0] if isinstance(batch, list | tuple) else batch
+                    if recorder is None:  # the data's shape tells each layer's layout
+                        recorder = PatternRecorder(
+                            twin,
+                            mode=mode,
+                            buckets=buckets,
+                            layers=layers,
+                            warn_occupancy=warn_occupancy,
+                            input_shape=tuple(inputs.shape[1:]),
+                        )
+                        recorder.start()
+                    twin(inputs.to(device, non_blocking=True))
+                    samples += len(inputs)
+        finally:
+            if recorder is not None:
+                recorder.stop()
+        if recorder is None:
+            raise ConfigError("measure_patterns got no batches; pass a non-empty data set")
         recorder.all_reduce()
         counted = torch.tensor([samples], device=device)
         if dist.is_available() and dist.is_initialized():

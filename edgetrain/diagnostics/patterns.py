@@ -22,10 +22,12 @@ identity whose input is recorded as a pre-activation like any ReLU's.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 from edgetrain.errors import ConfigError
 
@@ -36,6 +38,7 @@ __all__ = [
     "capture_patterns",
     "hash_words",
     "pack_bits",
+    "activation_layouts",
     "pack_pre_activation",
     "pattern_samples",
 ]
@@ -92,6 +95,92 @@ def activation_layers(
         valid = ", ".join(found) or "none (add ReLU modules or ActivationMarker)"
         raise ConfigError(f"'{unknown[0]}' is not an activation layer; valid layers: {valid}")
     return {n: found[n] for n in wanted}
+
+
+# Ops whose outputs keep their features last (a linear layer's (N, L, C)); convolutions
+# keep them on dim 1 (N, C, *spatial). Other ops pass their input's layout on.
+_FEATURES_LAST = {
+    "addmm",
+    "mm",
+    "bmm",
+    "baddbmm",
+    "matmul",
+    "linear",
+    "embedding",
+    "lstm",
+    "gru",
+    "rnn_tanh",
+    "rnn_relu",
+    "_scaled_dot_product_flash_attention_for_cpu",
+    "_scaled_dot_product_efficient_attention",
+    "native_layer_norm",
+}
+_FEATURES_FIRST = {"convolution", "_convolution", "native_batch_norm", "_native_batch_norm_legit"}
+
+
+class _Layouts(TorchDispatchMode):
+    """Tags every tensor of one traced forward with where its features are."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: dict[int, str] = {}
+        self.alive: list[torch.Tensor] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+        out = func(*args, **(kwargs or {}))
+        name = func.overloadpacket.__name__
+        if name in _FEATURES_LAST:
+            tag = "last"
+        elif name in _FEATURES_FIRST:
+            tag = "first"
+        else:  # elementwise, views, concatenation...: features stay where they were
+            known = {
+                self.tags[id(t)]
+                for t in tree_flatten((args, kwargs or {}))[0]
+                if isinstance(t, torch.Tensor) and id(t) in self.tags
+            }
+            if not known:
+                return out  # a constant (zeros for a recurrent state): no layout yet
+            tag = "last" if "last" in known else "first"
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor):
+                self.tags[id(t)] = tag
+                self.alive.append(t)
+        return out
+
+
+def activation_layouts(
+    model: nn.Module, modules: dict[str, nn.Module], input_shape: Sequence[int]
+) -> dict[str, int]:
+    """The channel dimension of each activation module's input: 1 after convolutions
+    (``(N, C, *spatial)``), -1 after linear, recurrent or attention layers and
+    LayerNorm (``(N, L, C)``: one pattern per token), found by one meta-device forward."""
+    layouts: dict[str, int] = {}
+    mode = _Layouts()
+
+    def seen(name: str, x: torch.Tensor) -> None:
+        layouts.setdefault(name, -1 if mode.tags.get(id(x)) == "last" else 1)
+
+    handles = [
+        m.register_forward_pre_hook(lambda _m, args, n=n: seen(n, args[0]))
+        for n, m in modules.items()
+    ]
+    meta = {
+        k: torch.empty_like(v, device="meta")
+        for k, v in [*model.named_parameters(), *model.named_buffers()]
+    }
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad(), mode:
+            x = torch.empty(1, *input_shape, device="meta")
+            mode.tags[id(x)] = "first"
+            torch.func.functional_call(model, meta, (x,))
+    finally:
+        model.train(was_training)
+        for h in handles:
+            h.remove()
+    return layouts
 
 
 def pattern_samples(pre_activation: torch.Tensor) -> torch.Tensor:

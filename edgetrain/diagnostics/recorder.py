@@ -16,7 +16,7 @@ compare bucket by bucket. Under ``torch.distributed``,
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -28,6 +28,7 @@ from torch.utils.hooks import RemovableHandle
 from edgetrain.diagnostics.patterns import (
     _WORD_BITS,
     activation_layers,
+    activation_layouts,
     hash_words,
     pack_pre_activation,
 )
@@ -193,6 +194,7 @@ class PatternRecorder:
         buckets: int = DEFAULT_BUCKETS,
         layers: Iterable[str] | None = None,
         warn_occupancy: float = OCCUPANCY_WARNING,
+        input_shape: Sequence[int] | None = None,
     ) -> None:
         if mode not in _MODES:
             raise ConfigError(f"unknown pattern mode '{mode}'; choose one of: {', '.join(_MODES)}")
@@ -210,6 +212,14 @@ class PatternRecorder:
         self._tables: dict[str, _LayerTable] = {}
         self._handles: list[RemovableHandle] = []
         self._warned: set[str] = set()
+        # Where each layer's channels are: dim 1 after convolutions, last after linear,
+        # recurrent and attention layers (one pattern per token).
+        # Without an input shape, the first recorded forward's input gives it.
+        shape = input_shape if input_shape is not None else getattr(model, "input_shape", None)
+        self.layouts: dict[str, int] | None = (
+            activation_layouts(model, self.modules, shape) if shape else None
+        )
+        self._tracing = False
 
     # ------------------------------------------------------------------ recording
     def __enter__(self) -> PatternRecorder:
@@ -230,6 +240,16 @@ class PatternRecorder:
         self._handles = [
             m.register_forward_pre_hook(self._hook_for(n)) for n, m in self.modules.items()
         ]
+        self._handles.append(self.model.register_forward_pre_hook(self._learn_layouts))
+
+    def _learn_layouts(self, module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+        if self.layouts is not None or self._tracing or module is not self.model or not args:
+            return
+        self._tracing = True  # the trace runs the model (on the meta device) once more
+        try:
+            self.layouts = activation_layouts(self.model, self.modules, args[0].shape[1:])
+        finally:
+            self._tracing = False
 
     def stop(self) -> None:
         """Remove the hooks (counts stay)."""
@@ -248,7 +268,8 @@ class PatternRecorder:
         def hook(module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
             # A deep copy of a hooked model carries this hook along: record only the
             # module this recorder was built for.
-            if module is owner:
+            # ... and never a traced forward (meta tensors, no values to count).
+            if module is owner and not self._tracing and not args[0].is_meta:
                 self.add(name, args[0])
 
         return hook
@@ -256,6 +277,15 @@ class PatternRecorder:
     @torch.no_grad()
     def add(self, name: str, pre_activation: torch.Tensor) -> None:
         """Count the patterns of a pre-activation tensor for layer ``name``."""
+        if pre_activation.dim() > 2:
+            if self.layouts is None:
+                raise ConfigError(
+                    f"activation '{name}' gets a {tuple(pre_activation.shape)} tensor whose "
+                    "channel dimension (1 after a convolution, last after a linear or "
+                    "attention layer) is read from one traced forward; pass input_shape"
+                )
+            if self.layouts.get(name, 1) == -1:  # (N, L, C): one pattern per token
+                pre_activation = pre_activation.movedim(-1, 1)
         channels = pre_activation.shape[1] if pre_activation.dim() > 1 else 1
         table = self._tables.get(name)
         if table is None:

@@ -183,3 +183,45 @@ def test_all_reduce_over_two_gloo_ranks_equals_one_process(tmp_path: Path) -> No
         for name in ("1", "3"):  # exact: tables summed, or keys gathered and merged
             assert torch.equal(got["keys"][name], rec.keys()[name])
             assert torch.equal(got["counts"][name], rec.counts()[name])
+
+
+class _Tokens(nn.Module):
+    """Linear features of (N, L, C) tokens, and a conv over (N, C, L) sequences."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Linear(4, 6)
+        self.relu_tokens = nn.ReLU()
+        self.conv = nn.Conv1d(6, 5, 3, padding=1)
+        self.relu_conv = nn.ReLU()
+        self.rnn = nn.GRU(5, 7, batch_first=True)
+        self.relu_rnn = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (N, L, 4)
+        h = self.relu_tokens(self.embed(x))  # (N, L, 6): channels last
+        h = self.relu_conv(self.conv(h.transpose(1, 2)))  # (N, 5, L): channels first
+        out, _ = self.rnn(h.transpose(1, 2))  # (N, L, 7)
+        return self.relu_rnn(out)
+
+
+@pytest.mark.parametrize("shape_known", [True, False])
+def test_token_activations_are_recorded_per_token(shape_known: bool) -> None:
+    torch.manual_seed(0)
+    net = _Tokens()
+    x = torch.randn(3, 9, 4)
+    shape = (9, 4) if shape_known else None
+    with PatternRecorder(net, mode="exact", input_shape=shape) as rec:
+        net(x)
+    assert rec.layouts == {"relu_tokens": -1, "relu_conv": 1, "relu_rnn": -1}
+    counts = rec.counts()
+    # one pattern per token (3 x 9) over the layer's channels
+    assert {n: int(c.sum()) for n, c in counts.items()} == {
+        "relu_tokens": 27,
+        "relu_conv": 27,
+        "relu_rnn": 27,
+    }
+    h = net.embed(x).detach() > 0
+    words = (h.long() * (2 ** torch.arange(6))).sum(-1).flatten()
+    expected = torch.bincount(words, minlength=2**6)
+    got = counts["relu_tokens"]
+    assert sorted(got[got > 0].tolist()) == sorted(expected[expected > 0].tolist())
