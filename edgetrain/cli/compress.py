@@ -67,6 +67,12 @@ def run_command(
         True, "--finetune/--no-finetune", help="Fine-tune as the recipe's finetune section says."
     ),
     prefer: str = typer.Option("best", help="Checkpoint of the run to start from: best or last."),
+    data: str = typer.Option(
+        None, help="Data set of a run trained from Python (its config.yaml names none)."
+    ),
+    data_option: list[str] = typer.Option(
+        None, "--data-option", help="Option of --data, key=value (repeatable)."
+    ),
     overwrite: bool = typer.Option(False, help="Replace an existing output folder."),
     progress: bool = typer.Option(True, help="Show a progress bar while fine-tuning."),
     report: bool = typer.Option(True, help="Write plots and report.html after fine-tuning."),
@@ -87,7 +93,7 @@ def run_command(
     parsed = load_recipe(recipe)
     if set_:
         parsed = parsed.with_params(parse_options(set_, "--set"))
-    run = load_trained_run(run_dir, prefer=prefer)
+    run = load_trained_run(run_dir, prefer=prefer, data=_data_section(data, data_option))
     out = prepare_out(out or Path("runs") / f"{run.config.name}-{_recipe_name(recipe)}", overwrite)
 
     def warn_ruined(job: Compression) -> None:
@@ -128,6 +134,15 @@ def run_command(
         console.print(f"[green]run directory:[/] {out}   [green]report:[/] {page}")
     else:
         console.print(f"[green]compressed model:[/] {out / COMPRESSED_CHECKPOINT}")
+
+
+def _data_section(name: str | None, options: list[str] | None) -> dict[str, object] | None:
+    """``--data``/``--data-option`` as a recipe's data section (None without --data)."""
+    if name is None:
+        if options:
+            raise ConfigError("--data-option goes with --data NAME")
+        return None
+    return {"name": name, "options": parse_options(options, "--data-option")}
 
 
 def _print_report(

@@ -89,6 +89,34 @@ class _RunningTotals:
         return torch.stack([self.loss, self.correct.double(), seen])
 
 
+def _plain(value: Any) -> bool:
+    """Plain data only (what ``torch.load(weights_only=True)`` reads back)."""
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _plain(v) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return all(_plain(v) for v in value)
+    return value is None or isinstance(value, str | int | float | bool)
+
+
+def _recorded(model: nn.Module, data: Any) -> dict[str, Any] | None:
+    """The architecture a model built by ``edgetrain.models.create`` records, with the
+    input shape of the data (its ``info``, or its first sample)."""
+    record = getattr(model, "edgetrain_architecture", None)
+    if not isinstance(record, dict) or not _plain(record):
+        return None  # options that are objects cannot go into a weights-only checkpoint
+    arch = dict(record)
+    info = getattr(getattr(data, "dataset", data), "info", None)
+    if info is not None:
+        arch.update(data=info.name, input_shape=list(info.input_shape))
+    else:
+        try:
+            sample = (data.dataset if isinstance(data, DataLoader) else data)[0]
+            arch["input_shape"] = list(torch.as_tensor(sample[0]).shape)
+        except (TypeError, IndexError, KeyError, NotImplementedError):
+            pass  # an iterable data set: no first sample to read without consuming it
+    return arch
+
+
 def select_device(device: str | torch.device = "auto") -> torch.device:
     """``"auto"`` picks CUDA when available, else CPU; other values pass through."""
     if str(device) == "auto":
@@ -120,7 +148,9 @@ class Trainer:
         checkpoint_every: epochs between ``last.pt`` checkpoints.
         monitor: metric deciding the best epoch (``val_top1``, mode max).
         architecture: a plain-data description of the model stored in checkpoints
-            (e.g. ``{"name": "vgg_small", "options": {...}}``) so runs reload alone.
+            (e.g. ``{"name": "vgg_small", "options": {...}}``) so runs reload alone;
+            default: the model's ``edgetrain_architecture`` (models built by
+            ``edgetrain.models.create`` carry it), with the data's input shape.
 
     Example:
         >>> from edgetrain import data, models
@@ -172,7 +202,7 @@ class Trainer:
             eval_batch_size,
             num_workers,
         )
-        self.architecture = architecture
+        self.architecture = architecture if architecture is not None else _recorded(model, data)
         self.precision = Precision(precision, self.device)
         self.state = TrainState()
         self._loader_generator = torch.Generator()
@@ -447,6 +477,7 @@ class Trainer:
         opt = self.optimizer
         hyper = {k: v for k, v in opt.defaults.items() if isinstance(v, int | float | str | bool)}
         return {
+            "written_by": "Trainer",  # not a recipe: reopening it needs its data named
             "name": self.run_dir.path.name if self.run_dir is not None else "run",
             "epochs": epochs,
             "seed": self.seed,

@@ -117,6 +117,9 @@ def create(name: str, *, device: str | torch.device | None = None, **kwargs: Any
         device: build directly on this device; ``"meta"`` allocates no memory (analysis).
         **kwargs: model options such as ``in_channels`` and ``num_classes``.
 
+    The model carries ``edgetrain_architecture`` (``{"name", "options"}``), which the
+    Trainer stores in its checkpoints, so the model reloads from them alone.
+
     Example:
         >>> m = create("resnet20", num_classes=10, device="meta")
         >>> sum(p.numel() for p in m.parameters())
@@ -124,4 +127,11 @@ def create(name: str, *, device: str | torch.device | None = None, **kwargs: Any
     """
     spec = resolve_model(name)
     with torch.device(device) if device is not None else contextlib.nullcontext():
-        return spec.build(**kwargs)
+        model = spec.build(**kwargs)
+    # What rebuilds it: a Trainer given this model records it in its checkpoints, so a
+    # run trained from Python reopens from the command line too.
+    record = {"name": spec.text, "options": dict(kwargs)}
+    if spec.sha256:
+        record["sha256"] = spec.sha256
+    setattr(model, "edgetrain_architecture", record)  # noqa: B010
+    return model

@@ -149,15 +149,63 @@ class TrainedRun:
         return build_data(self.config.data, "train")
 
 
-def load_trained_run(path: str | Path, prefer: str = "best") -> TrainedRun:
+def load_trained_run(
+    path: str | Path, prefer: str = "best", data: dict[str, Any] | None = None
+) -> TrainedRun:
     """Load a run directory (``checkpoints/<prefer>.pt``) or a checkpoint inside one.
+
+    Args:
+        path: the run directory or a checkpoint in it.
+        prefer: ``"best"`` or ``"last"``.
+        data: the data section (``{"name": ..., "options": {...}}``) for a run trained
+            from Python, whose ``config.yaml`` is the Trainer's description and names
+            no data set; ignored for runs made from a recipe.
 
     Example:
         >>> run = load_trained_run("runs/digits-resnet20")  # doctest: +SKIP
     """
     file = resolve_checkpoint(path, prefer=prefer)
     run_dir = Path(path) if Path(path).is_dir() else file.parent.parent
-    config = open_run_config(run_dir)
     ckpt = load_checkpoint(file)
+    described = _trainer_description(run_dir)
+    if described is not None:
+        config = _python_run_config(run_dir, described, ckpt, data)
+    else:
+        config = open_run_config(run_dir)
     model = _model_from_checkpoint(ckpt, file)
     return TrainedRun(model, config, dict(ckpt.get("architecture") or {}), file, run_dir)
+
+
+def _trainer_description(run_dir: Path) -> dict[str, Any] | None:
+    """The ``config.yaml`` of a run trained from Python (the Trainer's description)."""
+    folder = RunDirectory(run_dir)
+    if not folder.config_path.is_file():
+        return None
+    tree = folder.read_config()
+    return tree if tree.get("written_by") == "Trainer" else None
+
+
+def _python_run_config(
+    run_dir: Path, described: dict[str, Any], ckpt: dict[str, Any], data: dict[str, Any] | None
+) -> RunConfig:
+    """A run config for a run trained from Python: its model from the checkpoint, its
+    data as given, its seed and batch size from the Trainer's description."""
+    arch = ckpt.get("architecture") or {}
+    if data is None:
+        raise ConfigError(
+            f"'{run_dir}' was trained from Python and its config.yaml names no data set; "
+            "name it (--data NAME, --data-option key=value)"
+        )
+    if "name" not in arch:
+        raise ConfigError(
+            f"'{run_dir}' records no model architecture; build the model with "
+            "edgetrain.models.create (or pass architecture= to the Trainer)"
+        )
+    tree = {
+        "name": str(described.get("name") or run_dir.name),
+        "epochs": int(described.get("epochs") or 1),
+        "seed": int(described.get("seed") or 0),
+        "data": {**data, "batch_size": int(described.get("batch_size") or 64)},
+        "model": {"name": arch["name"], "options": dict(arch.get("options") or {})},
+    }
+    return load_config(tree)

@@ -155,3 +155,36 @@ def test_own_arrays_and_own_model_through_train_and_sweep(cli, tmp_path: Path) -
     elsewhere.mkdir()
     done = _edgetrain("report", str(tmp_path / "runs" / "npz"), "--scenario", cwd=elsewhere)
     assert done.returncode == 0, done.stderr
+
+
+def test_a_run_trained_from_python_is_exported_compressed_and_reported(cli, tmp_path: Path):
+    import torch
+
+    from edgetrain import data, models
+    from edgetrain.engine import Trainer
+
+    torch.manual_seed(0)
+    net = models.create("vgg_small", in_channels=1, num_classes=10, input_size=8)
+    train, test = data.create("digits", "train"), data.create("digits", "test")
+    Trainer(
+        net, train, val_data=test, batch_size=64, run_dir=tmp_path / "runs" / "py", progress=False
+    ).fit(1)
+    out = cli("export", "runs/py", "--out", "py.onnx").output
+    assert "input Nx1x8x8" in out
+    refused = cli("compress", "runs/py", "--recipe", "vgg-small-l1", code=2).output
+    assert "trained from Python and its config.yaml names no data set" in refused
+    cli(
+        "compress",
+        "runs/py",
+        "--recipe",
+        "vgg-small-l1",
+        "--data",
+        "digits",
+        "--out",
+        "c",
+        "--no-finetune",
+        "--no-report",
+    )
+    report = json.loads((tmp_path / "c" / "compress.json").read_text())
+    assert report["params_after"] < report["params_before"] and report["top1_before"] > 0
+    assert "report" in cli("report", "runs/py").output
