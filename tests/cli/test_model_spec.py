@@ -74,25 +74,57 @@ def test_a_model_file_through_every_command(cli, tmp_path: Path) -> None:
     assert config["model"]["name"] == f"{tmp_path / 'nets.py'}:ds_net"
     assert len(config["model"]["sha256"]) == 64
 
+    # A fresh process in another folder reopens the run for export, compress and resume.
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     run = str(tmp_path / "runs" / "mine")
-    done = _edgetrain("export", run, "--out", "m.onnx", cwd=elsewhere)
-    assert done.returncode == 0, done.stderr
-    assert "input Nx1x8x8" in done.stdout and (elsewhere / "m.onnx").is_file()
     recipe = str(tmp_path / "compress.yaml")
-    done = _edgetrain("compress", run, "--recipe", recipe, "--out", "c", cwd=elsewhere)
-    assert done.returncode == 0, done.stderr
+    outputs = _in_one_fresh_process(
+        [
+            ["export", run, "--out", "m.onnx"],
+            ["compress", run, "--recipe", recipe, "--out", "c"],
+            ["train", "--resume", run, "--epochs", "2", "--no-progress", "--no-report"],
+        ],
+        cwd=elsewhere,
+    )
+    assert "input Nx1x8x8" in outputs[0] and (elsewhere / "m.onnx").is_file()
     report = json.loads((elsewhere / "c" / "compress.json").read_text())
     assert report["params_after"] < report["params_before"]
-    done = _edgetrain("train", "--resume", run, "--epochs", "2", "--no-progress", cwd=elsewhere)
-    assert done.returncode == 0, done.stderr
-    assert "changed since" not in done.stderr
+    assert "changed since" not in "".join(outputs)
 
     (tmp_path / "nets.py").write_text(NETS + "\n# edited\n")
     done = _edgetrain("export", run, "--out", "m2.onnx", cwd=elsewhere)
     assert done.returncode == 0, done.stderr
     assert f"warning: model file '{tmp_path / 'nets.py'}' changed since the run" in done.stderr
+
+
+RUNNER = """
+import json, sys
+from typer.testing import CliRunner
+from edgetrain.cli import app
+outputs = []
+for args in json.loads(sys.argv[1]):
+    result = CliRunner().invoke(app, args)
+    if result.exit_code != 0:
+        sys.exit(f"{args[0]} exited {result.exit_code}: {result.output[-2000:]}")
+    outputs.append(result.output)
+print(json.dumps(outputs))
+"""
+
+
+def _in_one_fresh_process(commands: list[list[str]], cwd: Path) -> list[str]:
+    """Run several commands in one new Python process (one torch import)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
+    done = subprocess.run(
+        [sys.executable, "-c", RUNNER, json.dumps(commands)],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 NPZ_RECIPE = """
@@ -153,8 +185,8 @@ def test_own_arrays_and_own_model_through_train_and_sweep(cli, tmp_path: Path) -
     assert config["data"]["options"]["path"] == str(tmp_path / "data" / "train.npz")
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    done = _edgetrain("report", str(tmp_path / "runs" / "npz"), "--scenario", cwd=elsewhere)
-    assert done.returncode == 0, done.stderr
+    os.chdir(elsewhere)  # the cli fixture restores the folder
+    cli("report", str(tmp_path / "runs" / "npz"), "--scenario")
 
 
 def test_a_run_trained_from_python_is_exported_compressed_and_reported(cli, tmp_path: Path):
