@@ -129,7 +129,7 @@ class ModelConfig(_Strict):
     name: str
     sha256: str | None = None
     # The layers whose outputs are the model's outputs, when the traced forward cannot
-    # tell (they are never pruned and come last in layer schedules).
+    # tell (they are never pruned).
     output_layer: str | list[str] | None = None
     options: dict[str, Any] = Field(default_factory=dict)
     init_from: str | None = None
