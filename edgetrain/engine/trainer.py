@@ -109,11 +109,12 @@ def _recorded(model: nn.Module, data: Any) -> dict[str, Any] | None:
     if info is not None:
         arch.update(data=info.name, input_shape=list(info.input_shape))
     else:
-        try:
-            sample = (data.dataset if isinstance(data, DataLoader) else data)[0]
-            arch["input_shape"] = list(torch.as_tensor(sample[0]).shape)
-        except (TypeError, IndexError, KeyError, NotImplementedError):
-            pass  # an iterable data set: no first sample to read without consuming it
+        source = data.dataset if isinstance(data, DataLoader) else data
+        if not hasattr(source, "__getitem__"):
+            return arch  # an iterable data set: no first sample to read without consuming it
+        sample = source[0]
+        if isinstance(sample, tuple | list) and isinstance(sample[0], torch.Tensor):
+            arch["input_shape"] = list(sample[0].shape)
     return arch
 
 

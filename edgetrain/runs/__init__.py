@@ -18,7 +18,6 @@ from edgetrain.runs.config import (
     RunConfig,
     apply_overrides,
     load_config,
-    read_recipe,
 )
 from edgetrain.runs.data import build_data
 from edgetrain.runs.depth import DepthCase, sweep_depth, trainable_forward_macs
@@ -53,7 +52,6 @@ __all__ = [
     "load_trained_run",
     "lr_grid",
     "open_run_config",
-    "read_recipe",
     "restore_saved_architecture",
     "resume_run",
     "scenario_cases",

@@ -45,7 +45,6 @@ __all__ = [
     "RunConfig",
     "apply_overrides",
     "load_config",
-    "read_recipe",
 ]
 
 
@@ -264,14 +263,6 @@ def apply_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any
         except YAMLError:
             value = raw
         _set_path(tree, key.strip(), value)
-    return tree
-
-
-def read_recipe(source: str | Path) -> dict[str, Any]:
-    """A run recipe's tree from a YAML path or a shipped recipe's name."""
-    tree, _ = read_mapping(
-        source, what="recipe", shipped=RECIPES, hint="name, epochs, data, model, ..."
-    )
     return tree
 
 
