@@ -6,15 +6,30 @@ Shared by everything that names layers (freezing, checkpoint exclusion, cost-mod
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from torch import nn
 
 from edgetrain.errors import EdgetrainError
 
-__all__ = ["param_owners", "select_modules"]
+__all__ = ["eval_mode", "param_owners", "select_modules"]
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """``model`` in eval mode; on exit every module gets back its own mode (a model in
+    training mode with a frozen, evaluating batch norm stays so, which
+    ``model.train(was_training)`` would undo)."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for module, training in modes:
+            module.training = training
 
 
 def param_owners(model: nn.Module) -> list[str]:

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from edgetrain._atomic import atomic_writer
+from edgetrain._modules import eval_mode
 from edgetrain._optional import require
 from edgetrain.compress.runtime import onnx_session
 from edgetrain.errors import EdgetrainError, one_line
@@ -95,17 +96,13 @@ def export_onnx(
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     # A private generator: exporting must not move the caller's random stream.
     example = torch.randn(batch, *shape, generator=torch.Generator().manual_seed(0)).to(device)
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         data = _export_bytes(model, example, opset, dynamic_batch)
         max_abs = max_rel = None
         if check:
             check_onnx(data, what="the exported model")
             check_batch = max(batch, 2) if dynamic_batch else batch
             max_abs, max_rel = _compare(model, data, shape, check_batch, device, atol, rtol)
-    finally:
-        model.train(was_training)
     path = Path(path)
     with atomic_writer(path) as f:
         f.write(data)

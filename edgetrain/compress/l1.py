@@ -11,6 +11,11 @@ Layers whose output channels are tied (every conv feeding one residual add) lose
 same channels: such a group is ranked by the mean, over its tied producers, of each
 producer's per-filter score, so every producer has an equal say whatever its kernel size.
 
+``importance: group`` ranks by Torch-Pruning's group importance instead
+(``GroupMagnitudeImportance``: the L2 norm of every weight a channel touches, in the
+producers, their batch-norms and the consumers' input slices, averaged over the group;
+``group_l1`` for the L1 norm): the criterion of Torch-Pruning's ``MagnitudePruner``.
+
 Removal is physical ("thinning"): the filters, their batch-norm channels and every
 consumer's input channels are cut by :func:`~edgetrain.prune.reconfigure.remove_channels`,
 the one channel-removal path of edgetrain, so the result is a dense, smaller network.
@@ -24,6 +29,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from edgetrain._optional import require
 from edgetrain.compress.pruning import (
     PRUNERS,
     PrunedGroup,
@@ -36,7 +42,11 @@ from edgetrain.prune.graph import build_graph, channel_groups
 from edgetrain.prune.graph import example_input as default_input
 from edgetrain.prune.reconfigure import remove_channels
 
-__all__ = ["filter_scores", "filters_to_remove", "group_scores", "l1_filter"]
+__all__ = ["IMPORTANCES", "filter_scores", "filters_to_remove", "group_scores", "l1_filter"]
+
+IMPORTANCES = ("l1", "group", "group_l1")
+"""How ``l1_filter`` ranks channels: Li et al.'s mean |w| of the producers' filters, or
+Torch-Pruning's group magnitude importance (L2, or L1) over every coupled layer."""
 
 # Products like 0.29 * 100 = 28.999999999999996 must floor to 29, as written.
 _FLOOR_SLACK = 1e-9
@@ -79,8 +89,12 @@ def filters_to_remove(
     return sorted(removed)
 
 
-def group_scores(model: nn.Module, target: TiedLayers) -> torch.Tensor:
-    """Per channel of the group: the mean over its tied producers of their filter scores."""
+def group_scores(model: nn.Module, target: TiedLayers, importance: str = "l1") -> torch.Tensor:
+    """Per channel of the group: the mean over its tied producers of their filter scores
+    (``l1``), or Torch-Pruning's group magnitude importance (``group``: L2,
+    ``group_l1``: L1) of the whole coupled group."""
+    if importance != "l1":
+        return _torch_pruning_importance(target, 2 if importance == "group" else 1)
     size = target.group.size
     total = torch.zeros(size, dtype=torch.float64)
     count = torch.zeros(size, dtype=torch.float64)
@@ -96,6 +110,23 @@ def group_scores(model: nn.Module, target: TiedLayers) -> torch.Tensor:
     return total / count.clamp(min=1)
 
 
+def _torch_pruning_importance(target: TiedLayers, p: int) -> torch.Tensor:
+    tp = require("torch_pruning", "prune", package="torch-pruning")
+    group = target.group.tp_group
+    if group is None:
+        raise ConfigError(
+            f"group importance needs the Torch-Pruning group of '{target.group.root}'; "
+            "build the channel groups with edgetrain.prune.graph.channel_groups"
+        )
+    scores = tp.importance.GroupMagnitudeImportance(p=p)(group)
+    if scores is None or len(scores) != target.group.size:
+        raise ConfigError(
+            f"Torch-Pruning gives no group importance for the channels of "
+            f"'{target.group.root}'; use importance: l1"
+        )
+    return scores.detach().double().cpu()
+
+
 @PRUNERS.register("l1_filter", structured=True)
 def l1_filter(
     model: nn.Module,
@@ -103,6 +134,7 @@ def l1_filter(
     sparsity: float,
     *,
     multiple_of: int | None = None,
+    importance: str = "l1",
     example_input: torch.Tensor | None = None,
 ) -> list[PrunedGroup]:
     """Remove the filters with the smallest mean |w| (Li et al., 2017), physically.
@@ -114,6 +146,10 @@ def l1_filter(
         sparsity: fraction of each layer's (or tied group's) filters to remove, in [0, 1).
         multiple_of: round the filters kept up to a multiple of this (a recipe option,
             ``multiple_of: 8``), see :func:`filters_to_remove`.
+        importance: how channels are ranked, one of :data:`IMPORTANCES`: ``l1`` (Li et
+            al.'s mean |w| of the filters) or Torch-Pruning's group magnitude importance
+            over every coupled layer (``group``, L2 as Torch-Pruning's
+            ``MagnitudePruner``; ``group_l1``).
         example_input: one batch of inputs (default: zeros of ``model.input_shape``).
 
     Returns:
@@ -127,6 +163,11 @@ def l1_filter(
     """
     if multiple_of is not None and (isinstance(multiple_of, bool) or multiple_of < 1):
         raise ConfigError(f"multiple_of must be a positive whole number, got {multiple_of!r}")
+    if importance not in IMPORTANCES:
+        raise ConfigError(
+            f"unknown importance {importance!r} for l1_filter; choose one of: "
+            f"{', '.join(IMPORTANCES)}"
+        )
     example = default_input(model, example_input)
     graph = build_graph(model, example)
     tied = tied_layers(model, example, channel_groups(model, example, graph=graph))
@@ -134,7 +175,8 @@ def l1_filter(
     removals: dict[str, list[int]] = {}
     results: list[PrunedGroup] = []
     for target in targets:
-        removed = filters_to_remove(group_scores(model, target), sparsity, multiple_of)
+        scores = group_scores(model, target, importance)
+        removed = filters_to_remove(scores, sparsity, multiple_of)
         root = target.group.root
         removals[root] = _root_indices(target, removed)
         results.append(

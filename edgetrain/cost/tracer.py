@@ -19,6 +19,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
+from edgetrain._modules import eval_mode
 from edgetrain.cost.handles import FREE_OPS, HANDLES, VIEW_OPS, OpCounts
 from edgetrain.errors import EdgetrainError, one_line
 
@@ -187,10 +188,8 @@ def trace(model: nn.Module, input_shape: Sequence[int], batch_size: int = 1) -> 
     recorder = _Recorder(names, numel, stack)
     x = torch.empty(batch_size, *input_shape, device="meta")
     input_key = recorder.add_input(x)
-    was_training = model.training
-    model.eval()
     try:
-        with torch.no_grad(), recorder:
+        with eval_mode(model), torch.no_grad(), recorder:
             output = torch.func.functional_call(model, meta, (x,))
     except (RuntimeError, ValueError, TypeError, IndexError) as exc:
         shape = "x".join(map(str, input_shape))
@@ -199,7 +198,6 @@ def trace(model: nn.Module, input_shape: Sequence[int], batch_size: int = 1) -> 
             "pass the input shape the model was built for"
         ) from exc
     finally:
-        model.train(was_training)
         for h in handles:
             h.remove()
     outs = [t for t in tree_flatten(output)[0] if isinstance(t, torch.Tensor)]

@@ -62,7 +62,6 @@ from edgetrain.diagnostics.lr_sensitivity import (
     fit_transition,
     rate_for_distance,
 )
-from edgetrain.diagnostics.patterns import activation_layers
 from edgetrain.diagnostics.probe import (
     StepProbe,
     ap_distance,
@@ -70,6 +69,7 @@ from edgetrain.diagnostics.probe import (
     probe_patterns,
     temperature,
 )
+from edgetrain.diagnostics.sites import activation_layers, no_activation_message
 from edgetrain.engine import LR_CONTROLLERS, Callback
 from edgetrain.engine.distributed import all_reduce_sum
 from edgetrain.engine.jsonl import JsonLines
@@ -235,6 +235,7 @@ class ActCoolLR(Callback):
         self._scales: list[float] = []
         self._progress = 0.0
         self._probe_now = False
+        self._sites_checked = False
         self._inputs: torch.Tensor | None = None
         self._before: dict[str, torch.Tensor] | None = None
         self._world = 1
@@ -251,11 +252,10 @@ class ActCoolLR(Callback):
                 f"ActCoolLR sets the learning rate every step; remove the scheduler "
                 f"({type(trainer.scheduler).__name__})"
             )
-        if not activation_layers(model, self.layers):
-            raise ConfigError(
-                f"ActCoolLR needs activation layers to measure; {type(model).__name__} has "
-                "none (use ReLU-family modules or ActivationMarker)"
-            )
+        self._sites_checked = False
+        shape = getattr(model, "input_shape", None)
+        if shape is not None:
+            self._check_sites(model, shape)
         groups = trainer.optimizer.param_groups
         first = groups[0]["lr"]
         self._scales = [g["lr"] / first if first > 0 else 1.0 for g in groups]
@@ -277,7 +277,15 @@ class ActCoolLR(Callback):
         self._probe_now = state.global_step % self.probing_step_size == 0
         self._inputs = None
 
+    def _check_sites(self, model: nn.Module, input_shape: Sequence[int]) -> None:
+        """Refuse a model without activation sites (or without the named ones)."""
+        if not activation_layers(model, self.layers, input_shape=input_shape):
+            raise ConfigError(no_activation_message(model, "for ActCoolLR to measure"))
+        self._sites_checked = True
+
     def before_forward(self, trainer: Trainer, model: nn.Module, inputs: torch.Tensor) -> None:
+        if not self._sites_checked:
+            self._check_sites(model, inputs.shape[1:])
         if self._probe_now or self.refit_due:
             self._inputs, self._device = inputs, inputs.device
 

@@ -24,6 +24,7 @@ Example:
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,7 +32,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgetrain.diagnostics.patterns import activation_layers, capture_patterns, hash_words
+from edgetrain._modules import eval_mode
+from edgetrain.diagnostics.patterns import capture_patterns, hash_words
+from edgetrain.diagnostics.sites import activation_layers, no_activation_message
 from edgetrain.errors import ConfigError
 
 __all__ = ["CellPicture", "activation_cells", "count_regions", "plot_cells"]
@@ -89,13 +92,12 @@ def count_regions(keys: np.ndarray) -> int:
         labels = new
 
 
-def _layers_up_to(model: nn.Module, layer: str | None, cumulative: bool) -> list[str]:
-    names = list(activation_layers(model))
+def _layers_up_to(
+    model: nn.Module, layer: str | None, cumulative: bool, input_shape: Sequence[int]
+) -> list[str]:
+    names = list(activation_layers(model, input_shape=input_shape))
     if not names:
-        raise ConfigError(
-            f"{type(model).__name__} has no activation layers; use ReLU modules or insert "
-            "ActivationMarker before functional activations"
-        )
+        raise ConfigError(no_activation_message(model))
     target = names[-1] if layer is None else layer
     if target not in names:
         raise ConfigError(
@@ -130,7 +132,8 @@ def activation_cells(
     """
     if resolution < 2:
         raise ConfigError(f"resolution must be >= 2, got {resolution}")
-    names = _layers_up_to(model, layer, cumulative)
+    shape = (2,) if points is None else tuple(points[0].shape)
+    names = _layers_up_to(model, layer, cumulative, shape)
     if bounds is None:
         bounds = (-1.0, 1.0, -1.0, 1.0) if points is None else (-0.5, 1.5, -0.5, 1.5)
     u = np.linspace(bounds[0], bounds[1], resolution)
@@ -148,9 +151,7 @@ def activation_cells(
         basis = torch.stack([(b - a).reshape(-1), (c - a).reshape(-1)])
         inputs = (a.reshape(-1) + coords @ basis).reshape(-1, *a.shape)
         marks = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         keys = []
         for chunk in inputs.split(batch_size):
             words = capture_patterns(model, chunk.to(device), names)
@@ -158,8 +159,6 @@ def activation_cells(
             if missing:
                 raise ConfigError(f"activation layer '{missing[0]}' was not called in forward")
             keys.append(_point_keys([words[n] for n in names], len(chunk)))
-    finally:
-        model.train(was_training)
     grid = torch.cat(keys).cpu().numpy().reshape(resolution, resolution)
     return CellPicture(grid, u, v, tuple(names), marks)
 

@@ -14,22 +14,25 @@ turns the words of a sample into one int64 key that is the same on every device 
 every run. :func:`capture_patterns` returns the packed patterns of one forward pass;
 :class:`~edgetrain.diagnostics.recorder.PatternRecorder` counts them over many.
 
-Activations written as functions (``F.relu(x)``) have no module to hook: insert an
-:class:`ActivationMarker` right before them (``x = F.relu(self.mark(x))``); it is an
-identity whose input is recorded as a pre-activation like any ReLU's.
+Activations written as functions (``F.relu(x)``, ``F.gelu(x)``) are sites too, found by
+one meta-device forward (:mod:`edgetrain.diagnostics.sites`).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 
 import torch
 from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
 
-from edgetrain.errors import ConfigError
+from edgetrain.diagnostics.sites import (
+    ACTIVATION_TYPES,
+    ActivationMarker,
+    ActivationWatch,
+    activation_layers,
+    activation_layouts,
+)
 
 __all__ = [
     "ACTIVATION_TYPES",
@@ -44,143 +47,6 @@ __all__ = [
 ]
 
 _WORD_BITS = 64
-
-
-class ActivationMarker(nn.Identity):
-    """An identity that marks its input as the pre-activation of a functional activation.
-
-    Example:
-        >>> import torch.nn.functional as F
-        >>> class Net(nn.Module):
-        ...     def __init__(self):
-        ...         super().__init__()
-        ...         self.fc = nn.Linear(2, 4)
-        ...         self.act = ActivationMarker()
-        ...     def forward(self, x):
-        ...         return F.relu(self.act(self.fc(x)))
-        >>> list(activation_layers(Net()))
-        ['act']
-    """
-
-
-ACTIVATION_TYPES: tuple[type[nn.Module], ...] = (
-    nn.ReLU,
-    nn.ReLU6,
-    nn.PReLU,
-    nn.LeakyReLU,
-    ActivationMarker,
-)
-"""Module types whose input is recorded as a pre-activation."""
-
-
-def activation_layers(
-    model: nn.Module, layers: Iterable[str] | None = None
-) -> dict[str, nn.Module]:
-    """The activation modules of ``model`` by qualified name, in definition order.
-
-    Args:
-        model: any network; ReLU, ReLU6, PReLU, LeakyReLU and :class:`ActivationMarker`
-            modules are activation layers.
-        layers: keep only these names (all when None).
-
-    Raises:
-        ConfigError: a name in ``layers`` is not an activation layer of ``model``.
-    """
-    found = {n: m for n, m in model.named_modules() if isinstance(m, ACTIVATION_TYPES)}
-    if layers is None:
-        return found
-    wanted = list(layers)
-    unknown = [n for n in wanted if n not in found]
-    if unknown:
-        valid = ", ".join(found) or "none (add ReLU modules or ActivationMarker)"
-        raise ConfigError(f"'{unknown[0]}' is not an activation layer; valid layers: {valid}")
-    return {n: found[n] for n in wanted}
-
-
-# Ops whose outputs keep their features last (a linear layer's (N, L, C)); convolutions
-# keep them on dim 1 (N, C, *spatial). Other ops pass their input's layout on.
-_FEATURES_LAST = {
-    "addmm",
-    "mm",
-    "bmm",
-    "baddbmm",
-    "matmul",
-    "linear",
-    "embedding",
-    "lstm",
-    "gru",
-    "rnn_tanh",
-    "rnn_relu",
-    "_scaled_dot_product_flash_attention_for_cpu",
-    "_scaled_dot_product_efficient_attention",
-    "native_layer_norm",
-}
-_FEATURES_FIRST = {"convolution", "_convolution", "native_batch_norm", "_native_batch_norm_legit"}
-
-
-class _Layouts(TorchDispatchMode):
-    """Tags every tensor of one traced forward with where its features are."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.tags: dict[int, str] = {}
-        self.alive: list[torch.Tensor] = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
-        out = func(*args, **(kwargs or {}))
-        name = func.overloadpacket.__name__
-        if name in _FEATURES_LAST:
-            tag = "last"
-        elif name in _FEATURES_FIRST:
-            tag = "first"
-        else:  # elementwise, views, concatenation...: features stay where they were
-            known = {
-                self.tags[id(t)]
-                for t in tree_flatten((args, kwargs or {}))[0]
-                if isinstance(t, torch.Tensor) and id(t) in self.tags
-            }
-            if not known:
-                return out  # a constant (zeros for a recurrent state): no layout yet
-            tag = "last" if "last" in known else "first"
-        for t in tree_flatten(out)[0]:
-            if isinstance(t, torch.Tensor):
-                self.tags[id(t)] = tag
-                self.alive.append(t)
-        return out
-
-
-def activation_layouts(
-    model: nn.Module, modules: dict[str, nn.Module], input_shape: Sequence[int]
-) -> dict[str, int]:
-    """The channel dimension of each activation module's input: 1 after convolutions
-    (``(N, C, *spatial)``), -1 after linear, recurrent or attention layers and
-    LayerNorm (``(N, L, C)``: one pattern per token), found by one meta-device forward."""
-    layouts: dict[str, int] = {}
-    mode = _Layouts()
-
-    def seen(name: str, x: torch.Tensor) -> None:
-        layouts.setdefault(name, -1 if mode.tags.get(id(x)) == "last" else 1)
-
-    handles = [
-        m.register_forward_pre_hook(lambda _m, args, n=n: seen(n, args[0]))
-        for n, m in modules.items()
-    ]
-    meta = {
-        k: torch.empty_like(v, device="meta")
-        for k, v in [*model.named_parameters(), *model.named_buffers()]
-    }
-    was_training = model.training
-    try:
-        model.eval()
-        with torch.no_grad(), mode:
-            x = torch.empty(1, *input_shape, device="meta")
-            mode.tags[id(x)] = "first"
-            torch.func.functional_call(model, meta, (x,))
-    finally:
-        model.train(was_training)
-        for h in handles:
-            h.remove()
-    return layouts
 
 
 def pattern_samples(pre_activation: torch.Tensor) -> torch.Tensor:
@@ -231,10 +97,12 @@ def pack_pre_activation(pre_activation: torch.Tensor) -> torch.Tensor:
     for bit in range(min(8, channels)):
         part = on[:, bit::8]  # channels bit, bit + 8, ...: bit ``bit`` of bytes 0, 1, ...
         octets[:, : part.shape[1]] |= part << bit if bit else part
-    packed = octets.movedim(1, -1).contiguous().view(torch.int64)
+    # reshape first: a (N, 1, 1, 8) tensor can be "contiguous" with strides that no
+    # byte-to-int64 view accepts
+    packed = octets.movedim(1, -1).reshape(-1, words * 8).contiguous().view(torch.int64)
     if not _LITTLE_ENDIAN:
         packed = _byteswap(packed)
-    return packed.reshape(-1, words)
+    return packed
 
 
 def _byteswap(words: torch.Tensor) -> torch.Tensor:
@@ -297,27 +165,28 @@ def capture_patterns(
 ) -> dict[str, torch.Tensor]:
     """Packed APs of one forward pass: layer -> int64 words ``(samples, words)``.
 
-    The model runs as it is (train or eval mode, no gradients). An activation module
-    called several times in one pass contributes the samples of every call, in order.
+    The model runs as it is (train or eval mode, no gradients). An activation site
+    reached several times in one pass contributes the samples of every call, in order.
+    Activations after linear, recurrent or attention layers give one pattern per token.
 
     Example:
         >>> net = nn.Sequential(nn.Linear(2, 3), nn.ReLU())
         >>> capture_patterns(net, torch.randn(5, 2))["1"].shape
         torch.Size([5, 1])
     """
-    modules = activation_layers(model, layers)
-    parts: dict[str, list[torch.Tensor]] = {name: [] for name in modules}
+    shape = tuple(inputs.shape[1:])
+    sites = activation_layers(model, layers, input_shape=shape)
+    layouts = activation_layouts(model, sites, shape)
+    parts: dict[str, list[torch.Tensor]] = {name: [] for name in sites}
 
-    def hook_for(name: str):  # noqa: ANN202 - a forward pre-hook
-        def hook(module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
-            parts[name].append(pack_pre_activation(args[0]))
+    def seen(name: str, x: torch.Tensor) -> None:
+        if x.dim() > 2 and layouts[name] == -1:
+            x = x.movedim(-1, 1)
+        parts[name].append(pack_pre_activation(x))
 
-        return hook
-
-    handles = [m.register_forward_pre_hook(hook_for(n)) for n, m in modules.items()]
+    watch = ActivationWatch(model, sites, seen)
     try:
         model(inputs)
     finally:
-        for handle in handles:
-            handle.remove()
+        watch.remove()
     return {n: torch.cat(p) for n, p in parts.items() if p}

@@ -50,7 +50,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgetrain.diagnostics.patterns import activation_layers, capture_patterns
+from edgetrain.diagnostics.patterns import capture_patterns
+from edgetrain.diagnostics.sites import activation_layers, no_activation_message
 from edgetrain.errors import ConfigError
 
 __all__ = [
@@ -253,12 +254,9 @@ class StepProbe:
         inputs: torch.Tensor,
         layers: Iterable[str] | None = None,
     ) -> None:
-        self.layers = list(activation_layers(model, layers))
+        self.layers = list(activation_layers(model, layers, input_shape=inputs.shape[1:]))
         if not self.layers:
-            raise ConfigError(
-                f"{type(model).__name__} has no activation layers to probe; use ReLU-family "
-                "modules or insert ActivationMarker before functional activations"
-            )
+            raise ConfigError(no_activation_message(model, "to probe"))
         self.model, self.optimizer, self.inputs = model, optimizer, inputs
         self.snapshot = TrainingSnapshot(model, optimizer)
         first = optimizer.param_groups[0]["lr"]

@@ -25,12 +25,13 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from edgetrain.diagnostics.patterns import (
-    _WORD_BITS,
+from edgetrain.diagnostics.patterns import _WORD_BITS, hash_words, pack_pre_activation
+from edgetrain.diagnostics.sites import (
+    ActivationWatch,
+    Site,
     activation_layers,
     activation_layouts,
-    hash_words,
-    pack_pre_activation,
+    no_activation_message,
 )
 from edgetrain.errors import ConfigError
 
@@ -202,24 +203,30 @@ class PatternRecorder:
             raise ConfigError(f"buckets must be >= 1, got {buckets}")
         self.model, self.mode, self.buckets = model, mode, int(buckets)
         self.warn_occupancy = warn_occupancy
-        self.modules = activation_layers(model, layers)
-        if not self.modules:
-            raise ConfigError(
-                f"{type(model).__name__} has no activation layers to record; use "
-                "ReLU/ReLU6/PReLU/LeakyReLU modules or insert ActivationMarker before "
-                "functional activations"
-            )
+        self._layers = None if layers is None else list(layers)
         self._tables: dict[str, _LayerTable] = {}
+        self._watch: ActivationWatch | None = None
         self._handles: list[RemovableHandle] = []
         self._warned: set[str] = set()
-        # Where each layer's channels are: dim 1 after convolutions, last after linear,
-        # recurrent and attention layers (one pattern per token).
-        # Without an input shape, the first recorded forward's input gives it.
-        shape = input_shape if input_shape is not None else getattr(model, "input_shape", None)
-        self.layouts: dict[str, int] | None = (
-            activation_layouts(model, self.modules, shape) if shape else None
-        )
         self._tracing = False
+        # The sites, and where each one's channels are (dim 1 after convolutions, last
+        # after linear, recurrent and attention layers: one pattern per token), come from
+        # one traced forward. Without an input shape the first recorded forward's input
+        # gives it; until then only the activation modules are known.
+        shape = input_shape if input_shape is not None else getattr(model, "input_shape", None)
+        self.layouts: dict[str, int] | None = None
+        if shape:
+            self._learn_sites(shape)
+        else:
+            modules = None if layers is None else [n for n in layers if not n.endswith(")")]
+            self.modules: dict[str, Site] = activation_layers(model, modules)
+
+    def _learn_sites(self, shape: Sequence[int]) -> None:
+        sites = activation_layers(self.model, self._layers, input_shape=shape)
+        if not sites:
+            raise ConfigError(no_activation_message(self.model))
+        self.modules = sites
+        self.layouts = activation_layouts(self.model, sites, shape)
 
     # ------------------------------------------------------------------ recording
     def __enter__(self) -> PatternRecorder:
@@ -229,50 +236,49 @@ class PatternRecorder:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    @property
-    def active(self) -> bool:
-        return bool(self._handles)
-
     def start(self) -> None:
-        """Hook the activation layers (what ``with recorder:`` does on entry)."""
-        if self._handles:
+        """Hook the activation sites (what ``with recorder:`` does on entry)."""
+        if self._watch is not None:
             return
-        self._handles = [
-            m.register_forward_pre_hook(self._hook_for(n)) for n, m in self.modules.items()
-        ]
-        self._handles.append(self.model.register_forward_pre_hook(self._learn_layouts))
+        # Runs before the watch's own hooks, so the sites are known when it starts.
+        self._handles = [self.model.register_forward_pre_hook(self._learn_layouts, prepend=True)]
+        self._watch = ActivationWatch(
+            self.model, self.modules, self._seen, report_all=self.layouts is None
+        )
 
     def _learn_layouts(self, module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
         if self.layouts is not None or self._tracing or module is not self.model or not args:
             return
         self._tracing = True  # the trace runs the model (on the meta device) once more
         try:
-            self.layouts = activation_layouts(self.model, self.modules, args[0].shape[1:])
+            self._learn_sites(args[0].shape[1:])
         finally:
             self._tracing = False
+        if self._watch is not None:
+            self._watch.retarget(self.modules)
+
+    def _seen(self, name: str, x: torch.Tensor) -> None:
+        # Never a traced forward (meta tensors, no values to count).
+        if not self._tracing and not x.is_meta and name in self.modules:
+            self.add(name, x)
+
+    @property
+    def active(self) -> bool:
+        return self._watch is not None
 
     def stop(self) -> None:
         """Remove the hooks (counts stay)."""
         for handle in self._handles:
             handle.remove()
         self._handles = []
+        if self._watch is not None:
+            self._watch.remove()
+            self._watch = None
 
     def reset(self) -> None:
         """Forget all counts."""
         self._tables = {}
         self._warned = set()
-
-    def _hook_for(self, name: str):  # noqa: ANN202 - a forward pre-hook
-        owner = self.modules[name]
-
-        def hook(module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
-            # A deep copy of a hooked model carries this hook along: record only the
-            # module this recorder was built for.
-            # ... and never a traced forward (meta tensors, no values to count).
-            if module is owner and not self._tracing and not args[0].is_meta:
-                self.add(name, args[0])
-
-        return hook
 
     @torch.no_grad()
     def add(self, name: str, pre_activation: torch.Tensor) -> None:

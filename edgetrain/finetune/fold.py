@@ -20,6 +20,8 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
+from edgetrain._modules import eval_mode
+
 __all__ = ["fold_batchnorm"]
 
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -85,13 +87,10 @@ def _pairs(
                 module.register_forward_pre_hook(lambda _m, args, n=name: enter(n, args[0]))
             )
             handles.append(module.register_forward_hook(leave))
-    was_training = model.training
     try:
-        model.eval()
-        with torch.no_grad(), mode:
+        with eval_mode(model), torch.no_grad(), mode:
             model(torch.zeros(1, *input_shape, device=next(model.parameters()).device))
     finally:
-        model.train(was_training)
         for h in handles:
             h.remove()
     pairs, refused = [], {}

@@ -19,7 +19,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from edgetrain._modules import select_modules
+from edgetrain._modules import eval_mode, select_modules
 
 __all__ = [
     "WEIGHT_LAYER_TYPES",
@@ -107,13 +107,8 @@ def _run_trace(
     mode = _ParameterUse(owners)
     x = torch.empty(1, *shape, device="meta")
     mode.sources[id(x)] = frozenset()
-    was_training = model.training
-    try:
-        model.eval()
-        with torch.no_grad(), mode:
-            output = torch.func.functional_call(model, meta, (x,))
-    finally:
-        model.train(was_training)
+    with eval_mode(model), torch.no_grad(), mode:
+        output = torch.func.functional_call(model, meta, (x,))
     outs = [t for t in tree_flatten(output)[0] if isinstance(t, torch.Tensor)]
     return mode, [mode.sources.get(id(t), frozenset()) for t in outs]
 

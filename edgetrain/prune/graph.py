@@ -13,6 +13,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -69,6 +70,8 @@ class ChannelGroup:
     root: str
     size: int
     members: list[Member] = field(default_factory=list)
+    #: Torch-Pruning's own group, for its importance criteria
+    tp_group: Any = field(default=None, compare=False, repr=False)
 
     def weight_members(self) -> list[Member]:
         return [m for m in self.members if m.is_weight_layer]
@@ -277,5 +280,7 @@ def channel_groups(
                         )
             continue
         size = 1 + max((r for m in members for r in m.root_idxs), default=-1)
-        groups.append(ChannelGroup(root=names.get(root, "?"), size=size, members=members))
+        groups.append(
+            ChannelGroup(root=names.get(root, "?"), size=size, members=members, tp_group=group)
+        )
     return groups

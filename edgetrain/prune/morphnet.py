@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from edgetrain._modules import eval_mode
 from edgetrain.engine import CALLBACKS, Callback
 from edgetrain.errors import ConfigError
 from edgetrain.models import WEIGHT_LAYER_TYPES
@@ -88,13 +89,10 @@ class MorphNetStructure:
                         )
                     )
                 )
-        was_training = model.training
         try:
-            model.eval()
-            with torch.no_grad():
+            with eval_mode(model), torch.no_grad():
                 model(example[:1])
         finally:
-            model.train(was_training)
             for h in handles:
                 h.remove()
         out_of = {m.name: gi for gi, g in enumerate(groups) for m in g.members if m.role == "out"}

@@ -206,3 +206,51 @@ def test_thinned_resnet_equals_a_fresh_network_of_the_reduced_widths(depth):
                 assert torch.equal(net.get_submodule(name).weight, w0[kept[name]][:, src])
         previous = stage
     assert torch.equal(net.fc.weight, original.fc.weight[:, previous])
+
+
+def _randomised(name: str, **options) -> nn.Module:
+    torch.manual_seed(0)
+    net = create(name, num_classes=10, **options).eval()
+    for m in net.modules():  # batch-norms that differ per channel, as after training
+        if isinstance(m, nn.BatchNorm2d):
+            nn.init.uniform_(m.weight, 0.5, 1.5)
+            nn.init.uniform_(m.bias, -0.2, 0.2)
+    return net
+
+
+@pytest.mark.parametrize(
+    ("name", "options"),
+    [("resnet20", {}), ("mobilenet_v2", {"width_mult": 0.35}), ("ds_cnn", {"size": "S"})],
+)
+def test_group_importance_removes_what_torch_pruning_removes(name, options):
+    import torch_pruning as tp
+
+    from edgetrain import models
+
+    net = _randomised(name, **options)
+    example = torch.randn(2, *net.input_shape)
+    theirs = copy.deepcopy(net)
+    outputs = [theirs.get_submodule(n) for n in models.output_layers(theirs)]
+    tp.pruner.MagnitudePruner(
+        theirs,
+        example,
+        importance=tp.importance.GroupMagnitudeImportance(p=2),
+        pruning_ratio=0.5,
+        ignored_layers=outputs,
+    ).step()
+    ours = copy.deepcopy(net)
+    layers = [n for n, m in ours.named_modules() if isinstance(m, nn.Conv2d | nn.Linear)]
+    layers = [n for n in layers if n not in models.output_layers(ours)]
+    l1_filter(ours, layers, 0.5, importance="group", example_input=example)
+    mine, reference = ours.state_dict(), theirs.state_dict()
+    assert mine.keys() == reference.keys()
+    for key, value in reference.items():
+        assert torch.equal(mine[key], value), key
+    plain = copy.deepcopy(net)
+    l1_filter(plain, layers, 0.5, example_input=example)  # Li et al.: another choice
+    assert any(not torch.equal(plain.state_dict()[k], v) for k, v in mine.items())
+
+
+def test_an_unknown_importance_is_one_line():
+    with pytest.raises(ConfigError, match="unknown importance 'l2'.*choose one of: l1, group"):
+        l1_filter(create("resnet20"), ["layer1.0.conv1"], 0.5, importance="l2")

@@ -129,7 +129,12 @@ def test_bad_settings_are_one_line_errors() -> None:
     with pytest.raises(ConfigError, match="unknown pattern mode 'fast'"):
         PatternRecorder(nn.Sequential(nn.ReLU()), mode="fast")  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="has no activation layers"):
-        PatternRecorder(nn.Linear(2, 2))
+        PatternRecorder(nn.Linear(2, 2), input_shape=(2,))
+    # without an input shape, functional activations are looked for at the first forward
+    net = nn.Linear(2, 2)
+    with pytest.raises(ConfigError, match="has no activation layers"), PatternRecorder(net):
+        net(torch.randn(3, 2))
+    assert not net._forward_pre_hooks and not net._forward_hooks
 
 
 def _rank_net() -> nn.Module:
