@@ -24,10 +24,15 @@ from edgetrain.runs import RunConfig, build_trainer, load_config, start_run
 SIZES = {"quick": (2, 2, 2), "default": (None, None, None), "full": (None, None, None)}
 # The layer schedule of the demo's scheduled fine-tune (the 5 unfrozen layers, output first).
 DEMO_SCHEDULE = "44221"
-# PruneTrain runs on scenario 4 (ResNet-20 on the digits): its group lasso needs the
-# batch-norms of a residual net (on vgg_small, which has none, a penalty strong enough to
-# remove channels in a short run shrinks every layer at once and training collapses).
-DEMO_PRUNE = "digits-resnet20-prunetrain"
+# PruneTrain runs on a residual net: its group lasso needs the batch-norms of one (on
+# vgg_small, which has none, a penalty strong enough to remove channels in a short run
+# shrinks every layer at once and training collapses). By default ResNet-8 on 16x16
+# digits (about a minute); --size full runs scenario 4, ResNet-20 on 32x32 digits.
+DEMO_PRUNE = {
+    "quick": "digits16-resnet8-prunetrain",
+    "default": "digits16-resnet8-prunetrain",
+    "full": "digits-resnet20-prunetrain",
+}
 # The compression recipe applied to the pretrained model (shipped in recipes/compress).
 DEMO_COMPRESS = "vgg-small-l1"
 
@@ -107,9 +112,10 @@ def demo_command(
     progress: bool = typer.Option(True, help="Show progress bars."),
 ) -> None:
     """Run scenario 1: pretrain vgg_small on digits, fine-tune on rotated+inverted digits,
-    conventionally and with a layer schedule; train ResNet-20 on the digits with PruneTrain
-    (scenario 4), which removes channels as it trains; then compress the pretrained
-    vgg_small (L1 filters, fine-tune, int8) and time it on ONNX Runtime.
+    conventionally and with a layer schedule; train ResNet-8 on 16x16 digits with
+    PruneTrain, which removes channels as it trains (--size full: ResNet-20 on 32x32,
+    scenario 4); then compress the pretrained vgg_small (L1 filters, fine-tune, int8) and
+    time it on ONNX Runtime.
 
     Example: edgetrain demo --runs-dir runs/demo
     """
@@ -144,7 +150,7 @@ def demo_command(
     rows.append((*_train_phase("fine-tune", "shifted", ft_cfg, runs_dir, progress), 1.0))
     phase = f"schedule {DEMO_SCHEDULE}"
     rows.append((*_train_phase(phase, "shifted", sched_cfg, runs_dir, progress), rel))
-    prune_cfg = load_config(RECIPES.path(DEMO_PRUNE), full=big, epochs=prune_epochs)
+    prune_cfg = load_config(RECIPES.path(DEMO_PRUNE[size]), full=big, epochs=prune_epochs)
     prune_dir = runs_dir / prune_cfg.name
     phase = f"prune-train ({prune_cfg.model.name})"
     rows.append((*_train_phase(phase, "digits", prune_cfg, runs_dir, progress), None))

@@ -23,12 +23,20 @@ def prune_train_command(
         None, help="YAML recipe (path, or name of a shipped recipe); or give --config."
     ),
     config_opt: str = typer.Option(None, "--config", help="The recipe, as an option."),
-    ratio: float = typer.Option(0.2, help="Group-lasso penalty ratio in (0, 1)."),
-    interval: int = typer.Option(10, min=1, help="Epochs between reconfigurations."),
-    threshold: float = typer.Option(1e-4, min=0.0, help="Weights below it are zeroed."),
+    ratio: float = typer.Option(
+        None, help="Group-lasso penalty ratio in (0, 1) [default: the recipe's, else 0.2]."
+    ),
+    interval: int = typer.Option(
+        None, min=1, help="Epochs between reconfigurations [default: the recipe's, else 10]."
+    ),
+    threshold: float = typer.Option(
+        None, min=0.0, help="Weights below it are zeroed [default: the recipe's, else 1e-4]."
+    ),
     stop_epoch: int = typer.Option(None, min=1, help="No reconfiguration after this epoch."),
     penalty: str = typer.Option(
-        "loss", help=f"How the penalty is applied: {', '.join(PENALTY_MODES)}."
+        None,
+        help=f"How the penalty is applied: {', '.join(PENALTY_MODES)} [default: the "
+        "recipe's, else loss].",
     ),
     set_: list[str] = typer.Option(None, "--set", "-s", help="Override: key.sub=value."),
     epochs: int = typer.Option(None, min=1, help="Number of epochs."),
@@ -37,7 +45,11 @@ def prune_train_command(
     adaptive_batch: bool = typer.Option(
         False, help="Grow the batch as the model shrinks (constant step memory, linear LR)."
     ),
-    name: str = typer.Option(None, help="Run name (default: <recipe name>-prunetrain<ratio>)."),
+    name: str = typer.Option(
+        None,
+        help="Run name (default: <recipe name>-prunetrain<ratio>; the recipe's name when it "
+        "has a prunetrain callback).",
+    ),
     runs_dir: Path = typer.Option(Path("runs"), help="Folder holding run directories."),
     full: bool = typer.Option(False, help="Apply the recipe's 'full:' section."),
     overwrite: bool = typer.Option(False, help="Replace an existing run directory."),
@@ -45,7 +57,9 @@ def prune_train_command(
     report: bool = typer.Option(True, help="Write plots and report.html at the end."),
 ) -> None:
     """Train with PruneTrain: group lasso plus channel removal every --interval epochs,
-    keeping the optimizer state. Resume with 'edgetrain train --resume runs/<name>'.
+    keeping the optimizer state. A recipe that already has a prunetrain callback keeps it
+    (and its name); the options given here change its settings. Resume with 'edgetrain
+    train --resume runs/<name>'.
 
     Example: edgetrain prune-train digits-resnet20 --ratio 0.2 --interval 5 --epochs 30
     """
@@ -53,19 +67,26 @@ def prune_train_command(
     overrides = [*(set_ or []), *([f"precision={precision}"] if precision else [])]
     base = load_config(config, overrides, full=full, epochs=epochs, seed=seed)
     tree = base.to_dict()
-    tree["name"] = name or f"{base.name}-prunetrain{ratio:g}"
-    tree["callbacks"] = [
-        *tree["callbacks"],
-        {
-            "name": "prunetrain",
-            "ratio": ratio,
-            "interval": interval,
-            "threshold": threshold,
-            "stop_epoch": stop_epoch,
-            "penalty": penalty,
-        },
-        *([{"name": "adaptive-batch"}] if adaptive_batch else []),
-    ]
+    given = {
+        "ratio": ratio,
+        "interval": interval,
+        "threshold": threshold,
+        "stop_epoch": stop_epoch,
+        "penalty": penalty,
+    }
+    given = {k: v for k, v in given.items() if v is not None}
+    callbacks = tree["callbacks"]
+    own = next((c for c in callbacks if c.get("name") == "prunetrain"), None)
+    if own is not None:  # the recipe's PruneTrain, with the options given here
+        own.update(given)
+        tree["name"] = name or base.name
+    else:
+        defaults = {"ratio": 0.2, "interval": 10, "threshold": 1e-4, "stop_epoch": None}
+        settings = {**defaults, "penalty": "loss", **given}
+        callbacks.append({"name": "prunetrain", **settings})
+        tree["name"] = name or f"{base.name}-prunetrain{settings['ratio']:g}"
+    if adaptive_batch:
+        callbacks.append({"name": "adaptive-batch"})
     cfg = load_config(tree)
     run_and_report(cfg, runs_dir, overwrite, progress, report)
     print_pruning(runs_dir / cfg.name)

@@ -1,7 +1,8 @@
 """scikit-learn's bundled handwritten digits (UCI ML hand-written digits, Alpaydin & Kaynak 1998).
 
-``digits``: the original 8x8 images (1 channel). ``digits-32``: the same images resized
-to 32x32 (bilinear), 1 or 3 channels, for the 32x32 image models of the zoo. Pixel values
+``digits``: the original 8x8 images (1 channel), or resized to ``size`` (bilinear) with 1
+or 3 channels. ``digits-32``: the same images resized to 32x32, for the 32x32 image models
+of the zoo. Pixel values
 are scaled to [0, 1]. The train/test split is stratified and fixed by ``seed``.
 """
 
@@ -42,6 +43,8 @@ def _build(
 ) -> ArrayDataset:
     if channels not in (1, 3):
         raise DataError(f"{name}: channels must be 1 or 3, got {channels}")
+    if isinstance(size, bool) or not isinstance(size, int) or size < 8:
+        raise DataError(f"{name}: size must be a whole number of pixels >= 8, got {size!r}")
     if not 0.0 < test_fraction < 1.0:
         raise DataError(f"{name}: test_fraction must be in (0, 1), got {test_fraction}")
     arrays = _split_arrays(test_fraction, seed)
@@ -64,9 +67,16 @@ def _build(
 
 
 @DATASETS.register("digits", task="classification", offline=True)
-def digits(split: str = "train", test_fraction: float = 0.2, seed: int = 0) -> ArrayDataset:
-    """Handwritten digits, 8x8x1, 10 classes (scikit-learn, offline)."""
-    return _build("digits", split, 8, 1, test_fraction, seed)
+def digits(
+    split: str = "train",
+    size: int = 8,
+    channels: int = 1,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+) -> ArrayDataset:
+    """Handwritten digits, 8x8x1 (or resized to size x size, 1 or 3 channels), 10 classes
+    (scikit-learn, offline)."""
+    return _build("digits", split, size, channels, test_fraction, seed)
 
 
 @DATASETS.register("digits-32", task="classification", offline=True)

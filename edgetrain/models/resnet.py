@@ -205,6 +205,7 @@ def _preset(depth: int, doc: str):  # noqa: ANN202 - returns a registered factor
     return MODELS.register(f"resnet{depth}", input="image")(factory)
 
 
+resnet8 = _preset(8, "ResNet-8 for 32x32 inputs (3x1 blocks, 1x1-conv shortcuts, 16/32/64).")
 resnet20 = _preset(20, "ResNet-20 for 32x32 inputs (3x3 blocks, 1x1-conv shortcuts, 16/32/64).")
 resnet32 = _preset(32, "ResNet-32 for 32x32 inputs (3x5 blocks, 1x1-conv shortcuts, 16/32/64).")
 resnet56 = _preset(56, "ResNet-56 for 32x32 inputs (3x9 blocks, 1x1-conv shortcuts, 16/32/64).")

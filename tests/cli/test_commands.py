@@ -251,9 +251,9 @@ def test_keyword_transfer_recipes(cli, monkeypatch, tmp_path):
 def test_demo_quick(cli, tmp_path):
     out = cli("demo", "--size", "quick", "--runs-dir", "demo", "--no-progress").output
     assert "pretrain" in out and "fine-tune" in out and "no fine-tune" in out
-    assert "prune-train (resnet20)" in out and "PruneTrain on resnet20 (ratio" in out
+    assert "prune-train (resnet8)" in out and "PruneTrain on resnet8 (ratio" in out
     assert "inference MACs" in out
-    pruned = tmp_path / "demo" / "digits-resnet20-prunetrain"
+    pruned = tmp_path / "demo" / "digits16-resnet8-prunetrain"
     assert (pruned / "plots" / "channels.png").is_file()
     assert (tmp_path / "demo" / "report.html").is_file()
     assert "compression (vgg-small-l1)" in out and "pruned int8_static" in out

@@ -87,6 +87,19 @@ def test_prune_train_run_name_and_resume_of_a_pruned_run(cli, recipe, tmp_path):
     assert "channels" in records[-1]
 
 
+def test_a_recipe_with_prunetrain_keeps_its_one_callback_and_the_options_change_it(
+    cli, recipe, tmp_path
+):
+    own = recipe.read_text() + "callbacks:\n  - {name: prunetrain, ratio: 0.6, interval: 2}\n"
+    recipe.write_text(own)
+    args = ("prune-train", str(recipe), "--epochs", "1", "--threshold", "0.05")
+    cli(*args, "--no-progress", "--no-report")
+    config = safe_load((tmp_path / "runs" / "tiny" / "config.yaml").read_text())
+    assert config["callbacks"] == [
+        {"name": "prunetrain", "ratio": 0.6, "interval": 2, "threshold": 0.05}
+    ]
+
+
 def test_prune_train_needs_exactly_one_recipe(cli, recipe):
     assert "pass a recipe" in _one_line(cli("prune-train", code=2).output)
     out = cli("prune-train", str(recipe), "--config", "other.yaml", code=2).output

@@ -86,6 +86,18 @@ def test_digits_32_channels_and_split_are_deterministic():
         assert abs(share_train - share_test) < 0.01
 
 
+def test_digits_resize_to_any_size_with_one_or_three_channels():
+    small = data.create("digits", "test")
+    assert small.inputs.shape == (360, 1, 8, 8) and small.info.input_shape == (1, 8, 8)
+    mid = data.create("digits", "test", size=16, channels=3)
+    assert mid.inputs.shape == (360, 3, 16, 16) and mid.info.input_shape == (3, 16, 16)
+    assert torch.equal(mid.targets, small.targets)  # the same images, resized
+    big = data.create("digits", "test", size=32)
+    assert torch.equal(big.inputs, data.create("digits-32", "test").inputs)
+    with pytest.raises(DataError, match="size must be a whole number of pixels >= 8, got 4"):
+        data.create("digits", "test", size=4)
+
+
 def test_rotate180_invert_is_an_exact_involution_on_digits():
     base = data.create("digits-32", "test")
     shifted = data.create("digits-32", "test", shift="rotate180-invert")

@@ -27,8 +27,14 @@ def _num_classes(model: nn.Module) -> int:
 
 def test_registry_holds_the_zoo_of_the_spec() -> None:
     expected = {"vgg_small", "vgg11_b", "kws_cnn", "fcn1d", "small_cnn", "resnet_cifar"}
-    assert expected | {"resnet20", "resnet32", "resnet56"} <= set(ALL_MODELS)
-    assert models.list_models("resnet*") == ["resnet20", "resnet32", "resnet56", "resnet_cifar"]
+    assert expected | {"resnet8", "resnet20", "resnet32", "resnet56"} <= set(ALL_MODELS)
+    assert models.list_models("resnet*") == [
+        "resnet20",
+        "resnet32",
+        "resnet56",
+        "resnet8",
+        "resnet_cifar",
+    ]
 
 
 # ------------------------------------------------------------------ registry contract
@@ -154,7 +160,8 @@ def test_resnet_presets_use_1x1_shortcuts() -> None:
     r20 = models.create("resnet20")
     assert _params(r20) == 272_474
     assert r20.layer2[0].shortcut[0].kernel_size == (1, 1)
-    assert [len(models.create(f"resnet{d}").layer1) for d in (20, 32, 56)] == [3, 5, 9]
+    assert [len(models.create(f"resnet{d}").layer1) for d in (8, 20, 32, 56)] == [1, 3, 5, 9]
+    assert _params(models.create("resnet8")) == 78_042
 
 
 # ------------------------------------------------------------------- resnet naming
