@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import inspect
 import re
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 
@@ -323,6 +324,7 @@ class Recipe(_Strict):
         resolved: dict[str, list[str]] = {}
         owner: dict[str, str] = {}
         prunable: list[str] | None = None
+        left_out: dict[str, str] = {}
         for label, spec in self.pruners.items():
             names: list[str] = []
             for pattern in spec.layers:
@@ -330,8 +332,8 @@ class Recipe(_Strict):
                     # By kind: among the layers whose filters can go (never an output
                     # layer, nor one tied to it).
                     if prunable is None:
-                        prunable = _prunable(model, example_input)
-                    names += _of_kind(model, pattern, prunable, label)
+                        prunable = _prunable(model, example_input, left_out)
+                    names += _of_kind(model, pattern, prunable, label, left_out)
                     continue
                 try:
                     names += [n for n, _ in select_modules(model, [pattern])]
@@ -388,15 +390,31 @@ class Recipe(_Strict):
         return resolved
 
 
-def _prunable(model: nn.Module, example_input: torch.Tensor | None) -> list[str]:
-    """Layers whose filters can be removed, in model order."""
-    tied = tied_layers(model, default_input(model, example_input))
+def _prunable(
+    model: nn.Module, example_input: torch.Tensor | None, refused: dict[str, str]
+) -> list[str]:
+    """Layers whose filters can be removed, in model order; ``refused`` gets the layers
+    left out because their channels cannot change correctly, with the reason."""
+    tied = tied_layers(model, default_input(model, example_input), refused=refused)
     return [n for n, _ in model.named_modules() if n in tied]
 
 
-def _of_kind(model: nn.Module, pattern: str, prunable: list[str], label: str) -> list[str]:
-    """The prunable layers a ``*`` or ``type:<Class>`` pattern selects."""
+def _of_kind(
+    model: nn.Module, pattern: str, prunable: list[str], label: str, refused: dict[str, str]
+) -> list[str]:
+    """The prunable layers a ``*`` or ``type:<Class>`` pattern selects (a ``*`` that leaves
+    out layers whose channels cannot change says which, and why)."""
     if pattern == "*":
+        first = next(iter(refused.items()), None)
+        why = f"'{first[0]}': {first[1]}" if first else ""
+        if not prunable:
+            raise ConfigError(
+                f"pruners.{label}.layers: no layer can lose filters (the output layers and "
+                f"layers tied to them cannot){'; ' + why if why else ''}"
+            )
+        if refused:
+            more = f" (and {len(refused) - 1} more)" if len(refused) > 1 else ""
+            warnings.warn(f"pruners.{label}: '*' leaves out {why}{more}", stacklevel=2)
         return list(prunable)
     try:
         kinds = {n for n, _ in select_modules(model, [pattern])}

@@ -134,6 +134,8 @@ HANDLES: dict[Any, Handle] = {
     aten.elu_: _activation,
     aten._softmax: _activation,
     aten._log_softmax: _activation,
+    # the softmax of scaled_dot_product_attention's math path (torch >= 2.5)
+    **({aten._safe_softmax: _activation} if hasattr(aten, "_safe_softmax") else {}),
     # pooling
     aten.max_pool2d_with_indices: _pool,
     aten.max_pool3d_with_indices: _pool,
@@ -180,6 +182,14 @@ VIEW_OPS = frozenset(
         aten.detach,
         aten.unflatten,
         aten.split,
+        aten.split_with_sizes,
+        aten.unsafe_split,  # a recurrent layer's gates
+        aten.unsafe_split_with_sizes,
+        aten.unsafe_chunk,
+        aten.transpose_,  # in place on the metadata only
+        aten.t_,
+        aten.squeeze_,
+        aten.unsqueeze_,
         aten.chunk,
         aten.unbind,
         aten.narrow,

@@ -11,7 +11,7 @@ layer after a flatten (one conv channel = H*W input features) is handled too.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -214,6 +214,52 @@ def _role(tp, handler) -> str | None:  # noqa: ANN001
     return None
 
 
+def untraceable(model: nn.Module, exc: BaseException) -> str:
+    """Why Torch-Pruning's graph could not follow a layer's channels, in one line (naming
+    the model's recurrent layers, the usual cause)."""
+    rnns = [
+        f"'{n}' ({type(m).__name__})" for n, m in model.named_modules() if isinstance(m, nn.RNNBase)
+    ]
+    through = f", which feed the recurrent layer {rnns[0]}" if rnns else ""
+    return f"Torch-Pruning's graph cannot follow its channels{through} ({one_line(exc)})"
+
+
+def _all_groups(
+    model: nn.Module,
+    graph: Any,
+    ignored: list[nn.Module],
+    names: dict[nn.Module, str],
+    refused: dict[str, str] | None,
+) -> Iterator[Any]:
+    """Torch-Pruning's groups, one per output-channel root (what its ``get_all_groups``
+    yields), with each root traced on its own: a root whose channels the graph cannot
+    follow (an op without index mapping) is refused by name instead of ending the walk."""
+    ignored = ignored + list(graph.IGNORED_LAYERS_IN_TRACING)
+    visited: set[int] = set()
+    for module in list(graph.module2node):
+        if module in ignored or not isinstance(module, WEIGHT_LAYER_TYPES) or id(module) in visited:
+            continue
+        pruner = graph.get_pruner_of_module(module)
+        if pruner is None or pruner.get_out_channels(module) is None:
+            continue
+        channels = pruner.get_out_channels(module)
+        try:
+            group = graph.get_pruning_group(
+                module, pruner.prune_out_channels, list(range(channels))
+            )
+        except (IndexError, KeyError, RuntimeError, ValueError) as exc:
+            if refused is not None:
+                refused.setdefault(names.get(module, "?"), untraceable(model, exc))
+            continue
+        prunable = True
+        for dep, _ in group:
+            if graph.is_out_channel_pruning_fn(dep.handler):
+                visited.add(id(dep.target.module))
+                prunable = prunable and dep.target.module not in ignored
+        if prunable:
+            yield group
+
+
 def channel_groups(
     model: nn.Module,
     example: torch.Tensor | None = None,
@@ -237,7 +283,9 @@ def channel_groups(
             their channels cannot change correctly: channels that are an attention
             module's embedding (``nn.MultiheadAttention`` keeps every head as wide as the
             embedding divided by the head count, so removing single channels would leave
-            heads of different widths).
+            heads of different widths), channels that feed a recurrent layer (its gates
+            are stacked per hidden unit), and producers whose channels Torch-Pruning's
+            graph cannot follow.
     """
     tp = _tp()
     example = example_input(model, example)
@@ -247,9 +295,7 @@ def channel_groups(
         output_layers = find_output_layers(model, tuple(example.shape[1:]))
     ignored = [model.get_submodule(n) for n in output_layers]
     groups: list[ChannelGroup] = []
-    for group in graph.get_all_groups(
-        ignored_layers=ignored, root_module_types=list(WEIGHT_LAYER_TYPES)
-    ):
+    for group in _all_groups(model, graph, ignored, names, refused):
         items = list(group.items)
         root = items[0].dep.target.module
         members: list[Member] = []
@@ -267,6 +313,18 @@ def channel_groups(
                     root_idxs=tuple(int(i) for i in item.root_idxs),
                 )
             )
+        recurrent = sorted({m.name for m in members if isinstance(m.module, nn.RNNBase)})
+        if recurrent:
+            if refused is not None:
+                kind = type(model.get_submodule(recurrent[0])).__name__
+                for m in members:
+                    if m.role == "out" and m.is_weight_layer:
+                        refused.setdefault(
+                            m.name,
+                            f"its channels feed the recurrent layer '{recurrent[0]}' ({kind}), "
+                            "whose weights Torch-Pruning cannot thin channel by channel",
+                        )
+            continue
         attention = sorted({m.name for m in members if isinstance(m.module, nn.MultiheadAttention)})
         if attention:
             if refused is not None:

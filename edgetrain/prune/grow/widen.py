@@ -18,7 +18,7 @@ from torch import nn
 
 from edgetrain.errors import ConfigError, EdgetrainError
 from edgetrain.models.surgery import ChannelBias, set_module
-from edgetrain.prune.graph import MIXING_NORMS
+from edgetrain.prune.graph import MIXING_NORMS, untraceable
 from edgetrain.prune.grow._common import (
     _BN,
     _CONVS,
@@ -163,7 +163,10 @@ def widen(
         return model
     DG = _graph(model, example_input, f"widen '{layer_name}'")
     fn = DG.get_pruner_of_module(root).prune_out_channels
-    group = DG.get_pruning_group(root, fn, idxs=list(range(n)))
+    try:
+        group = DG.get_pruning_group(root, fn, idxs=list(range(n)))
+    except (IndexError, KeyError, RuntimeError) as exc:
+        raise EdgetrainError(f"widen: '{layer_name}': {untraceable(model, exc)}") from exc
     drawn = torch.randint(
         0, n, (new_width - n,), generator=generator, device=_draw_device(generator)
     )
