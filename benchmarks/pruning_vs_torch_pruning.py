@@ -4,7 +4,9 @@ On the edge zoo (MobileNetV2, DS-CNN, ViT-tiny, ResNet-20) both prune every laye
 filters can go at 50 %, ranked by L1 magnitude, with the classifier kept. Both pruned
 models are counted by the same counter (Torch-Pruning's ``count_ops_and_params``), run on
 one batch (shape and finiteness checked), and timed side by side in one process, one
-thread, the median of ``--repeats`` runs on fresh copies.
+thread, the median of ``--repeats`` runs on fresh copies. A second pair ranks by
+Torch-Pruning's group importance (``importance: group`` against ``MagnitudePruner`` with
+``GroupMagnitudeImportance(p=2)``) and checks that both keep bit-identical weights.
 
 Usage:
     python benchmarks/pruning_vs_torch_pruning.py --repeats 3
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
 import statistics
 import sys
 import time
@@ -57,15 +60,35 @@ def _edgetrain_pruning(model: torch.nn.Module, example: torch.Tensor) -> torch.n
     return model
 
 
+def _edgetrain_group(model: torch.nn.Module, example: torch.Tensor) -> torch.nn.Module:
+    """The pruning alone, ranked by Torch-Pruning's group importance."""
+    layers = load_recipe(RECIPE).check(model, example)["all"]
+    l1_filter(model, layers, 0.5, importance="group", example_input=example)
+    return model
+
+
 def _torch_pruning(model: torch.nn.Module, example: torch.Tensor) -> torch.nn.Module:
+    return _tp_magnitude(model, example, group=False)
+
+
+def _torch_pruning_group(model: torch.nn.Module, example: torch.Tensor) -> torch.nn.Module:
+    return _tp_magnitude(model, example, group=True)
+
+
+def _tp_magnitude(model: torch.nn.Module, example: torch.Tensor, group: bool) -> torch.nn.Module:
     import torch_pruning as tp
 
     outputs = [model.get_submodule(n) for n in models.output_layers(model)]
     heads = {m: m.num_heads for m in model.modules() if isinstance(m, torch.nn.MultiheadAttention)}
+    importance = (
+        tp.importance.GroupMagnitudeImportance(p=2)
+        if group
+        else tp.importance.MagnitudeImportance(p=1)
+    )
     pruner = tp.pruner.MagnitudePruner(
         model,
         example,
-        importance=tp.importance.MagnitudeImportance(p=1),
+        importance=importance,
         pruning_ratio=0.5,
         ignored_layers=outputs,
         num_heads=heads,
@@ -93,11 +116,16 @@ def _measure(build: Any, fn: Any, example: torch.Tensor, repeats: int) -> dict[s
     with torch.no_grad():
         out = model(example)
     ok = tuple(out.shape) == (example.shape[0], 10) and bool(torch.isfinite(out).all())
+    digest = hashlib.sha256()
+    for key, value in sorted(model.state_dict().items()):
+        digest.update(key.encode())
+        digest.update(value.detach().contiguous().numpy().tobytes())
     return {
         "seconds": statistics.median(times),
         "params": int(params),
         "macs": int(macs),
         "output_ok": ok,
+        "weights_sha256": digest.hexdigest(),
     }
 
 
@@ -118,16 +146,22 @@ def main() -> None:
         ours = _measure(net, _edgetrain, example, args.repeats)
         bare = _measure(net, _edgetrain_pruning, example, args.repeats)
         theirs = _measure(net, _torch_pruning, example, args.repeats)
+        group = _measure(net, _edgetrain_group, example, args.repeats)
+        theirs_group = _measure(net, _torch_pruning_group, example, args.repeats)
         results[name] = {
             "before": {"params": params0, "macs": macs0},
             "edgetrain": ours,
             "edgetrain_no_report": bare,
             "torch_pruning": theirs,
+            "edgetrain_group": group,
+            "torch_pruning_group": theirs_group,
         }
         for label, r in (
             ("edgetrain apply", ours),
             ("edgetrain, no report", bare),
             ("torch-pruning", theirs),
+            ("edgetrain importance=group", group),
+            ("torch-pruning group importance", theirs_group),
         ):
             if "error" in r:
                 rows.append([name, label, "-", "-", "-", "-", r["error"]])
@@ -146,6 +180,11 @@ def main() -> None:
         if "error" not in ours and "error" not in theirs and "error" not in bare:
             results[name]["time_ratio"] = ours["seconds"] / theirs["seconds"]
             results[name]["time_ratio_no_report"] = bare["seconds"] / theirs["seconds"]
+        if "error" not in group and "error" not in theirs_group:
+            results[name]["group_time_ratio"] = group["seconds"] / theirs_group["seconds"]
+            results[name]["group_identical_weights"] = (
+                group["weights_sha256"] == theirs_group["weights_sha256"]
+            )
     header = ["model", "pruner", "params kept", "MACs kept", "seconds", "output ok", "error"]
     print_table("L1 pruning at 50 %, every prunable layer", header, rows)
     for name, r in results.items():
@@ -153,6 +192,12 @@ def main() -> None:
             print(
                 f"{name}: edgetrain takes {r['time_ratio']:.2f}x Torch-Pruning's time "
                 f"({r['time_ratio_no_report']:.2f}x without the report)"
+            )
+        if "group_time_ratio" in r:
+            same = "identical" if r["group_identical_weights"] else "DIFFERENT"
+            print(
+                f"{name}: group importance: {same} weights, "
+                f"{r['group_time_ratio']:.2f}x Torch-Pruning's time"
             )
     path = write_result("pruning_vs_torch_pruning", {"cases": results, "machine": machine()})
     print(f"written: {path}")
