@@ -16,6 +16,10 @@ producer's per-filter score, so every producer has an equal say whatever its ker
 producers, their batch-norms and the consumers' input slices, averaged over the group;
 ``group_l1`` for the L1 norm): the criterion of Torch-Pruning's ``MagnitudePruner``.
 
+The embedding of an attention (``nn.MultiheadAttention``) loses whole heads: the heads
+are ranked by the mean score of their channels, ``floor(sparsity * heads)`` of them go
+(at least one stays), and every head left keeps its width.
+
 Removal is physical ("thinning"): the filters, their batch-norm channels and every
 consumer's input channels are cut by :func:`~edgetrain.prune.reconfigure.remove_channels`,
 the one channel-removal path of edgetrain, so the result is a dense, smaller network.
@@ -170,13 +174,17 @@ def l1_filter(
         )
     example = default_input(model, example_input)
     graph = build_graph(model, example)
-    tied = tied_layers(model, example, channel_groups(model, example, graph=graph))
+    tied = tied_layers(model, example, channel_groups(model, example, graph=graph, heads=True))
     targets = check_prunable(model, list(layers), example, tied, what="l1_filter")
     removals: dict[str, list[int]] = {}
     results: list[PrunedGroup] = []
+    heads: dict[nn.MultiheadAttention, int] = {}
     for target in targets:
         scores = group_scores(model, target, importance)
-        removed = filters_to_remove(scores, sparsity, multiple_of)
+        if target.group.heads:
+            removed = _heads_to_remove(model, target, scores, sparsity, heads)
+        else:
+            removed = filters_to_remove(scores, sparsity, multiple_of)
         root = target.group.root
         removals[root] = _root_indices(target, removed)
         results.append(
@@ -188,7 +196,27 @@ def l1_filter(
             )
         )
     remove_channels(model, removals, example_input=example, graph=graph)
+    for attention, count in heads.items():  # the heads left keep their width
+        attention.num_heads = count
+        attention.head_dim = attention.embed_dim // count
     return results
+
+
+def _heads_to_remove(
+    model: nn.Module,
+    target: TiedLayers,
+    scores: torch.Tensor,
+    sparsity: float,
+    heads: dict[nn.MultiheadAttention, int],
+) -> list[int]:
+    """The channels of the whole attention heads to remove: heads are ranked by the mean
+    score of their channels and ``floor(sparsity * heads)`` go (at least one stays)."""
+    group = target.group
+    per_head = [float(scores[group.head_channels(h)].mean()) for h in range(group.heads)]
+    gone = filters_to_remove(per_head, sparsity)
+    for name in group.attention:
+        heads[model.get_submodule(name)] = group.heads - len(gone)
+    return sorted(c for h in gone for c in group.head_channels(h))
 
 
 def _root_indices(target: TiedLayers, channels: list[int]) -> list[int]:

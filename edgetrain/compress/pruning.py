@@ -91,10 +91,11 @@ def tied_layers(
     """``{layer: its TiedLayers}`` for every conv/linear whose output channels can change.
 
     Layers absent from the mapping have fixed outputs (the model's output layer, a
-    layer tied to it, or one ``refused`` names with the reason).
+    layer tied to it, or one ``refused`` names with the reason). The embedding of an
+    attention is one group, to be thinned by whole heads.
     """
     if groups is None:
-        groups = channel_groups(model, example, refused=refused)
+        groups = channel_groups(model, example, refused=refused, heads=True)
     order = {name: i for i, (name, _) in enumerate(model.named_modules())}
     tied: dict[str, TiedLayers] = {}
     for group in groups:

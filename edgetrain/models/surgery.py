@@ -103,12 +103,49 @@ def _resized(module: nn.Module, prefix: str, state: Mapping[str, torch.Tensor]) 
             affine=module.affine,
             track_running_stats=module.track_running_stats,
         )
+    if isinstance(module, nn.LayerNorm) and weight is not None and module.normalized_shape:
+        if weight.shape == module.weight.shape:
+            return None
+        return nn.LayerNorm(
+            tuple(weight.shape),
+            eps=module.eps,
+            elementwise_affine=True,
+            bias=module.bias is not None,
+        )
+    if isinstance(module, nn.MultiheadAttention):
+        return _resized_attention(module, prefix, state)
     if isinstance(module, ChannelBias):
         bias = state.get(f"{prefix}bias")
         if bias is None or bias.shape == module.bias.shape:
             return None
         return ChannelBias(bias.shape[0])
     return None
+
+
+def _resized_attention(
+    module: nn.MultiheadAttention, prefix: str, state: Mapping[str, torch.Tensor]
+) -> nn.Module | None:
+    """An attention with the embedding the state dict records; pruning removes whole
+    heads, so every head keeps the width it had and the head count follows."""
+    weight = state.get(f"{prefix}in_proj_weight")
+    if weight is None or weight.shape[1] == module.embed_dim:
+        return None
+    embed = int(weight.shape[1])
+    if embed % module.head_dim:
+        raise CheckpointError(
+            f"checkpoint gives the attention '{prefix.rstrip('.')}' an embedding of {embed}, "
+            f"not a whole number of its {module.head_dim}-wide heads; load it into the model "
+            "it was saved from"
+        )
+    return nn.MultiheadAttention(
+        embed,
+        embed // module.head_dim,
+        dropout=module.dropout,
+        bias=module.in_proj_bias is not None,
+        add_bias_kv=module.bias_k is not None,
+        add_zero_attn=module.add_zero_attn,
+        batch_first=module.batch_first,
+    )
 
 
 def restore_architecture(
@@ -144,8 +181,31 @@ def restore_architecture(
                 )
             shortcut = getattr(block, "shortcut", None)
             set_module(model, name, ResidualBypass(shortcut, bias.shape[0]))
+    replaced: list[str] = []
     for name, module in list(model.named_modules()):
+        if any(name.startswith(f"{r}.") for r in replaced):
+            continue  # inside a module rebuilt whole (an attention's out_proj)
         replacement = _resized(module, f"{name}." if name else "", state)
         if replacement is not None:
             set_module(model, name, replacement)
+            replaced.append(name)
+    _reshape_bare_tensors(model, state)
     return model
+
+
+def _reshape_bare_tensors(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
+    """Parameters and buffers used outside a layer (a ViT's class token and position
+    embedding) take the shape the state dict records; their values load afterwards."""
+    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+        saved = state.get(name)
+        if saved is None or saved.shape == tensor.shape:
+            continue
+        owner_name, _, attr = name.rpartition(".")
+        owner = model.get_submodule(owner_name) if owner_name else model
+        fresh = torch.zeros(saved.shape, dtype=tensor.dtype, device=tensor.device)
+        if isinstance(tensor, nn.Parameter):
+            setattr(owner, attr, nn.Parameter(fresh, requires_grad=tensor.requires_grad))
+        else:
+            owner.register_buffer(
+                attr, fresh, persistent=attr not in owner._non_persistent_buffers_set
+            )

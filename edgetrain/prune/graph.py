@@ -72,6 +72,15 @@ class ChannelGroup:
     members: list[Member] = field(default_factory=list)
     #: Torch-Pruning's own group, for its importance criteria
     tp_group: Any = field(default=None, compare=False, repr=False)
+    #: the attention modules whose embedding these channels are (channel ``c`` belongs to
+    #: head ``c // (size // heads)``); such a group is thinned by whole heads only
+    attention: tuple[str, ...] = ()
+    heads: int = 0
+
+    def head_channels(self, head: int) -> list[int]:
+        """The group channels of one attention head."""
+        width = self.size // self.heads
+        return list(range(head * width, (head + 1) * width))
 
     def weight_members(self) -> list[Member]:
         return [m for m in self.members if m.is_weight_layer]
@@ -260,12 +269,31 @@ def _all_groups(
             yield group
 
 
+def _whole_heads(model: nn.Module, attention: list[str], size: int) -> str | None:
+    """Why the channels of attention modules cannot be thinned by whole heads, or None."""
+    modules = [model.get_submodule(a) for a in attention]
+    counts = {m.num_heads for m in modules}
+    if len(counts) > 1:
+        return (
+            f"its channels are the embedding of attentions with different head counts "
+            f"({', '.join(attention)}), which no whole-head cut keeps even"
+        )
+    for name, m in zip(attention, modules, strict=True):
+        if m.embed_dim != size or not m._qkv_same_embed_dim or m.num_heads < 2:
+            return (
+                f"its channels are the embedding of the attention '{name}', whose heads "
+                "cannot be thinned (a single head, or separate key/value widths)"
+            )
+    return None
+
+
 def channel_groups(
     model: nn.Module,
     example: torch.Tensor | None = None,
     graph=None,  # noqa: ANN001 - tp.DependencyGraph
     output_layers: Sequence[str] | None = None,
     refused: dict[str, str] | None = None,
+    heads: bool = False,
 ) -> list[ChannelGroup]:
     """Every group of coupled channels whose channels may change.
 
@@ -283,9 +311,11 @@ def channel_groups(
             their channels cannot change correctly: channels that are an attention
             module's embedding (``nn.MultiheadAttention`` keeps every head as wide as the
             embedding divided by the head count, so removing single channels would leave
-            heads of different widths), channels that feed a recurrent layer (its gates
-            are stacked per hidden unit), and producers whose channels Torch-Pruning's
-            graph cannot follow.
+            heads of different widths; unless ``heads``), channels that feed a recurrent
+            layer (its gates are stacked per hidden unit), and producers whose channels
+            Torch-Pruning's graph cannot follow.
+        heads: keep attention embeddings as groups to be thinned by whole heads
+            (:attr:`ChannelGroup.attention`, :attr:`ChannelGroup.heads`).
     """
     tp = _tp()
     example = example_input(model, example)
@@ -325,19 +355,34 @@ def channel_groups(
                             "whose weights Torch-Pruning cannot thin channel by channel",
                         )
             continue
+        size = 1 + max((r for m in members for r in m.root_idxs), default=-1)
         attention = sorted({m.name for m in members if isinstance(m.module, nn.MultiheadAttention)})
+        why = _whole_heads(model, attention, size) if attention and heads else None
+        if attention and heads and why is None:
+            counts = {model.get_submodule(a).num_heads for a in attention}
+            groups.append(
+                ChannelGroup(
+                    root=names.get(root, "?"),
+                    size=size,
+                    members=members,
+                    tp_group=group,
+                    attention=tuple(attention),
+                    heads=counts.pop(),
+                )
+            )
+            continue
         if attention:
             if refused is not None:
                 for m in members:
                     if m.role == "out" and m.is_weight_layer:
                         refused.setdefault(
                             m.name,
-                            f"its channels are the embedding of the attention "
+                            why
+                            or f"its channels are the embedding of the attention "
                             f"'{attention[0]}', whose heads cannot be thinned channel by "
                             "channel",
                         )
             continue
-        size = 1 + max((r for m in members for r in m.root_idxs), default=-1)
         groups.append(
             ChannelGroup(root=names.get(root, "?"), size=size, members=members, tp_group=group)
         )

@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from edgetrain.compress import load_recipe
 from edgetrain.compress.l1 import filter_scores, filters_to_remove, l1_filter
 from edgetrain.errors import ConfigError
 from edgetrain.models import create
@@ -254,3 +255,63 @@ def test_group_importance_removes_what_torch_pruning_removes(name, options):
 def test_an_unknown_importance_is_one_line():
     with pytest.raises(ConfigError, match="unknown importance 'l2'.*choose one of: l1, group"):
         l1_filter(create("resnet20"), ["layer1.0.conv1"], 0.5, importance="l2")
+
+
+class _Tokens(nn.Module):
+    """Tokens through a residual self-attention (2 heads of 8) and a linear classifier."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Linear(6, 16)
+        self.attn = nn.MultiheadAttention(16, 2, batch_first=True)
+        self.fc = nn.Linear(16, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.embed(x)
+        h = h + self.attn(h, h, h, need_weights=False)[0]
+        return self.fc(h.mean(1))
+
+
+def test_attention_loses_whole_heads_and_a_dead_head_goes_without_changing_outputs():
+    torch.manual_seed(0)
+    net = _Tokens().eval()
+    head = slice(8, 16)  # head 1: its embedding channels, its output, its readers
+    with torch.no_grad():
+        net.embed.weight[head] = 0
+        net.embed.bias[head] = 0
+        net.attn.out_proj.weight[head] = 0
+        net.attn.out_proj.bias[head] = 0
+        net.attn.out_proj.weight[:, head] = 0
+        net.fc.weight[:, head] = 0
+    x = torch.randn(3, 5, 6)
+    with torch.no_grad():
+        before = net(x)
+    [group] = l1_filter(net, ["embed"], 0.5, example_input=x[:1])
+    assert group.removed == tuple(range(8, 16)) and group.after == 8
+    assert (net.attn.num_heads, net.attn.head_dim, net.attn.embed_dim) == (1, 8, 8)
+    with torch.no_grad():
+        assert torch.allclose(net(x), before, atol=1e-5)
+
+
+def test_vit_tiny_keeps_heads_of_equal_width_and_reopens_from_its_state_dict():
+    from edgetrain.models.surgery import restore_architecture
+
+    net = create("vit_tiny", depth=2).eval()
+    layers = load_recipe(
+        {
+            "version": 1,
+            "pruners": {"all": {"method": "l1_filter", "sparsity": 0.5, "layers": ["*"]}},
+        }
+    ).check(net, None)["all"]
+    l1_filter(net, layers, 0.5)
+    attention = [m for m in net.modules() if isinstance(m, nn.MultiheadAttention)]
+    assert {(m.num_heads, m.head_dim, m.embed_dim) for m in attention} == {(2, 64, 128)}
+    x = torch.randn(2, *net.input_shape)
+    assert net(x).shape == (2, 10)
+    fresh = create("vit_tiny", depth=2).eval()  # as a run reopens it: shapes from the state
+    restore_architecture(fresh, net.state_dict())
+    fresh.load_state_dict(net.state_dict())
+    with torch.no_grad():
+        assert torch.allclose(fresh(x), net(x), atol=1e-6)
+    attention = [m for m in fresh.modules() if isinstance(m, nn.MultiheadAttention)]
+    assert {(m.num_heads, m.head_dim) for m in attention} == {(2, 64)}
