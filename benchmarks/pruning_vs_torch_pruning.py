@@ -91,7 +91,11 @@ def _tp_magnitude(model: torch.nn.Module, example: torch.Tensor, group: bool) ->
         importance=importance,
         pruning_ratio=0.5,
         ignored_layers=outputs,
+        # whole heads, as edgetrain thins attention: half the heads go, each keeps its width
         num_heads=heads,
+        prune_num_heads=bool(heads),
+        prune_head_dims=False,
+        head_pruning_ratio=0.5,
     )
     pruner.step()
     return model
