@@ -16,7 +16,25 @@ __all__ = ["YAMLError", "safe_load"]
 
 
 class _Loader(yaml.SafeLoader):
-    """SafeLoader with YAML 1.2-style floats (``1e-3``, ``5E4``)."""
+    """SafeLoader with YAML 1.2-style floats (``1e-3``, ``5E4``) that refuses a key given
+    twice in one mapping (PyYAML would keep the last one without a word)."""
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> dict[Any, Any]:
+        if isinstance(node, yaml.MappingNode):
+            seen: set[Any] = set()
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue  # keys merged in (<<: *base) may be overridden
+                key = self.construct_object(key_node, deep=True)
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        "while constructing a mapping",
+                        node.start_mark,
+                        f"key '{key}' is given twice; keep one",
+                        key_node.start_mark,
+                    )
+                seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 _FLOAT = re.compile(

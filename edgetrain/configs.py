@@ -17,8 +17,9 @@ Example:
 from __future__ import annotations
 
 import copy
+import math
 import types
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -151,8 +152,13 @@ def read_mapping(
 def load_validated(
     model: type[M], tree: Mapping[str, Any], *, what: str, where: Path | None = None
 ) -> M:
-    """Validate ``tree`` into ``model``; every failure is one :class:`ConfigError` line."""
+    """Validate ``tree`` into ``model``; every failure is one :class:`ConfigError` line.
+    A number that is not finite (``nan``, ``.inf``) is refused wherever it appears."""
     prefix = f"{what} '{where}'" if where is not None else what
+    bad = _non_finite(tree)
+    if bad is not None:
+        path, value = bad
+        raise ConfigError(f"{prefix}: {path}: {value} is not a finite number; give a finite value")
     try:
         return model.model_validate(tree)
     except ValidationError as exc:
@@ -160,6 +166,23 @@ def load_validated(
     except EdgetrainError as exc:
         message = str(exc)
     raise ConfigError(f"{prefix}: {message}")
+
+
+def _non_finite(tree: Any, path: str = "") -> tuple[str, float] | None:
+    """The first ``(key path, value)`` holding a NaN or infinite float, or None."""
+    if isinstance(tree, float) and not math.isfinite(tree):
+        return path or "the value", tree
+    if isinstance(tree, Mapping):
+        items: Iterable[tuple[Any, Any]] = tree.items()
+    elif isinstance(tree, list | tuple):
+        items = enumerate(tree)
+    else:
+        return None
+    for key, value in items:
+        found = _non_finite(value, f"{path}.{key}" if path else str(key))
+        if found is not None:
+            return found
+    return None
 
 
 def format_validation_error(exc: ValidationError, model: type[BaseModel]) -> str:

@@ -75,6 +75,7 @@ class Trace:
     tensor_elems: dict[int, int]  # activation key -> elements of its buffer
     unsupported: list[tuple[str, str]] = field(default_factory=list)  # (op, module)
     output_keys: tuple[int, ...] = ()
+    output_shapes: tuple[tuple[int, ...], ...] = ()  # of the model's output tensors
 
 
 class _Recorder(TorchDispatchMode):
@@ -207,4 +208,5 @@ def trace(model: nn.Module, input_shape: Sequence[int], batch_size: int = 1) -> 
         tensor_elems=dict(recorder.elems),
         unsupported=list(dict.fromkeys(recorder.unsupported)),
         output_keys=tuple(recorder.keys.get(id(t), -1) for t in outs),
+        output_shapes=tuple(tuple(t.shape) for t in outs),
     )

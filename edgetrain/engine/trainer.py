@@ -29,7 +29,7 @@ from edgetrain.engine.precision import Precision
 from edgetrain.engine.rundir import RunDirectory
 from edgetrain.engine.seeding import epoch_seed, seed_everything, set_deterministic
 from edgetrain.engine.state import TrainState
-from edgetrain.errors import CheckpointError, ConfigError
+from edgetrain.errors import CheckpointError, ConfigError, one_line
 
 __all__ = ["Trainer", "select_device"]
 
@@ -119,10 +119,37 @@ def _recorded(model: nn.Module, data: Any) -> dict[str, Any] | None:
 
 
 def select_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` picks CUDA when available, else CPU; other values pass through."""
+    """``"auto"`` picks CUDA when available, else CPU; other values must name a device
+    this machine has.
+
+    Raises:
+        ConfigError: an unknown device, or one this machine lacks (naming those it has).
+    """
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        chosen = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ConfigError(
+            f"device '{device}' is not a device name ({one_line(exc)}); use auto, cpu or cuda"
+        ) from None
+    here = _devices()
+    if chosen.type == "cuda" and (
+        not torch.cuda.is_available()
+        or (chosen.index is not None and chosen.index >= torch.cuda.device_count())
+    ):
+        raise ConfigError(f"device '{device}' is not on this machine; devices here: {here}")
+    if chosen.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device '{device}' is not on this machine; devices here: {here}")
+    return chosen
+
+
+def _devices() -> str:
+    found = ["cpu"]
+    found += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    if torch.backends.mps.is_available():
+        found.append("mps")
+    return ", ".join(found)
 
 
 class Trainer:

@@ -17,6 +17,7 @@ import torch
 
 from edgetrain import models
 from edgetrain.cost import trace
+from edgetrain.cost.tracer import Trace
 from edgetrain.engine import CALLBACKS, LR_CONTROLLERS, Trainer, build_optimizer, build_scheduler
 from edgetrain.engine.checkpoint import load_model_weights, load_weights, resolve_checkpoint
 from edgetrain.engine.rundir import RunDirectory
@@ -73,7 +74,7 @@ def build_model(
         model = models.create(config.model.name, **options)
     if config.model.output_layer:
         _name_output_layer(model, config.model.output_layer)
-    _check_input(model, config.model.name, input_shape)
+    traced = _check_input(model, config.model.name, input_shape)
     init_arch: dict[str, Any] = {}
     if config.model.init_from and (load_init or Path(config.model.init_from).exists()):
         # On resume only the architecture is taken (pruned or grown); last.pt has weights.
@@ -99,7 +100,28 @@ def build_model(
         architecture.update(pruned=True, bypassed=init_arch.get("bypassed", []))
     if freeze and config.model.freeze:
         models.freeze(model, config.model.freeze)
+    _check_classes(config, traced.output_shapes, num_classes)
     return model, architecture
+
+
+def _check_classes(
+    config: RunConfig, outputs: tuple[tuple[int, ...], ...], num_classes: int | None
+) -> None:
+    """A classifier needs an output per class of the data, and two classes at least."""
+    if num_classes is None:
+        return
+    data = config.data.name
+    if num_classes < 2:
+        raise ConfigError(
+            f"data set '{data}' has a single class; a classifier needs two or more (check "
+            "the labels, or the split that holds them)"
+        )
+    if len(outputs) == 1 and len(outputs[0]) == 2 and outputs[0][1] < num_classes:
+        raise ConfigError(
+            f"model '{config.model.name}' gives {outputs[0][1]} outputs but data set '{data}' "
+            f"has {num_classes} classes (labels 0-{num_classes - 1}); set "
+            f"model.options.num_classes: {num_classes}"
+        )
 
 
 def _name_output_layer(model: torch.nn.Module, names: str | list[str]) -> None:
@@ -116,10 +138,10 @@ def _name_output_layer(model: torch.nn.Module, names: str | list[str]) -> None:
     setattr(model, "output_layer", names)  # noqa: B010 - a plain attribute on the module
 
 
-def _check_input(model: torch.nn.Module, name: str, input_shape: tuple[int, ...]) -> None:
+def _check_input(model: torch.nn.Module, name: str, input_shape: tuple[int, ...]) -> Trace:
     """Trace one forward on the meta device, so a shape mismatch fails before training."""
     try:
-        trace(model, input_shape, batch_size=2)
+        return trace(model, input_shape, batch_size=2)
     except EdgetrainError as exc:
         shape = "x".join(map(str, input_shape))
         cause = one_line(exc.__cause__) if exc.__cause__ else str(exc)

@@ -171,7 +171,7 @@ class RunConfig(_Strict):
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.@-]*$")
     epochs: int = Field(ge=1)
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=2**63 - 1)  # torch seeds are 64-bit
     deterministic: bool = False
     device: str = "auto"
     precision: Literal["32", "16-mixed", "bf16-mixed"] = "32"

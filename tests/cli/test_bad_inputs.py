@@ -1,0 +1,78 @@
+"""Bad inputs to ``edgetrain train``, one row each: exit 2 and one line naming the input
+and the fix, before any work starts (no run directory left behind)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+RECIPE = """
+name: tiny
+epochs: 1
+data:
+  name: digits
+  batch_size: 64
+model:
+  name: small_cnn
+optimizer: {name: sgd, lr: 0.02}
+"""
+
+
+def _one_line(output: str) -> str:
+    lines = [ln for ln in output.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1, output
+    return lines[0]
+
+
+@pytest.fixture
+def recipe(tmp_path):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(RECIPE)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("edit", "args", "needle"),
+    [
+        # a key given twice: PyYAML would keep the last one without a word
+        (
+            "epochs: 3\n",
+            (),
+            "invalid YAML at line 10, column 1: key 'epochs' is given twice",
+        ),
+        ("", ("--set", "optimizer.lr=.nan"), "optimizer.lr: nan is not a finite number"),
+        ("", ("--set", "optimizer.lr=.inf"), "optimizer.lr: inf is not a finite number"),
+        ("", ("--seed", str(2**64)), "seed: Input should be less than or equal to"),
+        ("", ("--seed", "-1"), "seed: Input should be greater than or equal to 0"),
+        ("", ("--device", "cuda:7"), "device 'cuda:7' is not on this machine; devices here: cpu"),
+        ("", ("--device", "tpu"), "device 'tpu' is not a device name"),
+        (
+            "",
+            ("--set", "model.options.num_classes=3"),
+            "model 'small_cnn' gives 3 outputs but data set 'digits' has 10 classes "
+            "(labels 0-9); set model.options.num_classes: 10",
+        ),
+    ],
+)
+def test_a_bad_input_is_one_line_and_exit_2(cli, recipe, tmp_path, edit, args, needle):
+    if edit:
+        recipe.write_text(RECIPE + edit)
+    out = cli("train", str(recipe), *args, "--no-progress", "--no-report", code=2).output
+    assert needle in _one_line(out)
+    assert not (tmp_path / "runs" / "tiny").exists()
+
+
+def test_a_data_set_of_one_class_is_refused(cli, tmp_path):  # before training starts
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "one.npz", x=rng.normal(size=(20, 1, 16)).astype("float32"), y=np.zeros(20))
+    (tmp_path / "one.yaml").write_text(
+        "name: one\nepochs: 1\n"
+        f"data: {{name: arrays, options: {{path: {tmp_path / 'one.npz'}, test_fraction: 0.25}}}}\n"
+        "model: {name: fcn1d}\n"
+    )
+    out = cli("train", "one.yaml", "--no-progress", "--no-report", code=2).output
+    assert "arrays: the labels hold 1 class (0.0); a classifier needs at least two" in (
+        _one_line(out)
+    )
