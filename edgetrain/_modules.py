@@ -15,7 +15,7 @@ from torch import nn
 
 from edgetrain.errors import EdgetrainError
 
-__all__ = ["eval_mode", "param_owners", "select_modules"]
+__all__ = ["eval_mode", "param_owners", "select_modules", "structure_key"]
 
 
 @contextlib.contextmanager
@@ -30,6 +30,17 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
     finally:
         for module, training in modes:
             module.training = training
+
+
+def structure_key(model: nn.Module, input_shape: Sequence[int]) -> tuple[object, ...]:
+    """What one traced forward of ``model`` depends on: the input shape, the modules (by
+    name, type and identity) and the weight shapes; a trace cached under it stays valid
+    until pruning or growth changes one of them."""
+    return (
+        tuple(input_shape),
+        tuple((n, type(m), id(m)) for n, m in model.named_modules()),
+        tuple((n, tuple(t.shape)) for n, t in model.named_parameters()),
+    )
 
 
 def param_owners(model: nn.Module) -> list[str]:

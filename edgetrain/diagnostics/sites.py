@@ -35,7 +35,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from torch.utils.hooks import RemovableHandle
 
-from edgetrain._modules import eval_mode
+from edgetrain._modules import eval_mode, structure_key
 from edgetrain.errors import ConfigError
 
 __all__ = [
@@ -376,11 +376,7 @@ _TRACES: weakref.WeakKeyDictionary[nn.Module, dict[Any, Any]] = weakref.WeakKeyD
 def _traced(model: nn.Module, input_shape: Sequence[int]) -> dict[str, tuple[Site, int]]:
     """Every site a meta-device forward reaches, in order, with its channel dimension.
     Kept per model while its modules stay the same."""
-    signature = (
-        tuple(input_shape),
-        tuple((n, type(m), id(m)) for n, m in model.named_modules()),
-        tuple((n, tuple(t.shape)) for n, t in model.named_parameters()),
-    )
+    signature = structure_key(model, input_shape)
     cached = _TRACES.setdefault(model, {})
     if signature not in cached:
         cached.clear()

@@ -19,7 +19,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from edgetrain._modules import eval_mode, select_modules
+from edgetrain._modules import eval_mode, select_modules, structure_key
 
 __all__ = [
     "WEIGHT_LAYER_TYPES",
@@ -81,11 +81,7 @@ def _trace(model: nn.Module, shape: Sequence[int]) -> tuple[_ParameterUse, list[
     """One meta-device forward under :class:`_ParameterUse`; also the sources of every
     output tensor. Kept per model while its modules and weight shapes stay the same
     (pruning traces a model several times; each trace of a MobileNet costs ~0.3 s)."""
-    signature = (
-        tuple(shape),
-        tuple((n, type(m), id(m)) for n, m in model.named_modules()),
-        tuple((n, tuple(t.shape)) for n, t in model.named_parameters()),
-    )
+    signature = structure_key(model, shape)
     cached = _TRACES.setdefault(model, {})
     if signature not in cached:
         cached.clear()  # one entry: the model as it is now

@@ -263,9 +263,9 @@ def test_layers_by_kind_select_only_layers_that_can_lose_filters():
         load_recipe(linear).check(net)
 
 
-def test_attention_embeddings_are_refused_and_the_mlp_is_pruned():
-    """nn.MultiheadAttention keeps every head embed_dim / num_heads wide: thinning its
-    embedding channel by channel would leave uneven heads, so those layers keep theirs."""
+def test_attention_embeddings_lose_whole_heads_with_the_layers_tied_to_them():
+    """nn.MultiheadAttention keeps every head embed_dim / num_heads wide: its embedding
+    (the residual stream) loses whole heads, with every layer that writes to it."""
     import torch
 
     from edgetrain.compress import apply
@@ -275,14 +275,18 @@ def test_attention_embeddings_are_refused_and_the_mlp_is_pruned():
     every = {"version": 1, "pruners": {"a": {"method": "l1_filter", "sparsity": 0.5}}}
     every["pruners"]["a"]["layers"] = ["*"]
     assert load_recipe(every).check(net)["a"] == [
+        "patch_embed",
         "encoder.layers.0.linear1",
+        "encoder.layers.0.linear2",
         "encoder.layers.1.linear1",
+        "encoder.layers.1.linear2",
     ]
     x = torch.randn(2, 3, 32, 32)
     pruned, _ = apply(net, every)
     assert pruned.encoder.layers[0].linear1.out_features == 384
-    assert pruned.encoder.layers[0].self_attn.embed_dim == 192
+    attention = pruned.encoder.layers[0].self_attn
+    assert (attention.embed_dim, attention.num_heads, attention.head_dim) == (128, 2, 64)
     assert pruned(x).shape == (2, 10)
     every["pruners"]["a"]["layers"] = ["patch_embed"]
-    with pytest.raises(ConfigError, match="heads cannot be thinned channel by channel"):
+    with pytest.raises(ConfigError, match="tied layers are pruned together: also list"):
         load_recipe(every).check(create("vit_tiny", depth=2))
