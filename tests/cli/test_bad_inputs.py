@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from _output import one_line
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -18,12 +19,6 @@ model:
   name: small_cnn
 optimizer: {name: sgd, lr: 0.02}
 """
-
-
-def _one_line(output: str) -> str:
-    lines = [ln for ln in output.strip().splitlines() if ln.strip()]
-    assert len(lines) == 1, output
-    return lines[0]
 
 
 @pytest.fixture
@@ -60,7 +55,7 @@ def test_a_bad_input_is_one_line_and_exit_2(cli, recipe, tmp_path, edit, args, n
     if edit:
         recipe.write_text(RECIPE + edit)
     out = cli("train", str(recipe), *args, "--no-progress", "--no-report", code=2).output
-    assert needle in _one_line(out)
+    assert needle in one_line(out)
     assert not (tmp_path / "runs" / "tiny").exists()
 
 
@@ -74,5 +69,5 @@ def test_a_data_set_of_one_class_is_refused(cli, tmp_path):  # before training s
     )
     out = cli("train", "one.yaml", "--no-progress", "--no-report", code=2).output
     assert "arrays: the labels hold 1 class (0.0); a classifier needs at least two" in (
-        _one_line(out)
+        one_line(out)
     )

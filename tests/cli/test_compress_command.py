@@ -6,6 +6,7 @@ import csv
 import json
 
 import pytest
+from _output import one_line
 
 from edgetrain.engine import load_checkpoint
 from edgetrain.runs import load_trained_model
@@ -30,12 +31,6 @@ def trained(tmp_path_factory, copy_tiny_resnet_run):
     copy_tiny_resnet_run(root)
     (root / "recipe.yaml").write_text(RECIPE)
     return root
-
-
-def _one_line(output: str) -> str:
-    lines = [ln for ln in output.strip().splitlines() if ln.strip()]
-    assert len(lines) == 1, output
-    return lines[0]
 
 
 def test_compress_prunes_evaluates_finetunes_and_writes_a_run_directory(cli, trained, tmp_path):
@@ -113,20 +108,20 @@ def test_bad_input_is_one_line_exit_2_and_leaves_no_output(
     path.write_text(recipe)
     out = tmp_path / "out"
     args = ("compress", str(trained / "runs" / "tiny"), "--recipe", str(path), "--out", str(out))
-    assert message in _one_line(cli(*args, *extra, code=2).output)
+    assert message in one_line(cli(*args, *extra, code=2).output)
     assert not out.exists()
 
 
 def test_missing_run_or_recipe_and_existing_output_are_refused(cli, trained, tmp_path):
     run, recipe = str(trained / "runs" / "tiny"), str(trained / "recipe.yaml")
-    line = _one_line(cli("compress", run, "--recipe", "nope.yaml", code=2).output)
+    line = one_line(cli("compress", run, "--recipe", "nope.yaml", code=2).output)
     assert "compression recipe 'nope.yaml' not found" in line and "resnet20-l1" in line
-    line = _one_line(cli("compress", str(tmp_path), "--recipe", recipe, code=2).output)
+    line = one_line(cli("compress", str(tmp_path), "--recipe", recipe, code=2).output)
     assert "no checkpoint in" in line
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "x").write_text("")
     args = ("compress", run, "--recipe", recipe, "--out", str(tmp_path / "taken"))
-    assert "pass --overwrite" in _one_line(cli(*args, code=2).output)
+    assert "pass --overwrite" in one_line(cli(*args, code=2).output)
 
 
 def test_sensitivity_writes_csv_and_plot(cli, trained, tmp_path):
@@ -152,7 +147,7 @@ def test_sensitivity_writes_csv_and_plot(cli, trained, tmp_path):
     ] * 3
     assert [int(r["filters_after"]) for r in rows[:3]] == [8, 4, 2]
     assert (out / "sensitivity.png").read_bytes()[:4] == b"\x89PNG"
-    line = _one_line(
+    line = one_line(
         cli(
             "compress", "sensitivity", str(trained / "runs" / "tiny"), "--sparsities", "x", code=2
         ).output

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from _output import one_line
 
 from edgetrain._yaml import safe_load
 from edgetrain.diagnostics import ACTCOOL_FILE, LR_SENSITIVITY_FILE, read_lr_sensitivity
@@ -34,12 +35,6 @@ def recipe(tmp_path):
     return str(path)
 
 
-def _one_line(output: str) -> str:
-    lines = [ln for ln in output.strip().splitlines() if ln.strip()]
-    assert len(lines) == 1, output
-    return lines[0]
-
-
 def test_lr_sensitivity_trains_measures_prints_and_plots(cli, recipe, tmp_path) -> None:
     args = ["diagnose", "lr-sensitivity", "--config", recipe, "--rates", "6", "--epochs", "2"]
     out = cli(*args, "--at", "5", "--no-progress").output
@@ -63,7 +58,7 @@ def test_lr_sensitivity_trains_measures_prints_and_plots(cli, recipe, tmp_path) 
 
 def test_lr_sensitivity_bad_input_is_one_line_and_leaves_no_run(cli, recipe, tmp_path) -> None:
     result = cli("diagnose", "lr-sensitivity", "--config", recipe, "--rates", "1", code=2)
-    assert "need at least 2 rates" in _one_line(result.output)
+    assert "need at least 2 rates" in one_line(result.output)
     result = cli(
         "diagnose",
         "lr-sensitivity",
@@ -74,7 +69,7 @@ def test_lr_sensitivity_bad_input_is_one_line_and_leaves_no_run(cli, recipe, tmp
         "--no-progress",
         code=2,
     )
-    assert "'relu9' is not an activation layer" in _one_line(result.output)
+    assert "'relu9' is not an activation layer" in one_line(result.output)
     assert not (tmp_path / "runs" / "digits-lr-lrsens").exists()
 
 
@@ -98,17 +93,17 @@ def test_train_with_lr_control_actcool(cli, recipe, tmp_path) -> None:
     assert not (run / LR_SENSITIVITY_FILE).exists()
 
 
-def test_a_diverging_actcool_run_stops_with_one_line(cli, recipe, tmp_path) -> None:
+def test_a_diverging_actcool_run_stops_withone_line(cli, recipe, tmp_path) -> None:
     args = ["train", recipe, "--set", "scheduler=null", "--set", "lr_control.name=actcool"]
     args += ["--set", "lr_control.mu=30", "--set", "lr_control.fit_at_start=false"]
-    line = _one_line(cli(*args, "--no-progress", code=2).output)
+    line = one_line(cli(*args, "--no-progress", code=2).output)
     assert line.startswith("error: ActCoolLR:") and "diverged" in line
     assert not (tmp_path / "runs" / "digits-lr").exists()  # failed in its first epoch
 
 
-def test_lr_control_with_a_scheduler_is_one_line(cli, recipe, tmp_path) -> None:
+def test_lr_control_with_a_scheduler_isone_line(cli, recipe, tmp_path) -> None:
     result = cli("train", recipe, "--set", "lr_control=actcool", code=2)
-    line = _one_line(result.output)
+    line = one_line(result.output)
     assert "cannot be combined with scheduler 'step'" in line
     assert "--set scheduler=null" in line
     assert not (tmp_path / "runs").exists()

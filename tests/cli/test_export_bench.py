@@ -6,6 +6,7 @@ import json
 import sys
 
 import pytest
+from _output import one_line
 
 pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
@@ -13,12 +14,6 @@ pytest.importorskip("onnxruntime")
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 FAKE_BENCH = 'import json, sys; print(json.dumps({"latency_ms": [1.5, 2.5], "argv": sys.argv}))'
-
-
-def _one_line(output: str) -> str:
-    lines = [ln for ln in output.strip().splitlines() if ln.strip()]
-    assert len(lines) == 1, output
-    return lines[0]
 
 
 def test_export_then_bench_a_trained_run(cli, tiny_recipe, tmp_path):
@@ -79,6 +74,6 @@ def test_export_then_bench_a_trained_run(cli, tiny_recipe, tmp_path):
 def test_bad_input_is_one_line_exit_2(cli, tmp_path, args, needle):
     (tmp_path / "bad.onnx").write_bytes(b"not a model")
     result = cli(*args, code=2)
-    assert needle in _one_line(result.output)
+    assert needle in one_line(result.output)
     if args[0] == "export":
         assert [p.name for p in tmp_path.rglob("*.onnx")] == ["bad.onnx"]

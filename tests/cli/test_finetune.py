@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from _output import one_line
 
 from edgetrain._yaml import safe_load
 
@@ -32,12 +33,6 @@ def _rows(output: str) -> dict[str, list[str]]:
             cells = [c.strip() for c in line.strip("│").split("│")]
             rows[cells[0]] = cells[1:]
     return rows
-
-
-def _one_line(output: str) -> str:
-    lines = [ln for ln in output.strip().splitlines() if ln.strip()]
-    assert len(lines) == 1, output
-    return lines[0]
 
 
 # ------------------------------------------------------------------ schedule show
@@ -95,7 +90,7 @@ def test_schedule_show_with_a_timed_profile_adds_the_estimated_time(cli, tmp_pat
 )
 def test_schedule_show_bad_schedule_is_one_line_exit_2(cli, schedule, needle):
     result = cli("schedule", "show", schedule, "--model", "vgg_small", code=2)
-    assert needle in _one_line(result.output)
+    assert needle in one_line(result.output)
 
 
 # ------------------------------------------------------------------ schedule suggest
@@ -122,7 +117,7 @@ def test_schedule_suggest_lists_schedules_within_the_budgets(cli):
 
 def test_schedule_suggest_with_an_impossible_budget_is_one_line_exit_2(cli):
     result = cli("schedule", "suggest", "--model", "vgg_small", "--max-peak-mem", "10", code=2)
-    assert "no schedule fits" in _one_line(result.output)
+    assert "no schedule fits" in one_line(result.output)
 
 
 # ------------------------------------------------------------------ finetune run
@@ -176,7 +171,7 @@ def test_finetune_run_trains_a_scheduled_run(cli, recipe, tmp_path, extra, run_n
 )
 def test_finetune_run_bad_schedule_or_mode_is_one_line_exit_2(cli, recipe, tmp_path, args, needle):
     result = cli("finetune", "run", "--config", str(recipe), *args, "--no-progress", code=2)
-    assert needle in _one_line(result.output)
+    assert needle in one_line(result.output)
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
 
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import torch
+from _output import one_line
 from torch import nn
 
 from edgetrain._yaml import safe_load
@@ -52,12 +53,6 @@ def parent(cli, recipe, tmp_path) -> Path:
     """A trained run to grow: runs/tiny."""
     cli("train", str(recipe), *QUIET)
     return tmp_path / "runs" / "tiny"
-
-
-def _one_line(output: str) -> str:
-    lines = [ln for ln in output.strip().splitlines() if ln.strip()]
-    assert len(lines) == 1, output
-    return lines[0]
 
 
 def _config(run: Path) -> dict[str, Any]:
@@ -186,7 +181,7 @@ def test_grow_a_residual_net(cli, tmp_path):
 )
 def test_bad_grow_input_is_one_line_exit_2(cli, recipe, tmp_path, args, needle):
     result = cli("grow", str(recipe), *args, *ONE_EPOCH, code=2)
-    assert needle in _one_line(result.output)
+    assert needle in one_line(result.output)
     runs = tmp_path / "runs"
     assert not runs.exists() or not any(runs.iterdir())  # nothing left behind
 
@@ -197,14 +192,14 @@ def test_an_unknown_grow_op_in_a_recipe_names_the_op_and_the_choices(cli, tmp_pa
         RECIPE.replace("options: {input_size: 8}", "options: {input_size: 8}\n  grow: [{op: nope}]")
     )
     result = cli("train", str(recipe), *QUIET, code=2)
-    line = _one_line(result.output)
+    line = one_line(result.output)
     assert "unknown op 'nope'" in line and "choose one of: deepen, widen" in line
     assert "model.grow" in line
     bad_init = RECIPE.replace(
         "options: {input_size: 8}", "options: {input_size: 8}\n  grow_init: zeros"
     )
     recipe.write_text(bad_init)
-    assert "grow_init" in _one_line(cli("train", str(recipe), *QUIET, code=2).output)
+    assert "grow_init" in one_line(cli("train", str(recipe), *QUIET, code=2).output)
 
 
 def test_a_recipe_with_model_grow_trains_the_grown_model(cli, tmp_path):

@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from _output import one_line
 
 from edgetrain._yaml import safe_load
 
@@ -35,12 +36,6 @@ def recipe(tmp_path):
     path = tmp_path / "tiny.yaml"
     path.write_text(RECIPE)
     return path
-
-
-def _one_line(output: str) -> str:
-    lines = [ln for ln in output.strip().splitlines() if ln.strip()]
-    assert len(lines) == 1, output
-    return lines[0]
 
 
 def test_prune_train_trains_reports_and_prints_the_table(cli, recipe, tmp_path):
@@ -101,9 +96,9 @@ def test_a_recipe_with_prunetrain_keeps_its_one_callback_and_the_options_change_
 
 
 def test_prune_train_needs_exactly_one_recipe(cli, recipe):
-    assert "pass a recipe" in _one_line(cli("prune-train", code=2).output)
+    assert "pass a recipe" in one_line(cli("prune-train", code=2).output)
     out = cli("prune-train", str(recipe), "--config", "other.yaml", code=2).output
-    assert "two recipes given" in _one_line(out)
+    assert "two recipes given" in one_line(out)
 
 
 @pytest.mark.parametrize(
@@ -116,5 +111,5 @@ def test_prune_train_needs_exactly_one_recipe(cli, recipe):
 )
 def test_prune_train_bad_input_is_one_line_exit_2(cli, recipe, tmp_path, args, needle):
     result = cli("prune-train", str(recipe), *args, "--epochs", "1", "--no-progress", code=2)
-    assert needle in _one_line(result.output)
+    assert needle in one_line(result.output)
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
