@@ -9,24 +9,6 @@ from _output import one_line
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-RECIPE = """
-name: tiny
-epochs: 1
-data:
-  name: digits
-  batch_size: 64
-model:
-  name: small_cnn
-optimizer: {name: sgd, lr: 0.02}
-"""
-
-
-@pytest.fixture
-def recipe(tmp_path):
-    path = tmp_path / "tiny.yaml"
-    path.write_text(RECIPE)
-    return path
-
 
 @pytest.mark.parametrize(
     ("edit", "args", "needle"),
@@ -35,7 +17,7 @@ def recipe(tmp_path):
         (
             "epochs: 3\n",
             (),
-            "invalid YAML at line 10, column 1: key 'epochs' is given twice",
+            "invalid YAML at line 11, column 1: key 'epochs' is given twice",
         ),
         ("", ("--set", "optimizer.lr=.nan"), "optimizer.lr: nan is not a finite number"),
         ("", ("--set", "optimizer.lr=.inf"), "optimizer.lr: inf is not a finite number"),
@@ -46,15 +28,15 @@ def recipe(tmp_path):
         (
             "",
             ("--set", "model.options.num_classes=3"),
-            "model 'small_cnn' gives 3 outputs but data set 'digits' has 10 classes "
+            "model 'vgg_small' gives 3 outputs but data set 'digits' has 10 classes "
             "(labels 0-9); set model.options.num_classes: 10",
         ),
     ],
 )
-def test_a_bad_input_is_one_line_and_exit_2(cli, recipe, tmp_path, edit, args, needle):
+def test_a_bad_input_is_one_line_and_exit_2(cli, tiny_recipe, tmp_path, edit, args, needle):
     if edit:
-        recipe.write_text(RECIPE + edit)
-    out = cli("train", str(recipe), *args, "--no-progress", "--no-report", code=2).output
+        tiny_recipe.write_text(tiny_recipe.read_text() + edit)
+    out = cli("train", str(tiny_recipe), *args, "--no-progress", "--no-report", code=2).output
     assert needle in one_line(out)
     assert not (tmp_path / "runs" / "tiny").exists()
 
