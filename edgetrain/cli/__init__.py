@@ -6,6 +6,7 @@ red line and exit status 2.
 
 from __future__ import annotations
 
+import sys
 import warnings
 
 import typer
@@ -18,6 +19,7 @@ from edgetrain.cli import diagnose as _diagnose
 from edgetrain.cli import finetune as _finetune
 from edgetrain.cli import schedule as _schedule
 from edgetrain.cli import sweep as _sweep
+from edgetrain.cli._common import EXIT_BAD_INPUT, EXIT_INTERRUPTED, fail
 from edgetrain.cli.bench import bench_command
 from edgetrain.cli.demo import demo_command
 from edgetrain.cli.export import export_command
@@ -77,6 +79,20 @@ def _one_line_warning(message: Warning | str, category: type[Warning], *_: objec
 
 
 def main() -> None:
-    """Entry point of the ``edgetrain`` console script."""
+    """Entry point of the ``edgetrain`` console script: bad options and arguments are one
+    line and exit status 2, like every other bad input (not a usage box)."""
     warnings.formatwarning = _one_line_warning
-    app()
+    try:
+        code = app(standalone_mode=False)
+    except typer.Abort:
+        sys.exit(EXIT_INTERRUPTED)
+    except Exception as exc:
+        # click's UsageError (a bad option, a missing argument, an unknown command),
+        # whichever click Typer runs on: exit code 2 and a message of its own
+        if getattr(exc, "exit_code", None) != EXIT_BAD_INPUT or not hasattr(exc, "format_message"):
+            raise
+        ctx = getattr(exc, "ctx", None)
+        where = ctx.command_path if ctx is not None else "edgetrain"
+        message = " ".join(exc.format_message().split())
+        raise SystemExit(fail(f"{message} (see '{where} --help')").exit_code) from None
+    sys.exit(code if isinstance(code, int) else 0)

@@ -53,3 +53,28 @@ def test_a_data_set_of_one_class_is_refused(cli, tmp_path):  # before training s
     assert "arrays: the labels hold 1 class (0.0); a classifier needs at least two" in (
         one_line(out)
     )
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (
+            ["train", "--epochs", "0", "x.yaml"],
+            "Invalid value for '--epochs': Input should be greater than or equal to 1 "
+            "(see 'edgetrain train --help')",
+        ),
+        (["traon"], "No such command 'traon'. Did you mean 'train'? (see 'edgetrain --help')"),
+        (["bench", "--runs", "0", "m.onnx"], "Invalid value for '--runs'"),
+        (["export", "--nope"], "No such option: --nope"),
+    ],
+)
+def test_a_bad_option_is_one_line_not_a_usage_box(monkeypatch, capsys, argv, needle):
+    from edgetrain.cli import main
+
+    monkeypatch.setattr("sys.argv", ["edgetrain", *argv])
+    monkeypatch.setenv("COLUMNS", "80")  # the line is not wrapped at the terminal's width
+    with pytest.raises(SystemExit) as exited:
+        main()
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert needle in one_line(err)
