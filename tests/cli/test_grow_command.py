@@ -172,6 +172,7 @@ def test_grow_a_residual_net(cli, tmp_path):
         (["--widen", "nosuch=32"], "the model has no layer 'nosuch'; choose one of: conv1"),
         (["--deepen", "nosuch"], "the model has no layer 'nosuch'"),
         (["--deepen", "pool1"], "'pool1' is a MaxPool2d"),
+        (["--widen", "pool1=32"], "widen 'pool1': it is a MaxPool2d, which has no channels"),
         (["--widen", "fc=12"], "'fc' feeds the model's output directly"),
         (["--widen", "conv2=8"], "it already has 16 channels; give a width above 16"),
         ([], "nothing to grow; pass --widen LAYER=WIDTH and/or --deepen LAYER"),

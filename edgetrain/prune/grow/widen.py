@@ -393,7 +393,14 @@ def _widen_op(
     model: nn.Module, *, init: str, layer: str, width: int, noise: float = 0.0
 ) -> nn.Module:
     """``model.grow: [{op: widen, layer: NAME, width: N}]``."""
-    current = int(_module(model, layer, "widen").weight.shape[0])
+    module = _module(model, layer, "widen")
+    if not isinstance(module, (*_CONVS, nn.Linear)):
+        weights = [n for n, m in model.named_modules() if isinstance(m, (*_CONVS, nn.Linear))]
+        raise ConfigError(
+            f"widen '{layer}': it is a {type(module).__name__}, which has no channels of its "
+            f"own; name a convolution or linear layer ({', '.join(weights[:6])}, ...)"
+        )
+    current = int(module.weight.shape[0])
     if width <= current:
         raise ConfigError(
             f"widen '{layer}' to {width}: it already has {current} channels; "
