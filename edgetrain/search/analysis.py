@@ -218,14 +218,16 @@ def load_sweep_data(study_name: str, storage: str, importance: bool = True) -> S
         ConfigError: no study of that name in the storage.
     """
     optuna = require("optuna", "search")
-    from edgetrain.search.study import BOOKKEEPING_ATTRS, open_storage, quiet_optuna
+    from edgetrain.search.study import BOOKKEEPING_ATTRS, mask_url, open_storage, quiet_optuna
 
     store = open_storage(storage)
     try:
         study = optuna.load_study(study_name=study_name, storage=store)
     except KeyError:
         names = ", ".join(s.study_name for s in optuna.get_all_study_summaries(store)) or "none"
-        raise ConfigError(f"no sweep '{study_name}' in {storage}; sweeps there: {names}") from None
+        raise ConfigError(
+            f"no sweep '{study_name}' in {mask_url(storage)}; sweeps there: {names}"
+        ) from None
     config = study.user_attrs.get("config", {})
     metric = config.get("metric", [])
     specs = metric if isinstance(metric, list) else [metric]

@@ -24,6 +24,7 @@ import contextlib
 import math
 import os
 import random
+import re
 import socket
 import threading
 import time
@@ -90,6 +91,21 @@ def default_storage(config: SweepConfig, root: str | Path = "runs") -> str:
     return f"sqlite:///{sweep_folder(config, root) / 'study.db'}"
 
 
+def mask_url(url: str, text: str | None = None) -> str:
+    """``url`` (or ``text`` that may quote it) with the password of the URL replaced by
+    ``***``, for every message and log line.
+
+    Example:
+        >>> mask_url("postgresql://ana:s3cret@db:5432/sweeps")
+        'postgresql://ana:***@db:5432/sweeps'
+    """
+    found = re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://[^:/@]*:([^@/]*)@", url)
+    shown = url if text is None else text
+    if not found or not found.group(1):
+        return shown
+    return shown.replace(f":{found.group(1)}@", ":***@").replace(found.group(1), "***")
+
+
 def open_storage(url: str, heartbeat_s: int = 60) -> Any:
     """Optuna's RDB storage on ``url`` with heartbeats and one retry of a dead worker's
     trial. ``postgresql://`` URLs use psycopg 3 (the ``[search]`` extra).
@@ -98,15 +114,23 @@ def open_storage(url: str, heartbeat_s: int = 60) -> Any:
         ConfigError: an unsupported URL, or a database that cannot be reached.
     """
     optuna = require("optuna", "search")
+    given = url
     if url.startswith("sqlite:///"):
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        folder = Path(url.removeprefix("sqlite:///")).parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(
+                f"--storage '{url}': cannot create the folder '{folder}' ({exc.strerror}); "
+                "give a path in a writable folder"
+            ) from None
     elif url.startswith(("postgresql://", "postgres://")):
         require("psycopg", "search", package="psycopg[binary]")
         url = "postgresql+psycopg://" + url.split("://", 1)[1]
     elif not url.startswith(("postgresql+", "mysql", "sqlite")):
         raise ConfigError(
-            f"--storage '{url}' is not a database URL; use sqlite:///path/study.db or "
-            "postgresql://user@host/db"
+            f"--storage '{mask_url(url)}' is not a database URL; use sqlite:///path/study.db "
+            "or postgresql://user@host/db"
         )
     # Workers started together race to create the schema; the loser's CREATE TABLE fails
     # and a second attempt finds the tables in place.
@@ -126,7 +150,7 @@ def open_storage(url: str, heartbeat_s: int = 60) -> Any:
                 )
         except Exception as exc:  # SQLAlchemy/driver errors: all one line for the user
             error = one_line(exc)
-    raise ConfigError(f"cannot open storage '{url}': {error}")
+    raise ConfigError(f"cannot open storage '{mask_url(given)}': {mask_url(url, error)}")
 
 
 @dataclass

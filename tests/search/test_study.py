@@ -192,3 +192,19 @@ def test_every_method_runs_its_budget(fake, method, extra):
     assert all(len(t.values) == len(config.metrics) for t in done)
     if method == "grid":
         assert sorted(t.params["s1.sparsity"] for t in done) == [0.0, 0.25, 0.5, 0.75]
+
+
+def test_a_storage_password_never_reaches_a_message(tmp_path):
+    from edgetrain.errors import ConfigError
+    from edgetrain.search.study import mask_url, open_storage
+
+    assert mask_url("postgresql://ana:s3cret@db:5432/s") == "postgresql://ana:***@db:5432/s"
+    assert mask_url("postgresql://ana@db/s") == "postgresql://ana@db/s"
+    for url in ("postgresql://ana:s3cret@127.0.0.1:1/s", "http://ana:s3cret@host/s"):
+        with pytest.raises(ConfigError) as err:
+            open_storage(url)
+        assert "s3cret" not in str(err.value) and "ana:***@" in str(err.value)
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    with pytest.raises(ConfigError, match="cannot create the folder"):
+        open_storage(f"sqlite:///{blocked}/sub/study.db")
