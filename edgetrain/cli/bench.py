@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from edgetrain._atomic import atomic_writer
+from edgetrain._atomic import atomic_writer, writable_folder
 from edgetrain.cli._common import console, handle_errors, parse_options
 from edgetrain.compress.benchmark import BenchmarkResult, benchmark
 from edgetrain.compress.runtime import RUNTIMES
@@ -101,6 +101,8 @@ def bench_command(
     Example: edgetrain bench model.onnx --threads 1 --runs 100 --json bench.json
     """
     runtime = runtime or ("command" if command else "onnxruntime")
+    if json_out is not None:  # before the measurement, not after it
+        writable_folder(json_out.parent, "the folder of --json")
     options = parse_options(option, "--option")
     if command is not None:
         options["command"] = _parse_command(command)

@@ -8,6 +8,7 @@ import typer
 from rich.table import Table
 
 from edgetrain import models as zoo
+from edgetrain._atomic import writable_folder
 from edgetrain.cli._common import (
     console,
     default_command_group,
@@ -258,6 +259,7 @@ def calibrate_command(
         if not shape:
             raise ConfigError(f"model '{model}' has no default input shape; pass --input")
         analyze(net, shape, plans=[trainable], batch_size=batch_size)  # a bad plan fails now
+    writable_folder(out.parent, "the folder of --out")  # before minutes of timing
     with console.status("timing layer kinds on this machine ..."):
         fitted = calibrate(quick=quick, name=name, rounds=rounds)
     if net is not None:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from edgetrain._atomic import writable_folder
 from edgetrain.cli._common import console, handle_errors, kib
 from edgetrain.compress.export import export_onnx
 from edgetrain.errors import ConfigError
@@ -37,6 +38,7 @@ def export_command(
     model = load_trained_model(source, prefer=checkpoint)
     if out is None:
         out = source / "model.onnx" if source.is_dir() else source.with_suffix(".onnx")
+    writable_folder(out.parent, "the folder of --out")
     result = export_onnx(model, out, opset=opset, dynamic_batch=dynamic_batch, atol=atol)
     shape = "x".join(map(str, result.input_shape))
     batch = "N" if result.dynamic_batch else "1"

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from edgetrain._atomic import writable_folder
 from edgetrain.cli._common import console, handle_errors
 from edgetrain.report import build_report
 
@@ -32,6 +33,8 @@ def report_command(
 
     Example: edgetrain report runs/digits-pretrain runs/digits-finetune --out runs/report.html
     """
+    if out is not None:
+        writable_folder(out.parent, "the folder of --out")
     page = build_report(
         list(run_dirs), out, title, similarity, list(baseline or []) or None, scenario
     )

@@ -27,6 +27,7 @@ from typing import Any
 import yaml
 from torch import nn
 
+from edgetrain._atomic import writable_folder
 from edgetrain.compress.apply import CompressReport, apply
 from edgetrain.compress.deploy import DeployedFile, deploy, measure
 from edgetrain.compress.finetune import (
@@ -154,6 +155,7 @@ def prepare_out(out: str | Path, overwrite: bool = False) -> Path:
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"output '{out}' is a file; pass a folder as --out")
+    writable_folder(out.parent, "the folder of --out")
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise ConfigError(f"output folder '{out}' exists; pass --overwrite or another --out")
     return out

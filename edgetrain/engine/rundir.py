@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from edgetrain._atomic import atomic_writer
+from edgetrain._atomic import atomic_writer, writable_folder
 from edgetrain.engine.jsonl import JsonLines
 from edgetrain.errors import EdgetrainError
 
@@ -47,8 +47,8 @@ class RunDirectory:
 
     def create(self) -> RunDirectory:
         """Make the folder with its ``checkpoints/`` and ``plots/`` subfolders."""
-        self.checkpoints.mkdir(parents=True, exist_ok=True)
-        self.plots.mkdir(parents=True, exist_ok=True)
+        writable_folder(self.checkpoints, "run directory")
+        writable_folder(self.plots, "run directory")
         return self
 
     def exists(self) -> bool:

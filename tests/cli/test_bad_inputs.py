@@ -78,3 +78,24 @@ def test_a_bad_option_is_one_line_not_a_usage_box(monkeypatch, capsys, argv, nee
     assert exited.value.code == 2
     err = capsys.readouterr().err
     assert needle in one_line(err)
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (
+            ["train", "{recipe}", "--runs-dir", "blocker/runs", "--no-progress"],
+            "run directory 'blocker/runs/tiny/checkpoints' cannot be created",
+        ),
+        (["bench", "m.onnx", "--json", "blocker/b.json"], "the folder of --json 'blocker'"),
+        (["report", "runs/x", "--out", "blocker/r.html"], "the folder of --out 'blocker'"),
+        (["cost", "calibrate", "--out", "blocker/p.yaml"], "the folder of --out 'blocker'"),
+    ],
+)
+def test_an_output_that_cannot_be_written_is_refused_before_the_work(
+    cli, tiny_recipe, tmp_path, argv, needle
+):
+    (tmp_path / "blocker").write_text("a file where a folder should be")
+    argv = [a.replace("{recipe}", str(tiny_recipe)) for a in argv]
+    out = cli(*argv, code=2).output
+    assert needle in one_line(out) and "choose a writable location" in out
