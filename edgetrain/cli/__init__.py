@@ -6,32 +6,113 @@ red line and exit status 2.
 
 from __future__ import annotations
 
+import ast
+import difflib
+import functools
+import importlib
 import sys
 import warnings
+from importlib import resources
+from typing import Any
 
 import typer
+from typer.core import TyperCommand, TyperGroup
 
 from edgetrain import __version__
-from edgetrain.cli import compress as _compress
-from edgetrain.cli import cost as _cost
-from edgetrain.cli import data as _data
-from edgetrain.cli import diagnose as _diagnose
-from edgetrain.cli import finetune as _finetune
-from edgetrain.cli import schedule as _schedule
-from edgetrain.cli import sweep as _sweep
 from edgetrain.cli._common import EXIT_BAD_INPUT, EXIT_INTERRUPTED, fail
-from edgetrain.cli.bench import bench_command
-from edgetrain.cli.demo import demo_command
-from edgetrain.cli.export import export_command
-from edgetrain.cli.models import models_command
-from edgetrain.cli.prune import grow_command, prune_train_command
-from edgetrain.cli.report import report_command
-from edgetrain.cli.train import train_command
 
 __all__ = ["app", "main"]
 
+# Sub-commands by name: (module under edgetrain.cli, attribute). A command's module (and
+# what it imports: torch, matplotlib ...) is imported only when that command runs or shows
+# its own help; the list in "edgetrain --help" is read from the modules' source.
+_COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("demo", "demo_command"),
+    "train": ("train", "train_command"),
+    "prune-train": ("prune", "prune_train_command"),
+    "grow": ("prune", "grow_command"),
+    "report": ("report", "report_command"),
+    "models": ("models", "models_command"),
+    "export": ("export", "export_command"),
+    "bench": ("bench", "bench_command"),
+    "data": ("data", "app"),
+    "cost": ("cost", "app"),
+    "compress": ("compress", "app"),
+    "finetune": ("finetune", "app"),
+    "schedule": ("schedule", "app"),
+    "sweep": ("sweep", "app"),
+    "diagnose": ("diagnose", "app"),
+}
+
+
+def _summary(module: str, attribute: str) -> str:
+    """A command's help text, read from its module's source without importing it."""
+    source = resources.files("edgetrain.cli").joinpath(f"{module}.py").read_text("utf-8")
+    for node in ast.parse(source).body:
+        is_app = isinstance(node, ast.Assign) and any(
+            getattr(t, "id", None) == "app" for t in node.targets
+        )
+        if attribute == "app" and is_app:
+            for keyword in getattr(node.value, "keywords", []):  # type: ignore[attr-defined]
+                if keyword.arg == "help":
+                    return str(ast.literal_eval(keyword.value))
+        if isinstance(node, ast.FunctionDef) and node.name == attribute:
+            return ast.get_docstring(node) or ""
+    return ""
+
+
+@functools.cache
+def load_command(name: str) -> Any:
+    """The click command of sub-command ``name``, importing its module."""
+    module_name, attribute = _COMMANDS[name]
+    target = getattr(importlib.import_module(f"edgetrain.cli.{module_name}"), attribute)
+    if isinstance(target, typer.Typer):
+        group = typer.main.get_group(target)
+        group.name = name
+        return group
+    single = typer.Typer(add_completion=False, rich_markup_mode="rich")
+    single.command(name)(target)
+    return typer.main.get_command(single)
+
+
+class _LazyGroup(TyperGroup):
+    """The root group: lists every sub-command, imports one only when it is used."""
+
+    listing = False
+
+    def list_commands(self, ctx: Any) -> list[str]:
+        return list(_COMMANDS)
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        if cmd_name not in _COMMANDS:
+            return None
+        if self.listing:  # "edgetrain --help": names and summaries only
+            return TyperCommand(name=cmd_name, help=_summary(*_COMMANDS[cmd_name]))
+        return load_command(cmd_name)
+
+    def resolve_command(self, ctx: Any, args: list[str]) -> Any:
+        try:
+            return super().resolve_command(ctx, args)
+        except Exception as exc:  # click's UsageError: suggest from the lazy list too
+            message = getattr(exc, "message", None)
+            if args and isinstance(message, str) and "Did you mean" not in message:
+                matches = difflib.get_close_matches(args[0], list(_COMMANDS))
+                if matches:
+                    suggestions = ", ".join(repr(m) for m in matches)
+                    exc.message = f"{message.rstrip('.')}. Did you mean {suggestions}?"  # type: ignore[attr-defined]
+            raise
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        self.listing = True
+        try:
+            super().format_help(ctx, formatter)
+        finally:
+            self.listing = False
+
+
 app = typer.Typer(
     name="edgetrain",
+    cls=_LazyGroup,
     help="Train, fine-tune and compress neural networks for devices with little compute, "
     "energy and memory.",
     no_args_is_help=True,
@@ -54,23 +135,6 @@ def _root(
     ),
 ) -> None:
     """Train, fine-tune and compress neural networks for small devices."""
-
-
-app.command("demo")(demo_command)
-app.command("train")(train_command)
-app.command("prune-train")(prune_train_command)
-app.command("grow")(grow_command)
-app.command("report")(report_command)
-app.add_typer(_data.app, name="data")
-app.add_typer(_cost.app, name="cost")
-app.add_typer(_compress.app, name="compress")
-app.add_typer(_finetune.app, name="finetune")
-app.add_typer(_schedule.app, name="schedule")
-app.add_typer(_sweep.app, name="sweep")
-app.add_typer(_diagnose.app, name="diagnose")
-app.command("models")(models_command)
-app.command("export")(export_command)
-app.command("bench")(bench_command)
 
 
 def _one_line_warning(message: Warning | str, category: type[Warning], *_: object) -> str:

@@ -7,8 +7,6 @@ import shutil
 
 import pytest
 
-from edgetrain.cli import app
-
 COMMANDS = [
     "demo",
     "train",
@@ -73,9 +71,35 @@ def test_every_command_help_has_an_example(cli, args):
     assert "Example: edgetrain" in out
 
 
-def test_registered_commands_match(cli):
-    names = {c.name for c in app.registered_commands} | {g.name for g in app.registered_groups}
-    assert names == set(COMMANDS)
+def test_registered_commands_match_and_load_with_the_help_the_list_shows(cli):
+    import inspect
+
+    from edgetrain.cli import _COMMANDS, _summary, load_command
+
+    assert set(_COMMANDS) == set(COMMANDS)
+    for name, (module, attribute) in _COMMANDS.items():
+        command = load_command(name)
+        assert command.name == name
+        assert inspect.cleandoc(command.help or "") == _summary(module, attribute), name
+
+
+def test_the_command_list_imports_no_command(tmp_path):
+    """"edgetrain --help" reads the commands' help from their source: no torch import."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys\n"
+        "from typer.testing import CliRunner\n"
+        "from edgetrain.cli import app\n"
+        "result = CliRunner().invoke(app, ['--help'])\n"
+        "assert result.exit_code == 0 and ' bench ' in result.output, result.output\n"
+        "print(sorted(m for m in ('torch', 'matplotlib', 'numpy') if m in sys.modules))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=tmp_path
+    )
+    assert out.stdout.strip() == "[]", out.stderr
 
 
 def test_models_lists_zoo_with_exact_param_counts(cli):
