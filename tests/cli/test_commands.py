@@ -84,7 +84,7 @@ def test_registered_commands_match_and_load_with_the_help_the_list_shows(cli):
 
 
 def test_the_command_list_imports_no_command(tmp_path):
-    """"edgetrain --help" reads the commands' help from their source: no torch import."""
+    """The command list reads the commands' help from their source: no torch import."""
     import subprocess
     import sys
 
