@@ -79,7 +79,14 @@ def build_model(
     if config.model.init_from and (load_init or Path(config.model.init_from).exists()):
         # On resume only the architecture is taken (pruned or grown); last.pt has weights.
         # Any weights file: an edgetrain checkpoint, a plain state_dict, {"state_dict": ...}.
-        path = resolve_checkpoint(config.model.init_from, prefer="best")
+        try:
+            path = resolve_checkpoint(config.model.init_from, prefer="best")
+        except EdgetrainError as exc:
+            raise ConfigError(
+                f"model.init_from: {exc}; train that run first, or point model.init_from at "
+                "a run directory or weights file (--set model.init_from=runs/demo/NAME after "
+                "'edgetrain demo')"
+            ) from None
         state, init_arch = load_weights(path)
         exclude = tuple(n for n, _ in models.select_modules(model, config.model.init_exclude))
         restore_saved_architecture(model, {"model": state, "architecture": init_arch}, exclude)

@@ -27,6 +27,11 @@ pytestmark = pytest.mark.usefixtures("single_thread")
         ("", ("--device", "tpu"), "device 'tpu' is not a device name"),
         (
             "",
+            ("--set", "model.init_from=runs/nosuch"),
+            "model.init_from: checkpoint 'runs/nosuch' does not exist",
+        ),
+        (
+            "",
             ("--set", "model.options.num_classes=3"),
             "model 'vgg_small' gives 3 outputs but data set 'digits' has 10 classes "
             "(labels 0-9); set model.options.num_classes: 10",
