@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -15,13 +16,67 @@ from edgetrain._atomic import atomic_writer, writable_folder
 from edgetrain.engine.jsonl import JsonLines
 from edgetrain.errors import EdgetrainError
 
-__all__ = ["RunDirectory", "atomic_write_text"]
+__all__ = ["RunDirectory", "RunLock", "atomic_write_text"]
 
 
 def atomic_write_text(path: Path, text: str) -> None:
     """Write ``text`` to a temporary file beside ``path`` and rename it into place."""
     with atomic_writer(path, "w") as f:
         f.write(text)
+
+
+class RunLock:
+    """Held while a process writes a run directory: ``.<run name>.lock`` beside the folder
+    (so replacing the folder keeps it) holding the writer's PID and host.
+
+    A second writer is refused in one line naming the holder; the lock of a process that
+    died (same host, PID gone) is stale and taken over.
+    """
+
+    def __init__(self, run: Path) -> None:
+        self.run = run
+        self.path = run.parent / f".{run.name}.lock"
+
+    def holder(self) -> dict[str, Any] | None:
+        """``{"pid", "host"}`` of a live holder, or None (no lock, or a stale one)."""
+        try:
+            holder = json.loads(self.path.read_text(encoding="utf-8"))
+            pid, host = int(holder["pid"]), str(holder["host"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None  # absent, or a half-written lock of a writer killed at once
+        if host != socket.gethostname():
+            return {"pid": pid, "host": host}  # cannot tell from here: taken as alive
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            pass  # alive, another user's
+        return {"pid": pid, "host": host}
+
+    def __enter__(self) -> RunLock:
+        writable_folder(self.path.parent, "run directory")
+        mine = json.dumps({"pid": os.getpid(), "host": socket.gethostname()})
+        for _ in range(3):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = self.holder()
+                if holder is not None:
+                    raise EdgetrainError(
+                        f"run directory '{self.run}' is being written by process "
+                        f"{holder['pid']} on {holder['host']}; wait for it to end, or pass "
+                        f"another --name (a lock of a process that is gone: delete {self.path})"
+                    ) from None
+                self.path.unlink(missing_ok=True)  # stale: its writer is gone
+                continue
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(mine)
+            return self
+        raise EdgetrainError(f"could not lock run directory '{self.run}'; try again")
+
+    def __exit__(self, *exc: object) -> None:
+        self.path.unlink(missing_ok=True)
 
 
 class RunDirectory:
@@ -81,7 +136,17 @@ class RunDirectory:
     def write_summary(self, summary: dict[str, Any]) -> None:
         atomic_write_text(self.summary_path, json.dumps(summary, indent=2, default=float) + "\n")
 
+    def lock(self) -> RunLock:
+        """The lock a writer holds (``with run_dir.lock(): ...``)."""
+        return RunLock(self.path)
+
     def read_summary(self) -> dict[str, Any]:
+        """The summary; a run still marked running whose writer is gone (killed without a
+        word) is marked interrupted here, in the file too."""
         if not self.summary_path.is_file():
             return {}
-        return json.loads(self.summary_path.read_text(encoding="utf-8"))
+        summary = json.loads(self.summary_path.read_text(encoding="utf-8"))
+        if summary.get("status") == "running" and self.lock().holder() is None:
+            summary["status"] = "interrupted"
+            self.write_summary(summary)
+        return summary

@@ -8,6 +8,7 @@ It evaluates every epoch, writes the run directory through its default callbacks
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -371,17 +372,19 @@ class Trainer:
         """
         self.state.max_epochs = epochs
         self.state.stop_requested = False
-        if self.run_dir is not None and self.is_main and not self.run_dir.exists():
-            self.run_dir.write_config(self.describe(epochs))
-        self._call("on_fit_start")
-        try:
-            while self.state.epoch < epochs and not self.state.stop_requested:
-                self._run_epoch()
-        except BaseException as error:
-            for cb in self.callbacks:
-                cb.on_exception(self, self.model, error)
-            raise
-        self._call("on_fit_end")
+        run_dir = self.run_dir if self.is_main else None
+        with run_dir.lock() if run_dir is not None else contextlib.nullcontext():
+            if run_dir is not None and not run_dir.exists():
+                run_dir.write_config(self.describe(epochs))
+            self._call("on_fit_start")
+            try:
+                while self.state.epoch < epochs and not self.state.stop_requested:
+                    self._run_epoch()
+            except BaseException as error:
+                for cb in self.callbacks:
+                    cb.on_exception(self, self.model, error)
+                raise
+            self._call("on_fit_end")
         if self.dist.enabled:  # every rank returns after rank 0 wrote the summary
             torch.distributed.barrier()
         return self.state

@@ -104,3 +104,16 @@ def test_an_output_that_cannot_be_written_is_refused_before_the_work(
     argv = [a.replace("{recipe}", str(tiny_recipe)) for a in argv]
     out = cli(*argv, code=2).output
     assert needle in one_line(out) and "choose a writable location" in out
+
+
+def test_a_run_directory_being_written_is_refused_naming_the_writer(cli, tiny_recipe, tmp_path):
+    import json
+    import os
+    import socket
+
+    (tmp_path / "runs").mkdir()
+    mine = {"pid": os.getpid(), "host": socket.gethostname()}  # a live writer
+    (tmp_path / "runs" / ".tiny.lock").write_text(json.dumps(mine))
+    out = cli("train", str(tiny_recipe), "--no-progress", code=2).output
+    assert f"run directory 'runs/tiny' is being written by process {os.getpid()}" in one_line(out)
+    assert not (tmp_path / "runs" / "tiny").exists()
