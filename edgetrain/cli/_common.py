@@ -6,6 +6,7 @@ import contextlib
 import functools
 import signal
 from collections.abc import Callable, Iterator
+from importlib import resources
 from typing import Any, TypeVar
 
 import typer
@@ -32,6 +33,13 @@ console = Console()
 err_console = Console(stderr=True)
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+def shipped_names(folder: str) -> list[str]:
+    """Names of the YAML files shipped in ``edgetrain/<folder>``, read without importing
+    the package that holds them (for help texts)."""
+    root = resources.files("edgetrain").joinpath(folder)
+    return sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".yaml"))
 
 
 def fail(message: str, code: int = EXIT_BAD_INPUT) -> typer.Exit:

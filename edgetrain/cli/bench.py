@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.table import Table
 
 from edgetrain._atomic import atomic_writer, writable_folder
 from edgetrain.cli._common import console, handle_errors, parse_options
-from edgetrain.compress.benchmark import BenchmarkResult, benchmark
-from edgetrain.compress.runtime import RUNTIMES
 from edgetrain.errors import ConfigError
+
+if TYPE_CHECKING:
+    from edgetrain.compress.benchmark import BenchmarkResult
 
 __all__ = ["bench_command"]
 
@@ -100,6 +102,9 @@ def bench_command(
 
     Example: edgetrain bench model.onnx --threads 1 --runs 100 --json bench.json
     """
+    from edgetrain.compress.benchmark import benchmark
+    from edgetrain.compress.runtime import RUNTIMES
+
     runtime = runtime or ("command" if command else "onnxruntime")
     if json_out is not None:  # before the measurement, not after it
         writable_folder(json_out.parent, "the folder of --json")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.table import Table
@@ -15,23 +16,19 @@ from edgetrain.cli._common import (
     handle_errors,
     kib,
     parse_options,
+    shipped_names,
     sigterm_as_interrupt,
 )
-from edgetrain.compress.apply import CompressReport
-from edgetrain.compress.deploy import DeployedFile
-from edgetrain.compress.finetune import COMPRESSED_CHECKPOINT
-from edgetrain.compress.pipeline import REPORT_FILE, Compression, prepare_out
-from edgetrain.compress.pipeline import run as compress_run
-from edgetrain.compress.recipe import load_recipe
-from edgetrain.compress.sensitivity import (
-    DEFAULT_SPARSITIES,
-    SensitivityRow,
-    sensitivity,
-    write_sensitivity_csv,
-)
 from edgetrain.errors import ConfigError
-from edgetrain.recipes import COMPRESSION_RECIPES
-from edgetrain.runs import load_trained_run
+
+if TYPE_CHECKING:
+    from edgetrain.compress.apply import CompressReport
+    from edgetrain.compress.deploy import DeployedFile
+    from edgetrain.compress.sensitivity import SensitivityRow
+
+# What the options' help shows, without importing the library ("edgetrain compress --help"
+# starts at once); a test keeps them equal to the library's.
+DEFAULT_SPARSITIES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 __all__ = ["app"]
 
@@ -57,7 +54,7 @@ def run_command(
     recipe: str = typer.Option(
         ...,
         help="Compression recipe: YAML path or shipped name "
-        f"({', '.join(COMPRESSION_RECIPES.names())}).",
+        f"({', '.join(shipped_names('recipes/compress'))}).",
     ),
     set_: list[str] = typer.Option(
         None, "--set", "-s", help="Recipe parameter label.key=value, e.g. stage1.sparsity=0.5."
@@ -90,6 +87,12 @@ def run_command(
 
     Example: edgetrain compress runs/digits-resnet20 --recipe resnet20-l1 --set stage1.sparsity=0.5
     """
+    from edgetrain.compress.finetune import COMPRESSED_CHECKPOINT
+    from edgetrain.compress.pipeline import REPORT_FILE, Compression, prepare_out
+    from edgetrain.compress.pipeline import run as compress_run
+    from edgetrain.compress.recipe import load_recipe
+    from edgetrain.runs import load_trained_run
+
     parsed = load_recipe(recipe)
     if set_:
         parsed = parsed.with_params(parse_options(set_, "--set"))
@@ -254,11 +257,14 @@ def sensitivity_command(
     Example: edgetrain compress sensitivity runs/digits-resnet20 --layers 'layer1.*.conv1'
     """
     from edgetrain.report.sensitivity import plot_sensitivity
+    from edgetrain.runs import load_trained_run
 
     levels = _parse_sparsities(sparsities)
     run = load_trained_run(run_dir, prefer=prefer)
     targets: list[str | list[str]] = [*(layers or [])]
     targets += [[p.strip() for p in g.split(",") if p.strip()] for g in group or []]
+    from edgetrain.compress.sensitivity import sensitivity, write_sensitivity_csv
+
     rows = sensitivity(run.model, run.test_data(), targets or None, levels, method=method)
     folder = out or (run.run_dir / "sensitivity")
     csv_path = write_sensitivity_csv(rows, folder / "sensitivity.csv")

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.table import Table
 
-from edgetrain import models as zoo
 from edgetrain._atomic import writable_folder
 from edgetrain.cli._common import (
     console,
@@ -16,10 +16,14 @@ from edgetrain.cli._common import (
     kib,
     parse_options,
 )
-from edgetrain.cost import ALL, analyze, load_profile
-from edgetrain.cost.calibrate import anchor_profile, calibrate
-from edgetrain.cost.report import CostReport, StepCost
 from edgetrain.errors import ConfigError
+
+if TYPE_CHECKING:
+    from edgetrain.cost.report import CostReport, StepCost
+
+# What the options' help shows, without importing the library (the help starts at once);
+# a test keeps it equal to the library's.
+ALL = "all"  # edgetrain.cost.ALL: every layer trains
 
 # ``edgetrain cost MODEL ...`` runs ``analyze``; ``edgetrain cost calibrate`` calibrates.
 app = typer.Typer(
@@ -185,6 +189,9 @@ def analyze_command(
 
     Example: edgetrain cost vgg_small --input 3x32x32 --plan conv5,conv6,fc --plan fc
     """
+    from edgetrain import models as zoo
+    from edgetrain.cost import analyze, load_profile
+
     if fmt not in FORMATS:
         raise ConfigError(f"unknown --format '{fmt}'; choose one of: {', '.join(FORMATS)}")
     if trainable and plan:
@@ -250,6 +257,10 @@ def calibrate_command(
 
     Example: edgetrain cost calibrate --out host-cpu.yaml --model kws_cnn --trainable last:4
     """
+    from edgetrain import models as zoo
+    from edgetrain.cost import analyze
+    from edgetrain.cost.calibrate import anchor_profile, calibrate
+
     if model is None and (input_shape or option or trainable != ALL or batch_size != 1):
         raise ConfigError("--input, --trainable, --batch-size and --option need --model")
     net = zoo.create(model, **parse_options(option)) if model else None

@@ -7,7 +7,6 @@ import time
 import typer
 from rich.table import Table
 
-from edgetrain import data as datasets
 from edgetrain.cli._common import console, handle_errors, parse_options
 
 app = typer.Typer(
@@ -29,6 +28,8 @@ def list_command(
 
     Example: edgetrain data list 'keywords*'
     """
+    from edgetrain import data as datasets
+
     table = Table(title="edgetrain data sets")
     table.add_column("name")
     table.add_column("offline")
@@ -52,6 +53,8 @@ def describe_command(
 
     Example: edgetrain data describe digits-32 --option channels=3
     """
+    from edgetrain import data as datasets
+
     info = datasets.describe(name, **parse_options(option))
     table = Table(show_header=False, title=info.name)
     table.add_column(style="bold")
@@ -78,6 +81,8 @@ def prepare_command(
 
     Example: edgetrain data prepare keywords-de@8k
     """
+    from edgetrain import data as datasets
+
     options = parse_options(option)
     started = time.perf_counter()
     sizes = {s: len(datasets.create(name, s, **options)) for s in datasets.SPLITS}

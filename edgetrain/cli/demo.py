@@ -4,20 +4,16 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.table import Table
 
-from edgetrain import data as datasets
-from edgetrain import models
 from edgetrain.cli._common import console, handle_errors
-from edgetrain.engine import evaluate
 from edgetrain.errors import ConfigError
-from edgetrain.finetune import Schedule, schedule_cost
-from edgetrain.recipes import RECIPES
-from edgetrain.report import build_report, load_run
-from edgetrain.report.pruning import pruning_rows
-from edgetrain.runs import RunConfig, build_trainer, load_config, start_run
+
+if TYPE_CHECKING:
+    from edgetrain.runs import RunConfig
 
 # Epochs (pretrain, fine-tune, PruneTrain) per size; None keeps the recipe's (full: its
 # full: section).
@@ -74,6 +70,9 @@ def _compress_step(pre_dir: Path, runs_dir: Path, progress: bool) -> None:
 
 def _shifted_accuracy(finetune_cfg: RunConfig) -> float:
     """Accuracy of the pretrained model on the shifted test set, before any fine-tuning."""
+    from edgetrain.engine import evaluate
+    from edgetrain.runs import build_trainer
+
     trainer = build_trainer(finetune_cfg, None, progress=False)
     metrics = evaluate(
         trainer.model,
@@ -86,6 +85,9 @@ def _shifted_accuracy(finetune_cfg: RunConfig) -> float:
 
 def _relative_ops(finetune_cfg: RunConfig) -> float:
     """Average step MACs of the demo schedule relative to conventional fine-tuning."""
+    from edgetrain import models
+    from edgetrain.finetune import Schedule, schedule_cost
+
     model = models.create(finetune_cfg.model.name, **finetune_cfg.model.options)
     shape = tuple(model.input_shape)
     return schedule_cost(model, shape, Schedule.parse(DEMO_SCHEDULE)).relative_ops
@@ -95,6 +97,9 @@ def _train_phase(
     phase: str, data: str, config: RunConfig, runs_dir: Path, progress: bool
 ) -> tuple[str, str, int, int, float, float]:
     """Train one phase and return its table row (phase, data, epochs, params, acc, s)."""
+    from edgetrain.report import load_run
+    from edgetrain.runs import start_run
+
     started = time.perf_counter()
     start_run(config, runs_dir, overwrite=True, progress=progress)
     seconds = time.perf_counter() - started
@@ -119,6 +124,12 @@ def demo_command(
 
     Example: edgetrain demo --runs-dir runs/demo
     """
+    from edgetrain import data as datasets
+    from edgetrain.recipes import RECIPES
+    from edgetrain.report import build_report, load_run
+    from edgetrain.report.pruning import pruning_rows
+    from edgetrain.runs import load_config
+
     if size not in SIZES:
         raise ConfigError(f"unknown --size '{size}'; choose one of: {', '.join(SIZES)}")
     pre_epochs, ft_epochs, prune_epochs = SIZES[size]

@@ -5,21 +5,15 @@ from __future__ import annotations
 import math
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from edgetrain.cli._common import console, err_console, handle_errors
-from edgetrain.cli.train import run_and_report
-from edgetrain.diagnostics import (
-    DEFAULT_BUCKETS,
-    OCCUPANCY_WARNING,
-    OccupancyWarning,
-    read_lr_sensitivity,
-    read_pattern_records,
-)
 from edgetrain.errors import ConfigError
-from edgetrain.runs import RunConfig, load_config
+
+if TYPE_CHECKING:
+    from edgetrain.runs import RunConfig
 
 __all__ = [
     "app",
@@ -37,6 +31,9 @@ app = typer.Typer(
     add_completion=False,
 )
 
+# What the options' help shows, without importing the library (the help starts at once);
+# a test keeps it equal to the library's.
+DEFAULT_BUCKETS = 2**20
 _MODES = ("auto", "hash", "exact")
 
 
@@ -80,6 +77,9 @@ def patterns_command(
 
     Example: edgetrain diagnose patterns --config digits-pretrain --epochs 2 --subset 512
     """
+    from edgetrain.cli.train import run_and_report
+    from edgetrain.diagnostics import OccupancyWarning
+
     if mode not in _MODES:
         raise ConfigError(f"--mode '{mode}' is not one of: {', '.join(_MODES)}")
     if final_counts is not None and not final_counts.exists():
@@ -118,6 +118,8 @@ def _recipe_with(
 ) -> RunConfig:
     """The recipe ``config`` with ``callback`` last among its callbacks (replacing one of
     the same name), run under ``name`` (default: ``<recipe name>-<suffix>``)."""
+    from edgetrain.runs import load_config
+
     base = load_config(config, list(overrides or []), epochs=epochs, seed=seed)
     tree = base.to_dict()
     tree["name"] = name or f"{base.name}-{suffix}"
@@ -133,6 +135,8 @@ def _fmt(value: Any, spec: str) -> str:
 def print_pattern_summary(run_dir: Path) -> None:
     """A per-layer table of the first and last measurement of a run's patterns.jsonl."""
     from rich.table import Table
+
+    from edgetrain.diagnostics import OCCUPANCY_WARNING, read_pattern_records
 
     records = read_pattern_records(run_dir)
     if not records:
@@ -223,6 +227,8 @@ def lr_sensitivity_command(
 
     Example: edgetrain diagnose lr-sensitivity --config digits-pretrain --epochs 3 --at 50
     """
+    from edgetrain.cli.train import run_and_report
+
     probe: dict[str, Any] = {
         "name": "lr-sensitivity",
         "rates": rates,
@@ -242,6 +248,8 @@ def lr_sensitivity_command(
 def print_lr_sensitivity(run_dir: Path) -> None:
     """A table of a run's LR-sensitivity measurements: mu, sigma and fit errors per time."""
     from rich.table import Table
+
+    from edgetrain.diagnostics import read_lr_sensitivity
 
     measurements = read_lr_sensitivity(run_dir)
     if not measurements:

@@ -8,9 +8,7 @@ import typer
 
 from edgetrain._atomic import writable_folder
 from edgetrain.cli._common import console, handle_errors, kib
-from edgetrain.compress.export import export_onnx
 from edgetrain.errors import ConfigError
-from edgetrain.runs import load_trained_model
 
 __all__ = ["export_command"]
 
@@ -33,6 +31,9 @@ def export_command(
 
     Example: edgetrain export runs/digits-pretrain --out digits.onnx --opset 17
     """
+    from edgetrain.compress.export import export_onnx
+    from edgetrain.runs import load_trained_model
+
     if checkpoint not in ("best", "last"):
         raise ConfigError(f"--checkpoint '{checkpoint}' must be best or last")
     model = load_trained_model(source, prefer=checkpoint)

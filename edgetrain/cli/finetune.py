@@ -10,12 +10,11 @@ import typer
 from rich.table import Table
 
 from edgetrain.cli._common import console, handle_errors
-from edgetrain.cli.train import run_and_report
 from edgetrain.errors import ConfigError
-from edgetrain.finetune import MODES, Schedule
-from edgetrain.report.depth import plot_depth
-from edgetrain.runs import compare_schedules, load_config, lr_grid, sweep_depth
-from edgetrain.runs.compare import scenario_table
+
+# What the options' help shows, without importing the library (the help starts at once);
+# a test keeps it equal to the library's.
+MODES = ("conventional", "bpls", "pllr", "upscaled", "rdo")
 
 app = typer.Typer(
     help="Fine-tuning within a budget: layer schedules (run, compare), the LR grid (grid) "
@@ -47,6 +46,10 @@ def run_command(
 
     Example: edgetrain finetune run --config digits-finetune --schedule 4421 --mode pllr
     """
+    from edgetrain.cli.train import run_and_report
+    from edgetrain.finetune import Schedule
+    from edgetrain.runs import load_config
+
     try:
         parsed = Schedule.parse(schedule)
         if mode is not None:
@@ -82,6 +85,9 @@ def sweep_depth_command(
 
     Example: edgetrain finetune sweep-depth --config digits-finetune --depths 1,2,3,7 --epochs 4
     """
+    from edgetrain.report.depth import plot_depth
+    from edgetrain.runs import load_config, sweep_depth
+
     base = load_config(config, list(set_ or []), epochs=epochs)
     try:
         cases = [int(d) for d in depths.split(",")] if depths else None
@@ -151,6 +157,9 @@ def grid_command(
 
     Example: edgetrain finetune grid --config digits-finetune --upper 0.1 --lower 0.005
     """
+    from edgetrain.finetune import Schedule
+    from edgetrain.runs import load_config, lr_grid
+
     base = load_config(config, list(set_ or []), epochs=epochs)
     tree = base.to_dict()
     if schedule:
@@ -228,6 +237,9 @@ def compare_command(
 
     Example: edgetrain finetune compare --config digits-finetune --upper 0.05 --lower 0.01
     """
+    from edgetrain.runs import compare_schedules, load_config
+    from edgetrain.runs.compare import scenario_table
+
     base = load_config(config, list(set_ or []), epochs=epochs)
     try:
         rows = compare_schedules(

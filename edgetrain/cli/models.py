@@ -5,9 +5,7 @@ from __future__ import annotations
 import typer
 from rich.table import Table
 
-from edgetrain import models as zoo
 from edgetrain.cli._common import console, handle_errors
-from edgetrain.cost import analyze
 
 
 @handle_errors
@@ -18,6 +16,9 @@ def models_command(
 
     Example: edgetrain models 'resnet*'
     """
+    from edgetrain import models as zoo
+    from edgetrain.cost import analyze
+
     table = Table(title="edgetrain model zoo")
     for col, justify in (
         ("name", "left"),

@@ -7,14 +7,14 @@ from pathlib import Path
 import typer
 
 from edgetrain.cli._common import console, handle_errors
-from edgetrain.cli.train import run_and_report
 from edgetrain.errors import ConfigError
-from edgetrain.prune.callback import PENALTY_MODES
-from edgetrain.report.extract import load_run
-from edgetrain.report.pruning import pruning_rows
-from edgetrain.runs import load_config
 
 __all__ = ["grow_command", "prune_train_command"]
+
+
+# What the options' help shows, without importing the library (the help starts at once);
+# a test keeps it equal to the library's.
+PENALTY_MODES = ("loss", "grad")
 
 
 @handle_errors
@@ -63,6 +63,9 @@ def prune_train_command(
 
     Example: edgetrain prune-train digits-resnet20 --ratio 0.2 --interval 5 --epochs 30
     """
+    from edgetrain.cli.train import run_and_report
+    from edgetrain.runs import load_config
+
     config = _recipe_argument(config, config_opt)
     overrides = [*(set_ or []), *([f"precision={precision}"] if precision else [])]
     base = load_config(config, overrides, full=full, epochs=epochs, seed=seed)
@@ -95,6 +98,9 @@ def prune_train_command(
 def print_pruning(run_dir: Path) -> None:
     """A table of the run's architecture per epoch (params, MACs, cumulative savings)."""
     from rich.table import Table
+
+    from edgetrain.report.extract import load_run
+    from edgetrain.report.pruning import pruning_rows
 
     rows = pruning_rows(load_run(run_dir))
     if not rows:
@@ -181,6 +187,9 @@ def grow_command(
     Example: edgetrain grow digits-resnet20 --from runs/digits-resnet20
     --widen layer1.0.conv1=32 --deepen layer2.2 --epochs 5
     """
+    from edgetrain.cli.train import run_and_report
+    from edgetrain.runs import load_config
+
     config = _recipe_argument(config, config_opt)
     ops = _grow_ops(list(widen or []), list(deepen or []))
     if not ops:

@@ -8,7 +8,6 @@ import typer
 
 from edgetrain._atomic import writable_folder
 from edgetrain.cli._common import console, handle_errors
-from edgetrain.report import build_report
 
 
 @handle_errors
@@ -33,6 +32,8 @@ def report_command(
 
     Example: edgetrain report runs/digits-pretrain runs/digits-finetune --out runs/report.html
     """
+    from edgetrain.report import build_report
+
     if out is not None:
         writable_folder(out.parent, "the folder of --out")
     page = build_report(

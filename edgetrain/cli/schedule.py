@@ -3,21 +3,16 @@ that fit compute and memory budgets."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import typer
 from rich.table import Table
 
-from edgetrain import models as zoo
 from edgetrain.cli._common import console, handle_errors, kib, parse_options
-from edgetrain.cli.cost import parse_shape
 from edgetrain.errors import ConfigError, EdgetrainError
-from edgetrain.finetune import (
-    Schedule,
-    ScheduleCost,
-    optimise_placement,
-    schedule_cost,
-    schedule_layers,
-    suggest_schedules,
-)
+
+if TYPE_CHECKING:
+    from edgetrain.finetune import Schedule, ScheduleCost
 
 app = typer.Typer(
     help="Show a layer schedule's matrix and per-step cost, or suggest schedules for budgets.",
@@ -31,6 +26,9 @@ INPUT_HELP = "One sample's shape, e.g. 3x32x32 (default: the model's)."
 
 
 def _model_and_shape(model: str, input_shape: str | None, option: list[str] | None):
+    from edgetrain import models as zoo
+    from edgetrain.cli.cost import parse_shape
+
     net = zoo.create(model, device="meta", **parse_options(option))
     shape = parse_shape(input_shape) if input_shape else tuple(getattr(net, "input_shape", ()))
     if not shape:
@@ -39,6 +37,8 @@ def _model_and_shape(model: str, input_shape: str | None, option: list[str] | No
 
 
 def _parse(text: str) -> Schedule:
+    from edgetrain.finetune import Schedule
+
     try:
         return Schedule.parse(text)
     except ValueError as exc:
@@ -59,6 +59,8 @@ def show_command(
 
     Example: edgetrain schedule show 4422_m --model vgg_small --input 3x32x32
     """
+    from edgetrain.finetune import optimise_placement, schedule_cost, schedule_layers
+
     net, shape = _model_and_shape(model, input_shape, option)
     parsed = _parse(schedule)
     try:
@@ -169,6 +171,8 @@ def suggest_command(
 
     Example: edgetrain schedule suggest --model vgg_small --max-ops-per-step 15e6 --max-peak-mem 8e5
     """
+    from edgetrain.finetune import suggest_schedules
+
     net, shape = _model_and_shape(model, input_shape, option)
     found = suggest_schedules(
         net, shape, max_ops_per_step, max_peak_mem, cycle, max_rows, profile=profile, top=top

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
@@ -17,14 +18,17 @@ from edgetrain.cli._common import (
     sigterm_as_interrupt,
 )
 from edgetrain.errors import ConfigError
-from edgetrain.report import build_report, load_run
-from edgetrain.report.html import SUMMARY_HEADER, summary_rows
-from edgetrain.runs import RunConfig, RunResult, load_config, resume_run, start_run
+
+if TYPE_CHECKING:
+    from edgetrain.runs import RunConfig, RunResult
 
 
 def print_runs(run_dirs: list[Path]) -> None:
     """A rich table of finished runs (status, best and final accuracy, time)."""
     from rich.table import Table
+
+    from edgetrain.report import load_run
+    from edgetrain.report.html import SUMMARY_HEADER, summary_rows
 
     table = Table(title="runs")
     for h in SUMMARY_HEADER:
@@ -69,6 +73,8 @@ def train_command(
 
     Example: edgetrain train recipes/digits-pretrain.yaml --set optimizer.lr=0.01 --epochs 5
     """
+    from edgetrain.runs import load_config, resume_run
+
     if resume is not None:
         given = [
             flag
@@ -108,12 +114,16 @@ def run_and_report(
     config: RunConfig, runs_dir: Path, overwrite: bool, progress: bool, report: bool
 ) -> None:
     """Start a run, then print its table and write its report (on rank 0)."""
+    from edgetrain.runs import start_run
+
     run = functools.partial(start_run, config, runs_dir, overwrite=overwrite, progress=progress)
     finish(run, runs_dir / config.name, report)
 
 
 def finish(run: Callable[[], RunResult], target: Path, report: bool) -> None:
     """Run with SIGTERM treated as Ctrl-C; print the result table and write the report."""
+    from edgetrain.report import build_report
+
     try:
         with sigterm_as_interrupt():
             result = run()

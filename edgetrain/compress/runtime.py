@@ -20,6 +20,7 @@ from __future__ import annotations
 import bisect
 import json
 import math
+import os
 import shlex
 import subprocess
 import tempfile
@@ -222,6 +223,22 @@ class CommandRuntime(Runtime):
             )
         if self.timeout_s <= 0:
             raise EdgetrainError(f"timeout_s={self.timeout_s} must be positive")
+        program = os.path.basename(self.command[0]).lower().removesuffix(".exe")
+        script = self._shell_script()
+        if script is None and program in _OTHER_SHELLS and _has_placeholder(self.command[1:]):
+            raise EdgetrainError(
+                f"command {self.command!r} puts placeholders into a {program} command line, "
+                "where a path could run as code; call the program directly, "
+                '["prog", "{model}"]'
+            )
+
+    def _shell_script(self) -> int | None:
+        """The index of the script of a POSIX shell invocation (``sh -c SCRIPT``), whose
+        substituted values must be quoted for that shell; None for a plain program."""
+        program = os.path.basename(self.command[0])
+        if program in _POSIX_SHELLS and "-c" in self.command[1:-1]:
+            return self.command.index("-c", 1) + 1
+        return None
 
     def batch_note(self, path: Path, batch: int) -> str | None:
         if batch != 1 and not any("{batch}" in a for a in self.command):
@@ -238,13 +255,18 @@ class CommandRuntime(Runtime):
             "{warmup}": str(warmup),
             "{threads}": str(threads),
         }
-        args = [_substitute(a, values) for a in self.command]
+        script = self._shell_script()
+        quoted = {k: shlex.quote(v) for k, v in values.items()}  # a path is data, not code
+        args = [
+            _substitute(a, quoted if i == script else values) for i, a in enumerate(self.command)
+        ]
         shown = _shorten(shlex.join(args))
         try:
             done = subprocess.run(
                 args,
                 capture_output=True,
                 text=True,
+                errors="replace",  # a program printing non-UTF-8 bytes still reports
                 timeout=self.timeout_s,
                 stdin=subprocess.DEVNULL,
                 check=False,
@@ -266,6 +288,14 @@ class CommandRuntime(Runtime):
                 f"command runtime: '{shown}' exited with status {done.returncode}{why}"
             )
         return _parse_output(done.stdout, shown)
+
+
+_POSIX_SHELLS = frozenset({"sh", "bash", "dash", "zsh", "ksh", "ash", "busybox"})
+_OTHER_SHELLS = frozenset({"cmd", "powershell", "pwsh", "fish", "csh", "tcsh"})
+
+
+def _has_placeholder(args: list[str]) -> bool:
+    return any(p in a for a in args for p in PLACEHOLDERS)
 
 
 def _substitute(arg: str, values: dict[str, str]) -> str:

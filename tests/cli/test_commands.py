@@ -102,6 +102,49 @@ def test_the_command_list_imports_no_command(tmp_path):
     assert out.stdout.strip() == "[]", out.stderr
 
 
+def test_every_help_imports_no_library(tmp_path):
+    """Each command imports the library inside its function: its --help starts at once."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys\n"
+        "from typer.testing import CliRunner\n"
+        "from edgetrain.cli import _COMMANDS, app, load_command\n"
+        "runner = CliRunner()\n"
+        "for name in _COMMANDS:\n"
+        "    command = load_command(name)\n"
+        "    subs = list(getattr(command, 'commands', {}))\n"
+        "    for args in [[name], *[[name, sub] for sub in subs]]:\n"
+        "        result = runner.invoke(app, [*args, '--help'])\n"
+        "        assert result.exit_code == 0, (args, result.output)\n"
+        "print(sorted(m for m in ('torch', 'matplotlib', 'numpy') if m in sys.modules))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=tmp_path
+    )
+    assert out.stdout.strip() == "[]", out.stderr
+
+
+def test_help_constants_are_the_librarys():
+    from edgetrain.cli import compress, cost, diagnose, finetune, prune
+    from edgetrain.cli._common import shipped_names
+    from edgetrain.compress.sensitivity import DEFAULT_SPARSITIES
+    from edgetrain.cost import ALL
+    from edgetrain.diagnostics import DEFAULT_BUCKETS
+    from edgetrain.finetune import MODES
+    from edgetrain.prune.callback import PENALTY_MODES
+    from edgetrain.recipes import COMPRESSION_RECIPES, RECIPES
+
+    assert compress.DEFAULT_SPARSITIES == DEFAULT_SPARSITIES
+    assert cost.ALL == ALL
+    assert diagnose.DEFAULT_BUCKETS == DEFAULT_BUCKETS
+    assert finetune.MODES == MODES
+    assert prune.PENALTY_MODES == PENALTY_MODES
+    assert shipped_names("recipes/compress") == COMPRESSION_RECIPES.names()
+    assert shipped_names("recipes") == RECIPES.names()
+
+
 def test_models_lists_zoo_with_exact_param_counts(cli):
     out = cli("models").output
     for name in ("vgg_small", "vgg11_b", "kws_cnn", "fcn1d", "small_cnn", "resnet20", "resnet56"):

@@ -223,6 +223,7 @@ def test_command_runtime_timeout_and_missing_program(fake_bench, monkeypatch, tm
         ([], "needs an argument list"),
         (["prog", "model.onnx"], "has no '{model}' argument"),
         (["prog", 3, "{model}"], "must hold strings only"),
+        (["cmd", "/c", "bench {model}"], "puts placeholders into a cmd command line"),
     ],
 )
 def test_bad_command_templates(command, needle):
@@ -237,3 +238,27 @@ def test_command_runtime_options_are_checked_by_the_registry(fake_bench):
         benchmark(model, runtime="command", runtime_options={"cmd": ["x", "{model}"]})
     with pytest.raises(UnknownNameError):
         benchmark(model, runtime="adb")
+
+
+def test_a_shell_template_gets_the_model_path_quoted(fake_bench, tmp_path):
+    """``sh -c "... {model}"``: a file name holding shell syntax stays a file name."""
+    script, _ = fake_bench
+    model = tmp_path / "a;touch pwned.onnx"
+    model.write_bytes(b"any model format")
+    command = ["sh", "-c", f"cd {tmp_path} && {sys.executable} {script} {{model}}"]
+    r = benchmark(model, runtime=CommandRuntime(command), runs=3, repeats=1)
+    assert r.latency_ms == 2.0
+    assert not (tmp_path / "pwned.onnx").exists()
+
+
+def test_a_program_printing_bytes_that_are_not_utf8_still_reports(tmp_path):
+    program = tmp_path / "noisy.py"
+    program.write_text(
+        "import sys, json\n"
+        "sys.stdout.buffer.write(b'\\xff\\xfe log\\n')\n"
+        "print(json.dumps({'latency_ms': [1.0, 1.0]}))\n"
+    )
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"x")
+    runtime = CommandRuntime([sys.executable, str(program), "{model}"])
+    assert benchmark(model, runtime=runtime, runs=2, repeats=1).latency_ms == 1.0
