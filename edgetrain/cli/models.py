@@ -6,6 +6,7 @@ import typer
 from rich.table import Table
 
 from edgetrain.cli._common import console, handle_errors
+from edgetrain.errors import ConfigError
 
 
 @handle_errors
@@ -19,6 +20,10 @@ def models_command(
     from edgetrain import models as zoo
     from edgetrain.cost import analyze
 
+    if not zoo.list_models(pattern):
+        raise ConfigError(
+            f"no model matches '{pattern}'; models: {', '.join(zoo.list_models('*'))}"
+        )
     table = Table(title="edgetrain model zoo")
     for col, justify in (
         ("name", "left"),

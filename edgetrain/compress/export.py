@@ -93,6 +93,11 @@ def export_onnx(
     shape = _input_shape(model, input_shape)
     if batch < 1:
         raise EdgetrainError(f"batch={batch} must be a positive integer")
+    low, high = opset_range()
+    if isinstance(opset, bool) or not isinstance(opset, int) or not low <= opset <= high:
+        raise EdgetrainError(
+            f"ONNX opset {opset!r} cannot be exported; give one from {low} to {high} (default 17)"
+        )
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     # A private generator: exporting must not move the caller's random stream.
     example = torch.randn(batch, *shape, generator=torch.Generator().manual_seed(0)).to(device)
@@ -146,6 +151,14 @@ def _input_shape(model: nn.Module, input_shape: tuple[int, ...] | None) -> tuple
     if any(not isinstance(d, int) or d < 1 for d in shape):
         raise EdgetrainError(f"input_shape {shape} must be positive integers, e.g. (3, 32, 32)")
     return tuple(shape)
+
+
+def opset_range() -> tuple[int, int]:
+    """The ONNX opsets torch's exporter (the TorchScript-based one used here) writes."""
+    from torch.onnx import _constants
+
+    high = getattr(_constants, "ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET", _constants.ONNX_MAX_OPSET)
+    return int(getattr(_constants, "ONNX_MIN_OPSET", 7)), int(high)
 
 
 def _export_bytes(model: nn.Module, example: torch.Tensor, opset: int, dynamic: bool) -> bytes:

@@ -136,6 +136,19 @@ class RunDirectory:
     def write_summary(self, summary: dict[str, Any]) -> None:
         atomic_write_text(self.summary_path, json.dumps(summary, indent=2, default=float) + "\n")
 
+    def remove_temporary_files(self) -> list[Path]:
+        """Delete the temporary files of writes a killed writer left unfinished (an atomic
+        write's ``.<name>.<random>.tmp``); call it holding the lock. Returns them."""
+        stale = [
+            p
+            for folder in (self.path, self.checkpoints, self.plots)
+            if folder.is_dir()
+            for p in folder.glob(".*.tmp")
+        ]
+        for path in stale:
+            path.unlink(missing_ok=True)
+        return stale
+
     def lock(self) -> RunLock:
         """The lock a writer holds (``with run_dir.lock(): ...``)."""
         return RunLock(self.path)

@@ -374,8 +374,10 @@ class Trainer:
         self.state.stop_requested = False
         run_dir = self.run_dir if self.is_main else None
         with run_dir.lock() if run_dir is not None else contextlib.nullcontext():
-            if run_dir is not None and not run_dir.exists():
-                run_dir.write_config(self.describe(epochs))
+            if run_dir is not None:
+                run_dir.remove_temporary_files()  # a killed writer's unfinished ones
+                if not run_dir.exists():
+                    run_dir.write_config(self.describe(epochs))
             self._call("on_fit_start")
             try:
                 while self.state.epoch < epochs and not self.state.stop_requested:

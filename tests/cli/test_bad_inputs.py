@@ -71,6 +71,7 @@ def test_a_data_set_of_one_class_is_refused(cli, tmp_path):  # before training s
         (["traon"], "No such command 'traon'. Did you mean 'train'? (see 'edgetrain --help')"),
         (["bench", "--runs", "0", "m.onnx"], "Invalid value for '--runs'"),
         (["export", "--nope"], "No such option: --nope"),
+        (["models", "zzz*"], "no model matches 'zzz*'; models: ds_cnn,"),
     ],
 )
 def test_a_bad_option_is_one_line_not_a_usage_box(monkeypatch, capsys, argv, needle):

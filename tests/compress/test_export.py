@@ -150,3 +150,16 @@ def test_outputs_beyond_tolerance_are_refused(tmp_path):
     # Without the check the (unfaithful) file is written and no error is measured.
     result = export_onnx(_CallCounter(), tmp_path / "m.onnx", check=False)
     assert result.max_abs_error is None and result.path.is_file()
+
+
+@pytest.mark.parametrize("opset", [3, 99])
+def test_an_opset_the_exporter_cannot_write_is_one_line(tmp_path, opset):
+    from edgetrain.compress.export import opset_range
+
+    low, high = opset_range()
+    with pytest.raises(EdgetrainError) as err:
+        export_onnx(models.create("small_cnn"), tmp_path / "m.onnx", opset=opset)
+    assert str(err.value) == (
+        f"ONNX opset {opset} cannot be exported; give one from {low} to {high} (default 17)"
+    )
+    assert not (tmp_path / "m.onnx").exists()

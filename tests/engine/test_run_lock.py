@@ -79,3 +79,15 @@ def test_training_holds_the_lock_and_releases_it(tmp_path):
     assert seen == [{"pid": os.getpid(), "host": socket.gethostname()}]
     assert not RunLock(run.path).path.exists()
     assert run.read_summary()["status"] == "completed"
+
+
+def test_temporary_files_of_a_killed_write_are_removed_when_training_resumes(tmp_path):
+    run = RunDirectory(tmp_path / "runs" / "a").create()
+    left = [run.checkpoints / ".last.pt.x1y2.tmp", run.path / ".summary.json.abc.tmp"]
+    for path in left:
+        path.write_bytes(b"")  # a 0-byte file of a writer killed mid-write
+    keep = run.checkpoints / "last.pt"
+    keep.write_bytes(b"weights")
+    with run.lock():
+        assert sorted(run.remove_temporary_files()) == sorted(left)
+    assert not any(p.exists() for p in left) and keep.exists()
