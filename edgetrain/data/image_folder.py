@@ -83,6 +83,9 @@ def _presplit(root: Path) -> tuple[tuple[str, ...], dict[str, list[_Item]]]:
     return classes, splits
 
 
+_SIXTEEN_BIT = frozenset({"I;16", "I;16B", "I;16L", "I;16N"})
+
+
 def _read_images(items: list[_Item], size: int | None, channels: int) -> torch.Tensor:
     from PIL import Image, UnidentifiedImageError
 
@@ -91,12 +94,20 @@ def _read_images(items: list[_Item], size: int | None, channels: int) -> torch.T
     for path, _ in items:
         try:
             with Image.open(path) as opened:
-                image = opened.convert(mode)
+                if opened.mode in _SIXTEEN_BIT:
+                    # 16-bit grey (PNG): scaled to 0..255 as floats; converting to 8-bit
+                    # "L" would clip every value above 255 to white
+                    grey = np.asarray(opened, dtype=np.float32) * (255.0 / 65535.0)
+                    image = Image.fromarray(grey, mode="F")
+                else:
+                    image = opened.convert(mode)
         except (OSError, UnidentifiedImageError) as exc:
             raise DataError(f"image-folder: cannot read image {path} ({exc})") from exc
         if size is not None and image.size != (size, size):
             image = image.resize((size, size), Image.Resampling.BILINEAR)
         array = np.asarray(image, dtype=np.float32) / 255.0
+        if array.ndim == 2 and channels == 3:
+            array = np.repeat(array[..., None], 3, axis=2)
         array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
         if arrays and array.shape != arrays[0].shape:
             first = items[0][0]

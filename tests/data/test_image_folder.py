@@ -130,3 +130,21 @@ def test_bad_input_is_one_data_error_line(
     with pytest.raises(DataError, match=pattern) as err:
         data.create("image-folder", "train", root=root, **options)
     assert "\n" not in str(err.value)
+
+
+def test_sixteen_bit_grey_images_keep_their_range(tmp_path: Path) -> None:
+    import numpy as np
+
+    for cls, level in (("dark", 10_000), ("light", 50_000)):
+        for i in range(2):
+            pixels = np.full((6, 6), level, dtype=np.uint16)
+            path = tmp_path / cls / f"{i}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(pixels).save(path)  # a 16-bit PNG
+            assert Image.open(path).mode.startswith("I;16")
+    for channels in (1, 3):
+        ds = data.create("image-folder", "test", root=tmp_path, channels=channels)
+        assert ds.inputs.shape[1] == channels
+        for image, label in zip(ds.inputs, ds.targets.tolist(), strict=True):
+            level = (10_000, 50_000)[label] / 65535  # not clipped to 1.0
+            assert torch.allclose(image, torch.full_like(image, level), atol=1e-4)
