@@ -83,6 +83,22 @@ def _presplit(root: Path) -> tuple[tuple[str, ...], dict[str, list[_Item]]]:
     return classes, splits
 
 
+def _check_same_size(path: Path, other: Path) -> None:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as a, Image.open(other) as b:
+            sizes = a.size, b.size
+    except (OSError, UnidentifiedImageError):
+        return  # the split that holds it says so when it is read
+    if sizes[0] != sizes[1]:
+        raise DataError(
+            f"image-folder: {other} is {sizes[1][0]}x{sizes[1][1]} but {path} is "
+            f"{sizes[0][0]}x{sizes[0][1]} (train and test differ); pass size=N to resize all "
+            "to NxN"
+        )
+
+
 _SIXTEEN_BIT = frozenset({"I;16", "I;16B", "I;16L", "I;16N"})
 
 
@@ -173,6 +189,9 @@ def image_folder(
             "two images to be split"
         )
     inputs = _read_images(items, size, channels)
+    other = splits["test" if split == "train" else "train"]
+    if size is None and other:  # the other split must match too (a header read only)
+        _check_same_size(items[0][0], other[0][0])
     info = DatasetInfo(
         name="image-folder",
         task="classification",

@@ -148,3 +148,13 @@ def test_sixteen_bit_grey_images_keep_their_range(tmp_path: Path) -> None:
         for image, label in zip(ds.inputs, ds.targets.tolist(), strict=True):
             level = (10_000, 50_000)[label] / 65535  # not clipped to 1.0
             assert torch.allclose(image, torch.full_like(image, level), atol=1e-4)
+
+
+def test_train_and_test_images_of_different_sizes_need_a_size(tmp_path: Path) -> None:
+    for i in range(2):
+        _image(tmp_path / "train" / "a" / f"{i}.png", i)  # 8x8
+        _image(tmp_path / "test" / "a" / f"{i}.png", i, size=(12, 12))
+    for split in ("train", "test"):
+        with pytest.raises(DataError, match=r"\(train and test differ\); pass size=N"):
+            data.create("image-folder", split, root=tmp_path)
+    assert data.create("image-folder", "test", root=tmp_path, size=8).inputs.shape[2:] == (8, 8)
