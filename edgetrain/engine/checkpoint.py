@@ -66,7 +66,8 @@ def _safe_load(p: Path, map_location: str | torch.device) -> Any:
     try:
         return torch.load(p, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        if "Unsupported global" in str(exc) or "Unsupported class" in str(exc):
+        said = str(exc).lower()  # torch's wording varies between versions
+        if any(w in said for w in ("unsupported global", "unsupported class", "weights only")):
             raise CheckpointError(
                 f"checkpoint '{p}' refused: it contains objects that are not plain tensors "
                 "and data (loaded with weights_only=True); re-save it as a state_dict"

@@ -79,10 +79,20 @@ class _Pickled:
     """Not a tensor: loading it would run code from the file."""
 
 
+class _Runs:
+    """A pickle that calls a function of a module when loaded (here harmless)."""
+
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        import os
+
+        return (os.getenv, ("HOME",))
+
+
 @pytest.mark.parametrize(
     ("payload", "needle"),
     [
         ({"weights": _Pickled()}, "refused: it contains objects that are not plain tensors"),
+        ({"model": _Runs()}, "refused: it contains objects that are not plain tensors"),
         ({"epoch": 3, "note": "no weights"}, "holds no model weights (found: epoch, note)"),
     ],
 )
