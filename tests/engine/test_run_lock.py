@@ -91,3 +91,29 @@ def test_temporary_files_of_a_killed_write_are_removed_when_training_resumes(tmp
     with run.lock():
         assert sorted(run.remove_temporary_files()) == sorted(left)
     assert not any(p.exists() for p in left) and keep.exists()
+
+
+def test_an_epoch_checkpointed_but_not_logged_gets_its_metrics_line_back(tmp_path):
+    import torch
+    from torch import nn
+    from torch.utils.data import TensorDataset
+
+    from edgetrain.engine import Trainer
+
+    def trainer() -> Trainer:
+        torch.manual_seed(0)
+        data = TensorDataset(torch.randn(16, 4), torch.randint(0, 2, (16,)))
+        return Trainer(nn.Linear(4, 2), data, progress=False)
+
+    run = RunDirectory(tmp_path / "runs" / "a")
+    first = trainer()
+    first.attach_run_dir(run)
+    first.fit(2)
+    lines = run.metrics_path.read_text().splitlines()
+    run.metrics_path.write_text(lines[0] + "\n")  # killed after epoch 2's checkpoint
+    second = trainer()
+    second.attach_run_dir(run)
+    second.load_checkpoint(run.checkpoints / "last.pt")
+    second.fit(3)
+    assert [r["epoch"] for r in run.read_metrics()] == [1, 2, 3]
+    assert run.read_metrics()[1] == json.loads(lines[1])

@@ -32,7 +32,13 @@ class MetricsLogger(Callback):
     def on_fit_start(self, trainer: Trainer, model: nn.Module) -> None:
         self._started = time.perf_counter()
         done = trainer.state.epoch
-        self.run_dir.metrics.keep(lambda r: done > 0 and r.get("epoch", 0) <= done)
+        kept = self.run_dir.metrics.keep(lambda r: done > 0 and r.get("epoch", 0) <= done)
+        # An epoch whose checkpoint was written but whose line was not (a kill between the
+        # two): the checkpoint's history has its record, so the log gets it back.
+        logged = {r.get("epoch") for r in kept}
+        for record in trainer.state.history:
+            if record.get("epoch", 0) <= done and record.get("epoch") not in logged:
+                self.run_dir.append_metrics(record)
         self._write_summary(trainer, model, "running")
 
     def on_epoch_end(self, trainer: Trainer, model: nn.Module) -> None:
