@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import os
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,7 +25,7 @@ from edgetrain.engine.checkpoint import load_model_weights, load_weights, resolv
 from edgetrain.engine.rundir import RunDirectory
 from edgetrain.errors import ConfigError, EdgetrainError, one_line
 from edgetrain.prune.grow import apply_grow_ops
-from edgetrain.runs.config import RunConfig
+from edgetrain.runs.config import DataConfig, RunConfig
 from edgetrain.runs.data import build_data
 from edgetrain.runs.reopen import restore_saved_architecture
 
@@ -167,6 +169,20 @@ def build_run_model(config: RunConfig) -> tuple[torch.nn.Module, tuple[int, ...]
     return model, tuple(info.input_shape)
 
 
+def _process_batch(d: DataConfig) -> int:
+    """This process's batch; under torchrun, says what the global batch is."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    batch = d.process_batch_size(world)
+    if world > 1 and d.global_batch_size is None and int(os.environ.get("RANK", "0")) == 0:
+        warnings.warn(
+            f"data.batch_size {d.batch_size} is per process: {world} processes train with a "
+            f"global batch of {world * d.batch_size} at the same learning rate; set "
+            f"data.global_batch_size to fix the global batch",
+            stacklevel=2,
+        )
+    return batch
+
+
 def build_trainer(
     config: RunConfig, run_dir: RunDirectory | None, progress: bool = True, load_init: bool = True
 ) -> Trainer:
@@ -202,7 +218,7 @@ def build_trainer(
         val_data=test,
         optimizer=optimizer,
         scheduler=None if sched_cfg is None else scheduler,
-        batch_size=d.batch_size,
+        batch_size=_process_batch(d),
         eval_batch_size=d.eval_batch_size,
         num_workers=d.num_workers,
         callbacks=callbacks,

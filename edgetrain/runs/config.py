@@ -72,9 +72,32 @@ class DataConfig(_Strict):
     eval_split: str = "test"
     shift: str | None = None
     augment: list[str | dict[str, Any]] = Field(default_factory=list)
+    # Per process: under torchrun each of N processes takes batch_size samples a step
+    # (a global batch of N x batch_size); global_batch_size is divided across them.
     batch_size: int = Field(64, ge=1)
+    global_batch_size: int | None = Field(None, ge=1)
     eval_batch_size: int = Field(256, ge=1)
     num_workers: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _one_batch_size(self) -> DataConfig:
+        if self.global_batch_size is not None and "batch_size" in self.model_fields_set:
+            raise ValueError(
+                "give batch_size (per process) or global_batch_size (divided across the "
+                "processes), not both"
+            )
+        return self
+
+    def process_batch_size(self, world_size: int) -> int:
+        """The batch one of ``world_size`` processes takes per step."""
+        if self.global_batch_size is None:
+            return self.batch_size
+        if self.global_batch_size % world_size:
+            raise ConfigError(
+                f"data.global_batch_size {self.global_batch_size} does not divide across "
+                f"{world_size} processes; give a multiple of {world_size}"
+            )
+        return self.global_batch_size // world_size
 
     @field_validator("name")
     @classmethod

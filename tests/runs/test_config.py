@@ -216,3 +216,24 @@ def test_load_config_does_not_modify_the_callers_mapping() -> None:
     before = repr(tree)
     load_config(tree, ["optimizer.lr=0.5", "data.batch_size=3"])
     assert repr(tree) == before
+
+
+def test_a_global_batch_is_divided_across_processes_and_said_when_absent(monkeypatch):
+    from edgetrain.runs.build import _process_batch
+
+    tree = _tree()
+    tree["data"].pop("batch_size", None)
+    tree["data"]["global_batch_size"] = 32
+    data = load_config(tree).data
+    assert data.process_batch_size(1) == 32 and data.process_batch_size(4) == 8
+    with pytest.raises(ConfigError, match="global_batch_size 32 does not divide across 3"):
+        data.process_batch_size(3)
+    both = _tree()
+    both["data"].update(batch_size=16, global_batch_size=32)
+    assert "not both" in _error(both)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    assert _process_batch(data) == 16
+    per_process = load_config(_tree(data__batch_size=16)).data
+    with pytest.warns(UserWarning, match="per process: 2 processes train with a global batch"):
+        assert _process_batch(per_process) == 16
