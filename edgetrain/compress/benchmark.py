@@ -216,6 +216,14 @@ def benchmark(
         stats.append(RepeatStats.of(m, throughput))
     if profile and stats[0].compute_ms is None:
         notes.append(f"compute latency not measured: runtime '{rt.name}' reports no kernel times")
+    compute = [s.compute_ms for s in stats if s.compute_ms is not None]
+    latency = statistics.median(s.median_ms for s in stats)
+    if compute and statistics.median(compute) > latency:
+        notes.append(
+            f"compute {statistics.median(compute):.3f} ms (kernel time of separate profiled "
+            f"runs, which the profiler slows and where parallel kernels add up) is above the "
+            f"{latency:.3f} ms latency; take the latency as the time a call takes"
+        )
     return BenchmarkResult(
         path=path,
         runtime=rt.name,
