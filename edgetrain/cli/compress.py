@@ -120,8 +120,9 @@ def run_command(
             )
     except KeyboardInterrupt:
         err_console.print(
-            f"[yellow]interrupted[/]: finished fine-tuning epochs are kept; continue with "
-            f"'edgetrain train --resume {out}' ({REPORT_FILE} is not written)"
+            f"[yellow]interrupted[/]: the compression did not finish ({REPORT_FILE} is not "
+            f"written) and '{out}' is not used as a compressed model; run it again with "
+            "--overwrite"
         )
         raise typer.Exit(EXIT_INTERRUPTED) from None
     tuned = result.tuned

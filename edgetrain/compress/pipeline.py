@@ -41,11 +41,12 @@ from edgetrain.compress.source import evaluate_model
 from edgetrain.engine.rundir import atomic_write_text
 from edgetrain.errors import ConfigError
 from edgetrain.runs import TrainedRun
+from edgetrain.runs.reopen import COMPRESSION_RECIPE, COMPRESSION_REPORT
 
 __all__ = ["REPORT_FILE", "Compression", "CompressionResult", "prepare_out", "run"]
 
 # Written last into the output folder: its presence says the compression finished.
-REPORT_FILE = "compress.json"
+REPORT_FILE = COMPRESSION_REPORT
 
 
 class Compression:
@@ -207,7 +208,9 @@ def run(
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
-    atomic_write_text(out / "recipe.yaml", yaml.safe_dump(job.recipe.to_dict(), sort_keys=False))
+    atomic_write_text(
+        out / COMPRESSION_RECIPE, yaml.safe_dump(job.recipe.to_dict(), sort_keys=False)
+    )
     if not (finetune and job.finetune(out, progress=progress)):
         job.save(out / COMPRESSED_CHECKPOINT)
     wants_files = job.recipe.export is not None or job.recipe.quantize is not None

@@ -71,6 +71,24 @@ def restore_saved_architecture(
     return True
 
 
+COMPRESSION_RECIPE = "recipe.yaml"
+"""What a compression output folder holds from its start."""
+COMPRESSION_REPORT = "compress.json"
+"""What it holds only once the compression finished (written last)."""
+
+
+def check_not_partial(run_dir: str | Path, what: str) -> None:
+    """Refuse a compression output whose compression was killed before it finished: its
+    fine-tuning checkpoints exist, but its report and files do not."""
+    folder = Path(run_dir)
+    if (folder / COMPRESSION_RECIPE).is_file() and not (folder / COMPRESSION_REPORT).is_file():
+        raise ConfigError(
+            f"'{folder}' is a compression that did not finish (no {COMPRESSION_REPORT}); "
+            f"{what} would take it for a complete one: run edgetrain compress again with "
+            "--overwrite"
+        )
+
+
 def load_trained_model(path: str | Path, prefer: str = "best") -> nn.Module:
     """Rebuild a trained zoo model from a run directory (or checkpoint file) alone.
 
@@ -82,6 +100,8 @@ def load_trained_model(path: str | Path, prefer: str = "best") -> nn.Module:
         >>> model = load_trained_model("runs/digits-pretrain")  # doctest: +SKIP
     """
     file = resolve_checkpoint(path, prefer=prefer)
+    if file.parent.name == "checkpoints":
+        check_not_partial(file.parent.parent, "using its weights")
     return _model_from_checkpoint(load_checkpoint(file), file)
 
 
@@ -166,6 +186,7 @@ def load_trained_run(
     """
     file = resolve_checkpoint(path, prefer=prefer)
     run_dir = Path(path) if Path(path).is_dir() else file.parent.parent
+    check_not_partial(run_dir, "using its weights")
     ckpt = load_checkpoint(file)
     described = _trainer_description(run_dir)
     if described is not None:

@@ -12,6 +12,7 @@ from edgetrain.engine.rundir import RunDirectory
 from edgetrain.errors import ConfigError, EdgetrainError
 from edgetrain.runs.build import build_trainer
 from edgetrain.runs.config import RunConfig, load_config
+from edgetrain.runs.reopen import check_not_partial
 
 __all__ = ["RunResult", "resume_run", "start_run"]
 
@@ -66,6 +67,7 @@ def start_run(
 def resume_run(path: str | Path, epochs: int | None = None, progress: bool = True) -> RunResult:
     """Continue the run in ``path`` from its last finished epoch (same config, same seed)."""
     run_dir = RunDirectory(path)
+    check_not_partial(run_dir.path, "resuming its training")
     config = load_config(run_dir.read_config())
     if run_dir.read_summary().get("status") == "stopped" and epochs is None:
         raise ConfigError(

@@ -124,6 +124,23 @@ def test_missing_run_or_recipe_and_existing_output_are_refused(cli, trained, tmp
     assert "pass --overwrite" in one_line(cli(*args, code=2).output)
 
 
+def test_a_compression_that_did_not_finish_is_never_taken_for_a_complete_one(
+    cli, trained, tmp_path
+):
+    import shutil
+
+    partial = tmp_path / "partial"  # killed during fine-tuning: checkpoints, no report
+    shutil.copytree(trained / "runs" / "tiny", partial)
+    (partial / "recipe.yaml").write_text(RECIPE)
+    resume = cli("train", "--resume", str(partial), "--no-progress", code=2).output
+    export = cli("export", str(partial), "-o", str(tmp_path / "m.onnx"), code=2).output
+    for output in (resume, export):
+        line = one_line(output)
+        assert "is a compression that did not finish (no compress.json)" in line
+        assert "run edgetrain compress again with --overwrite" in line
+    assert not (tmp_path / "m.onnx").exists()
+
+
 def test_sensitivity_writes_csv_and_plot(cli, trained, tmp_path):
     out = tmp_path / "sens"
     output = cli(
