@@ -83,27 +83,8 @@ def test_registered_commands_match_and_load_with_the_help_the_list_shows(cli):
         assert inspect.cleandoc(command.help or "") == _summary(module, attribute), name
 
 
-def test_the_command_list_imports_no_command(tmp_path):
-    """The command list reads the commands' help from their source: no torch import."""
-    import subprocess
-    import sys
-
-    probe = (
-        "import sys\n"
-        "from typer.testing import CliRunner\n"
-        "from edgetrain.cli import app\n"
-        "result = CliRunner().invoke(app, ['--help'])\n"
-        "assert result.exit_code == 0 and ' bench ' in result.output, result.output\n"
-        "print(sorted(m for m in ('torch', 'matplotlib', 'numpy') if m in sys.modules))\n"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=tmp_path
-    )
-    assert out.stdout.strip() == "[]", out.stderr
-
-
-def test_every_help_imports_no_library(tmp_path):
-    """Each command imports the library inside its function: its --help starts at once."""
+def _heavy_modules_after(code: str, cwd) -> str:
+    """Run ``code`` in a fresh interpreter; which of torch, matplotlib, numpy it imported."""
     import subprocess
     import sys
 
@@ -111,19 +92,35 @@ def test_every_help_imports_no_library(tmp_path):
         "import sys\n"
         "from typer.testing import CliRunner\n"
         "from edgetrain.cli import _COMMANDS, app, load_command\n"
-        "runner = CliRunner()\n"
-        "for name in _COMMANDS:\n"
-        "    command = load_command(name)\n"
-        "    subs = list(getattr(command, 'commands', {}))\n"
-        "    for args in [[name], *[[name, sub] for sub in subs]]:\n"
-        "        result = runner.invoke(app, [*args, '--help'])\n"
-        "        assert result.exit_code == 0, (args, result.output)\n"
+        f"{code}\n"
         "print(sorted(m for m in ('torch', 'matplotlib', 'numpy') if m in sys.modules))\n"
     )
     out = subprocess.run(
-        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=tmp_path
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=cwd
     )
-    assert out.stdout.strip() == "[]", out.stderr
+    return out.stdout.strip() + out.stderr
+
+
+def test_the_command_list_imports_no_command(tmp_path):
+    """The command list reads the commands' help from their source: no torch import."""
+    code = (
+        "result = CliRunner().invoke(app, ['--help'])\n"
+        "assert result.exit_code == 0 and ' bench ' in result.output, result.output"
+    )
+    assert _heavy_modules_after(code, tmp_path) == "[]"
+
+
+def test_every_help_imports_no_library(tmp_path):
+    """Each command imports the library inside its function: its --help starts at once."""
+    code = (
+        "runner = CliRunner()\n"
+        "for name in _COMMANDS:\n"
+        "    subs = list(getattr(load_command(name), 'commands', {}))\n"
+        "    for args in [[name], *[[name, sub] for sub in subs]]:\n"
+        "        result = runner.invoke(app, [*args, '--help'])\n"
+        "        assert result.exit_code == 0, (args, result.output)"
+    )
+    assert _heavy_modules_after(code, tmp_path) == "[]"
 
 
 def test_help_constants_are_the_librarys():
