@@ -118,3 +118,43 @@ def test_a_run_directory_being_written_is_refused_naming_the_writer(cli, tiny_re
     out = cli("train", str(tiny_recipe), "--no-progress", code=2).output
     assert f"run directory 'runs/tiny' is being written by process {os.getpid()}" in one_line(out)
     assert not (tmp_path / "runs" / "tiny").exists()
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["train", "nosuch.yaml"], "recipe 'nosuch.yaml' not found; pass a YAML path"),
+        (["train", "{r}", "--set", "model.name=nosuchnet"], "unknown model 'nosuchnet'"),
+        (["train", "{r}", "--set", "data.name=nosuch"], "unknown data set 'nosuch'"),
+        (["train", "{r}", "--set", "optimizer.name=adamz"], "unknown optimizer 'adamz'"),
+        (["train", "{r}", "--set", "scheduler.name=zzz"], "unknown scheduler 'zzz'"),
+        (["train", "{r}", "--set", "epochs=0"], "epochs: Input should be greater than or equal"),
+        (["train", "{r}", "--set", "data.batch_size=0"], "data.batch_size: Input should be"),
+        (["train", "{r}", "--set", "nosuchkey=1"], "unknown key 'nosuchkey' in the top level"),
+        (
+            ["train", "{r}", "--set", "model.freeze=[nosuchlayer]"],
+            "layer pattern 'nosuchlayer' matches no module",
+        ),
+        (["train", "--resume", "runs/none"], "'runs/none' is not a run directory"),
+        (["cost", "nosuchnet"], "unknown model 'nosuchnet'; choose one of"),
+        (["cost", "vgg_small", "--input", "3xx32"], "--input '3xx32' must look like 3x32x32"),
+        (["cost", "vgg_small", "--trainable", "last:0"], "plan 'last:0': N must be 1..7"),
+        (["data", "describe", "nosuch"], "unknown data set 'nosuch'; choose one of"),
+        (["bench", "missing.onnx"], "model file 'missing.onnx' not found"),
+        (["export", "runs/none"], "checkpoint 'runs/none' does not exist"),
+        (["compress", "runs/none", "--recipe", "resnet20-l1"], "'runs/none' does not exist"),
+        (["report", "runs/none"], "run directory 'runs/none' does not exist"),
+        (["sweep", "run", "nosuch.yaml"], "sweep config 'nosuch.yaml' not found"),
+        (
+            ["diagnose", "patterns", "--config", "{r}", "--layer", "nosuch"],
+            "'nosuch' is not an activation layer; valid layers: relu1",
+        ),
+        (["grow", "{r}", "--widen", "conv2=8x"], "--widen 'conv2=8x' is not LAYER=WIDTH"),
+        (["finetune", "run", "--config", "{r}", "--schedule", "44_q"], "schedule '44_q'"),
+    ],
+)
+def test_known_bad_inputs_stay_one_line(cli, tiny_recipe, tmp_path, argv, needle):
+    argv = [a.replace("{r}", str(tiny_recipe)) for a in argv]
+    out = cli(*argv, code=2).output
+    assert needle in one_line(out)
+    assert not (tmp_path / "runs" / "tiny").exists()
