@@ -25,7 +25,7 @@ from edgetrain.engine.checkpoint import load_model_weights, load_weights, resolv
 from edgetrain.engine.rundir import RunDirectory
 from edgetrain.errors import ConfigError, EdgetrainError, one_line
 from edgetrain.prune.grow import apply_grow_ops
-from edgetrain.runs.config import DataConfig, RunConfig
+from edgetrain.runs.config import RunConfig
 from edgetrain.runs.data import build_data
 from edgetrain.runs.reopen import restore_saved_architecture
 
@@ -169,15 +169,33 @@ def build_run_model(config: RunConfig) -> tuple[torch.nn.Module, tuple[int, ...]
     return model, tuple(info.input_shape)
 
 
-def _process_batch(d: DataConfig) -> int:
+def _scaled_lr(config: RunConfig, options: dict[str, Any]) -> dict[str, Any]:
+    """The optimizer options with the learning rate scaled to the number of processes
+    (``lr_world_scaling``); unchanged for one process or ``none``."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if config.lr_world_scaling == "none" or world == 1:
+        return options
+    if "lr" not in options:
+        raise ConfigError(
+            f"lr_world_scaling '{config.lr_world_scaling}' scales optimizer.lr, which the "
+            "recipe does not give; set optimizer.lr"
+        )
+    factor = world if config.lr_world_scaling == "linear" else world**0.5
+    return {**options, "lr": float(options["lr"]) * factor}
+
+
+def _process_batch(config: RunConfig) -> int:
     """This process's batch; under torchrun, says what the global batch is."""
+    d = config.data
     world = int(os.environ.get("WORLD_SIZE", "1"))
     batch = d.process_batch_size(world)
-    if world > 1 and d.global_batch_size is None and int(os.environ.get("RANK", "0")) == 0:
+    said = d.global_batch_size is not None or config.lr_world_scaling != "none"
+    if world > 1 and not said and int(os.environ.get("RANK", "0")) == 0:
         warnings.warn(
             f"data.batch_size {d.batch_size} is per process: {world} processes train with a "
             f"global batch of {world * d.batch_size} at the same learning rate; set "
-            f"data.global_batch_size to fix the global batch",
+            "data.global_batch_size to fix the global batch, or lr_world_scaling to scale "
+            "the learning rate",
             stacklevel=2,
         )
     return batch
@@ -201,9 +219,11 @@ def build_trainer(
         with _building(f"lr_control '{control.name}'"):
             callbacks.append(LR_CONTROLLERS.create(control.name, **control.options))
 
+    options = _scaled_lr(config, dict(opt_cfg.options))
+
     def optimizer(params: Any) -> torch.optim.Optimizer:  # params: tensors or groups
         with _building(f"optimizer '{opt_cfg.name}'"):
-            return build_optimizer(params, opt_cfg.name, **opt_cfg.options)
+            return build_optimizer(params, opt_cfg.name, **options)
 
     def scheduler(opt: torch.optim.Optimizer, steps_per_epoch: int) -> Any:
         assert sched_cfg is not None  # only passed to the Trainer with a scheduler section
@@ -218,7 +238,7 @@ def build_trainer(
         val_data=test,
         optimizer=optimizer,
         scheduler=None if sched_cfg is None else scheduler,
-        batch_size=_process_batch(d),
+        batch_size=_process_batch(config),
         eval_batch_size=d.eval_batch_size,
         num_workers=d.num_workers,
         callbacks=callbacks,

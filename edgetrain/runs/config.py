@@ -208,6 +208,9 @@ class RunConfig(_Strict):
     lr_control: NamedConfig | None = None
     callbacks: list[NamedConfig] = Field(default_factory=list)
     checkpoint_every: int = Field(1, ge=1)
+    # Under torchrun with a per-process batch the global batch grows with the processes:
+    # "linear" multiplies the learning rate by their number, "sqrt" by its square root.
+    lr_world_scaling: Literal["none", "linear", "sqrt"] = "none"
     full: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("precision", mode="before")

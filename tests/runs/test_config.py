@@ -233,7 +233,20 @@ def test_a_global_batch_is_divided_across_processes_and_said_when_absent(monkeyp
     assert "not both" in _error(both)
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "0")
-    assert _process_batch(data) == 16
-    per_process = load_config(_tree(data__batch_size=16)).data
+    assert _process_batch(load_config(tree)) == 16
+    per_process = load_config(_tree(data__batch_size=16))
     with pytest.warns(UserWarning, match="per process: 2 processes train with a global batch"):
         assert _process_batch(per_process) == 16
+
+
+@pytest.mark.parametrize(("scaling", "lr"), [("none", 0.1), ("linear", 0.4), ("sqrt", 0.2)])
+def test_the_learning_rate_scales_with_the_processes_when_asked(monkeypatch, scaling, lr):
+    from edgetrain.runs.build import _scaled_lr
+
+    config = load_config(_tree(lr_world_scaling=scaling))
+    assert _scaled_lr(config, {"lr": 0.1, "momentum": 0.9})["lr"] == 0.1  # one process
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    assert _scaled_lr(config, {"lr": 0.1, "momentum": 0.9}) == {"lr": lr, "momentum": 0.9}
+    if scaling != "none":
+        with pytest.raises(ConfigError, match="scales optimizer.lr, which the recipe does not"):
+            _scaled_lr(config, {"momentum": 0.9})
