@@ -72,6 +72,7 @@ def test_a_data_set_of_one_class_is_refused(cli, tmp_path):  # before training s
         (["bench", "--runs", "0", "m.onnx"], "Invalid value for '--runs'"),
         (["export", "--nope"], "No such option: --nope"),
         (["models", "zzz*"], "no model matches 'zzz*'; models: ds_cnn,"),
+        (["bench", "m.onnx", "--threads", "0"], "Invalid value for '--threads'"),
     ],
 )
 def test_a_bad_option_is_one_line_not_a_usage_box(monkeypatch, capsys, argv, needle):
@@ -151,6 +152,28 @@ def test_a_run_directory_being_written_is_refused_naming_the_writer(cli, tiny_re
         ),
         (["grow", "{r}", "--widen", "conv2=8x"], "--widen 'conv2=8x' is not LAYER=WIDTH"),
         (["finetune", "run", "--config", "{r}", "--schedule", "44_q"], "schedule '44_q'"),
+        (
+            ["finetune", "run", "--config", "{r}", "--schedule", "4421", "--mode", "zz"],
+            "unknown mode 'zz'; choose one of: conventional, bpls",
+        ),
+        (
+            ["finetune", "grid", "--config", "{r}", "--upper", "0.01", "--lower", "0.1"],
+            "the LR bounds need 0 < lower <= upper (got 0.1, 0.01)",
+        ),
+        (["train", "{r}", "--precision", "8"], "precision: Input should be '32', '16-mixed'"),
+        (["train", "{r}", "--set", "data.shift=zz"], "unknown domain shift 'zz'"),
+        (["train", "{r}", "--set", "data.augment=[zz]"], "unknown augmentation 'zz'"),
+        (["train", "{r}", "--set", "lr_world_scaling=cube"], "lr_world_scaling: Input should"),
+        (["demo", "--size", "huge"], "unknown --size 'huge'; choose one of: quick, default"),
+        (["cost", "vgg_small", "--format", "xml"], "unknown --format 'xml'"),
+        (["cost", "vgg_small", "--profile", "zz"], "unknown profile 'zz'; use a built-in"),
+        (["data", "prepare", "nosuch"], "unknown data set 'nosuch'"),
+        (["bench", "m.onnx", "--runtime", "zz"], "unknown runtime 'zz'; choose one of"),
+        (["export", "runs/x", "--checkpoint", "middle"], "--checkpoint 'middle' must be best"),
+        (
+            ["diagnose", "lr-sensitivity", "--config", "{r}", "--rates", "1"],
+            "need at least 2 rates and 0 < low < high",
+        ),
     ],
 )
 def test_known_bad_inputs_stay_one_line(cli, tiny_recipe, tmp_path, argv, needle):
