@@ -173,6 +173,12 @@ def suggest_command(
     """
     from edgetrain.finetune import suggest_schedules
 
+    for flag, budget in (
+        ("--max-ops-per-step", max_ops_per_step),
+        ("--max-peak-mem", max_peak_mem),
+    ):
+        if budget is not None and not budget > 0:  # also NaN
+            raise ConfigError(f"{flag} {budget:g} must be a positive budget")
     net, shape = _model_and_shape(model, input_shape, option)
     found = suggest_schedules(
         net, shape, max_ops_per_step, max_peak_mem, cycle, max_rows, profile=profile, top=top

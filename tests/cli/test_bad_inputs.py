@@ -171,6 +171,10 @@ def test_a_run_directory_being_written_is_refused_naming_the_writer(cli, tiny_re
         (["bench", "m.onnx", "--runtime", "zz"], "unknown runtime 'zz'; choose one of"),
         (["export", "runs/x", "--checkpoint", "middle"], "--checkpoint 'middle' must be best"),
         (
+            ["schedule", "suggest", "--model", "vgg_small", "--max-ops-per-step", "-5"],
+            "--max-ops-per-step -5 must be a positive budget",
+        ),
+        (
             ["diagnose", "lr-sensitivity", "--config", "{r}", "--rates", "1"],
             "need at least 2 rates and 0 < low < high",
         ),
