@@ -311,6 +311,8 @@ class ActivationWatch:
             handle.remove()
         self._handles = []
         self._remove_tracking()
+        while self._modes:  # removed mid-forward: its leave hook is gone, end the mode here
+            self._modes.pop().__exit__(None, None, None)
 
 
 def _functional_names(sites: dict[str, Site]) -> set[str]:

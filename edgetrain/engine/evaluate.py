@@ -7,6 +7,8 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import nn
 
+from edgetrain._modules import eval_mode
+
 __all__ = ["accumulate_topk", "evaluate"]
 
 
@@ -42,11 +44,9 @@ def evaluate(
     Returns:
         ``loss``, ``top1`` (percent), ``correct``, ``samples`` and ``top5`` when classes > 5.
     """
-    was_training = model.training
-    model.eval()
     sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss, top1, top5, n
     classes = num_classes
-    try:
+    with eval_mode(model):
         for inputs, targets in batches:
             inputs = inputs.to(device, non_blocking=True)
             targets = targets.to(device, non_blocking=True)
@@ -62,8 +62,6 @@ def evaluate(
                     torch.tensor(float(n), dtype=torch.float64, device=device),
                 ]
             )
-    finally:
-        model.train(was_training)
     if reduce is not None:
         reduce(sums)
     loss, correct, correct5, n = sums.tolist()

@@ -169,3 +169,16 @@ def test_probe_cells_and_actcool_see_functional_sites() -> None:
 class _Gelu(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.gelu(x)
+
+
+def test_removing_the_watch_mid_forward_leaves_no_mode_behind():
+    from edgetrain.diagnostics.sites import ActivationWatch
+
+    net = _Mixed()
+    sites = activation_layers(net, input_shape=(3, 8, 8))
+    seen: list[str] = []
+    watch = ActivationWatch(net, sites, lambda name, _x: seen.append(name))
+    net.block.register_forward_pre_hook(lambda *_: watch.remove())
+    net(torch.randn(1, 3, 8, 8))
+    assert seen == ["act"]  # the calls after the removal are not watched
+    assert not torch._C._is_torch_function_mode_enabled()

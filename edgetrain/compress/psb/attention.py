@@ -49,6 +49,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from edgetrain._modules import eval_mode
 from edgetrain.compress.psb.cost import operation_cost
 from edgetrain.compress.psb.layers import _PSBLayer, psb_layers
 from edgetrain.errors import ConfigError
@@ -449,8 +450,6 @@ def evaluate_attention(
         >>> result.coverage, result.top1["attention"], result.ops_ratio  # doctest: +SKIP
     """
     _check(model, low, high)
-    was_training = model.training
-    model.eval()
     correct = dict.fromkeys(_KEYS, 0)
     losses = dict.fromkeys(_KEYS, 0.0)
     seen, covered = 0, 0.0
@@ -461,36 +460,34 @@ def evaluate_attention(
     fields: _ReceptiveFields | None = None
     device = next(model.parameters()).device
     with contextlib.ExitStack() as stack:
+        stack.enter_context(eval_mode(model))
         if seed is not None:
             stack.enter_context(torch.random.fork_rng(devices=[]))
             torch.manual_seed(seed)
-        try:
-            for inputs, targets in _batches(data, batch_size):
-                inputs, targets = inputs.to(device), targets.to(device)
-                if head is None or fields is None:
-                    input_shape = tuple(inputs.shape[1:])
-                    head = _trace_head(model, inputs[:1])
-                    fields = _ReceptiveFields(model, head, input_shape)
-                with torch.no_grad():
-                    out = _attend(model, head, inputs, low, high, dilate, control=True)
-                positions = out.mask[0].numel()
-                n = targets.shape[0]
-                outputs = dict(
-                    zip(
-                        _KEYS,
-                        (out.low_logits, out.high_logits, out.logits, out.random_logits),
-                        strict=True,
-                    )
+        for inputs, targets in _batches(data, batch_size):
+            inputs, targets = inputs.to(device), targets.to(device)
+            if head is None or fields is None:
+                input_shape = tuple(inputs.shape[1:])
+                head = _trace_head(model, inputs[:1])
+                fields = _ReceptiveFields(model, head, input_shape)
+            with torch.no_grad():
+                out = _attend(model, head, inputs, low, high, dilate, control=True)
+            positions = out.mask[0].numel()
+            n = targets.shape[0]
+            outputs = dict(
+                zip(
+                    _KEYS,
+                    (out.low_logits, out.high_logits, out.logits, out.random_logits),
+                    strict=True,
                 )
-                for key, logits in outputs.items():
-                    correct[key] += int((logits.argmax(dim=1) == targets).sum())
-                    losses[key] += float(F.cross_entropy(logits, targets, reduction="sum"))
-                covered += float(out.mask.float().mean(dim=(1, 2)).sum())
-                for name, share in fields.shares(out.mask).items():
-                    shares[name] = shares.get(name, 0.0) + share * n
-                seen += n
-        finally:
-            model.train(was_training)
+            )
+            for key, logits in outputs.items():
+                correct[key] += int((logits.argmax(dim=1) == targets).sum())
+                losses[key] += float(F.cross_entropy(logits, targets, reduction="sum"))
+            covered += float(out.mask.float().mean(dim=(1, 2)).sum())
+            for name, share in fields.shares(out.mask).items():
+                shares[name] = shares.get(name, 0.0) + share * n
+            seen += n
     if not seen:
         raise ConfigError("evaluate_attention got no batches; pass a labelled data set")
     shares = {k: v / seen for k, v in shares.items()}
