@@ -152,7 +152,8 @@ def worker_command(
     """Join a sweep on a shared database and measure trials until none is left.
 
     Start any number of workers on any machines with the same config and --storage; a
-    dead worker's trial is failed by heartbeat and run again by another worker.
+    dead worker's trial is failed by heartbeat and run again by another worker. A worker
+    that finds no queued trial waits for those still running, then stops.
 
     Example: edgetrain sweep worker sweep.yaml --storage postgresql://edge@db-host/sweeps
     """

@@ -8,9 +8,13 @@ reports it; a worker that finds no waiting trial stops. So any number of workers
 together run exactly the budget, none twice.
 
 A worker records a heartbeat while its trial runs. When a worker dies, another one (or
-the next resumed run) finds the trial's heartbeat stale, marks it failed and queues a
-retry of the same parameters in the same slot. A Ctrl-C does the same at once. So a
-resumed sweep keeps every finished trial and runs only what is left.
+the next resumed run) marks its trial failed, with the reason, and queues a retry of the
+same parameters in the same slot: at once when the dead worker ran on this machine (its
+process is gone), otherwise when its heartbeat is older than the grace period (three
+heartbeats). A process that finds no waiting trial while others still run waits for
+them, so the budget is always spent in full. A Ctrl-C queues the retry at once. So a
+resumed sweep keeps every finished trial and runs only what is left, and its sampler
+goes on from a seed that counts the trials already drawn instead of repeating them.
 
 Example:
     >>> from edgetrain.search import run, load_sweep
@@ -21,6 +25,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import datetime
 import math
 import os
 import random
@@ -51,6 +56,7 @@ __all__ = [
     "WorkSummary",
     "quiet_optuna",
     "default_storage",
+    "fail_dead_trials",
     "open_storage",
     "open_study",
     "run",
@@ -107,8 +113,9 @@ def mask_url(url: str, text: str | None = None) -> str:
 
 
 def open_storage(url: str, heartbeat_s: int = 60) -> Any:
-    """Optuna's RDB storage on ``url`` with heartbeats and one retry of a dead worker's
-    trial. ``postgresql://`` URLs use psycopg 3 (the ``[search]`` extra).
+    """Optuna's RDB storage on ``url`` with heartbeats every ``heartbeat_s`` seconds and a
+    grace period of three. ``postgresql://`` URLs use psycopg 3 (the ``[search]`` extra).
+    Dead workers' trials are failed and retried by :func:`fail_dead_trials`.
 
     Raises:
         ConfigError: an unsupported URL, or a database that cannot be reached.
@@ -144,9 +151,6 @@ def open_storage(url: str, heartbeat_s: int = 60) -> Any:
                     url,
                     heartbeat_interval=heartbeat_s,
                     grace_period=3 * heartbeat_s,
-                    heartbeat_stale_trial_callback=(
-                        optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1)
-                    ),
                 )
         except Exception as exc:  # SQLAlchemy/driver errors: all one line for the user
             error = one_line(exc)
@@ -238,6 +242,13 @@ def open_study(
     except optuna.exceptions.DuplicatedStudyError:
         study = optuna.load_study(study_name=config.name, storage=storage, sampler=sampler)
         _check_same(config, study)
+        # A resumed sampler seeded as before would propose the trials it already drew
+        # again: go on from a seed that counts them.
+        drawn = len(study.get_trials(deepcopy=False)) - len(
+            study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))
+        )
+        base_seed = config.seed if seed is None else seed
+        study.sampler = make_sampler(config, base_seed + drawn)
     budget = _budget(config, trials)
     if coordinator:
         _setup(study, ctx, budget, log)
@@ -325,6 +336,72 @@ def _retry_later(study: Any, frozen: Any) -> None:
             system_attrs={"failed_trial": frozen.number},
         )
     )
+
+
+def _alive(worker: str) -> bool | None:
+    """Whether the process named ``host:pid`` still runs; None when it ran elsewhere."""
+    host, _, pid = worker.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return None
+    if int(pid) == os.getpid():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process of that number
+        return True
+    return True
+
+
+def fail_dead_trials(study: Any, storage: Any, grace_s: float) -> list[int]:
+    """Fail the running trials whose worker is dead, each with its reason in
+    ``fail_reason``, and queue each one's parameters again in its slot.
+
+    A worker is dead when it ran on this machine and its process is gone, when its
+    heartbeat is older than ``grace_s``, or when it claimed the trial more than
+    ``grace_s`` ago and never sent a heartbeat (killed in between). Two processes may
+    look at once: the storage lets one of them fail the trial, and only that one
+    queues the retry.
+
+    Returns:
+        The numbers of the trials failed here.
+    """
+    optuna = require("optuna", "search")
+    running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+    if not running:
+        return []
+    stale = set(storage._get_stale_trial_ids(study._study_id))  # Optuna's heartbeat table
+    now = datetime.datetime.now()
+    failed = []
+    for frozen in running:
+        worker = frozen.user_attrs.get("worker")
+        if worker is not None and _alive(worker) is False:
+            reason = f"worker {worker} was killed (its process is gone); queued again"
+        elif frozen._trial_id in stale:
+            reason = (
+                f"worker {worker or 'unknown'} sent no heartbeat for {grace_s:g} s "
+                "(killed or cut off); queued again"
+            )
+        elif (
+            worker is None
+            and frozen.datetime_start is not None
+            and ((now - frozen.datetime_start).total_seconds() > grace_s)
+        ):
+            reason = "claimed by a worker that stopped before it started; queued again"
+        else:
+            continue
+        try:
+            storage.set_trial_user_attr(frozen._trial_id, "fail_reason", reason)
+            if not storage.set_trial_state_values(
+                frozen._trial_id, state=optuna.trial.TrialState.FAIL
+            ):
+                continue
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue  # another process failed it first
+        _retry_later(study, storage.get_trial(frozen._trial_id))
+        failed.append(frozen.number)
+    return failed
 
 
 def _cache(study: Any) -> Callable[[str], tuple[int, dict[str, Any]] | None]:
@@ -428,6 +505,8 @@ def _run(
         deadline = time.monotonic() + config.budget.timeout_h * 3600
     summary = WorkSummary()
     state = optuna.trial.TrialState
+    grace_s = 3.0 * config.heartbeat_s
+    waiting_noted = False
     while True:
         if max_trials is not None and len(summary.trials) >= max_trials:
             summary.stopped_by = "max_trials"
@@ -435,10 +514,19 @@ def _run(
         if deadline is not None and time.monotonic() > deadline:
             summary.stopped_by = "timeout"
             break
-        optuna.storages.fail_stale_trials(study)
+        for number in fail_dead_trials(study, store, grace_s):
+            log(f"trial {number}: its worker died; queued again")
         claimed = _claim(study, store)
         if claimed is None:
-            break
+            others = study.get_trials(deepcopy=False, states=(state.RUNNING,))
+            if not others:
+                break
+            if not waiting_noted:
+                log(f"waiting for {len(others)} trial(s) running on other workers")
+                waiting_noted = True
+            time.sleep(min(5.0, float(config.heartbeat_s)))
+            continue
+        waiting_noted = False
         trial, trial_id = claimed
         trial.set_user_attr("worker", worker)
         try:

@@ -6,6 +6,9 @@ tests exercise the study logic alone (the CLI test runs the real pipeline).
 
 from __future__ import annotations
 
+import socket
+import subprocess
+import sys
 import time
 from types import SimpleNamespace
 
@@ -144,24 +147,76 @@ def test_interrupted_trial_is_queued_again_with_its_parameters(fake):
     assert _slots(_study(config)) == list(range(6))
 
 
-def test_dead_workers_trial_is_failed_by_heartbeat_and_retried(fake):
-    config = _config(trials=3)
-    run(config, max_trials=0)  # set up: baseline measured, three slots queued
+def _claim_and_die(config, worker=None, heartbeat=True):
+    """Claim a slot as a worker that dies at once; return the trial's number."""
     storage = open_storage(f"sqlite:///runs/{config.name}/study.db", heartbeat_s=1)
     study = optuna.load_study(study_name=config.name, storage=storage)
     trial, trial_id = study_mod._claim(study, storage)
     trial.suggest_categorical("s1.sparsity", [0.0, 0.25, 0.5, 0.75])
-    storage.record_heartbeat(trial_id)  # ... and the worker dies here
-    # past the grace period (3 heartbeats); SQLite's clock has whole seconds
-    time.sleep(4.5)
-    summary = run(config)
+    if worker is not None:
+        trial.set_user_attr("worker", worker)
+    if heartbeat:
+        storage.record_heartbeat(trial_id)
+    return trial.number
+
+
+def _check_retried(study, reasons):
+    """Exactly the trials in ``reasons`` failed, each with its reason, each retried once."""
+    failed = {t.number: t for t in study.get_trials(states=(STATE.FAIL,))}
+    assert sorted(failed) == sorted(reasons)
+    for number, reason in reasons.items():
+        assert reason in failed[number].user_attrs["fail_reason"]
+        retried = [t for t in study.trials if t.system_attrs.get("failed_trial") == number]
+        assert len(retried) == 1 and retried[0].params == failed[number].params
+
+
+def test_dead_workers_trial_on_another_machine_is_failed_after_the_grace_period(fake):
+    config = _config(trials=3)
+    run(config, max_trials=0)  # set up: baseline measured, three slots queued
+    # one worker elsewhere dies after its first heartbeat, another one between its
+    # claim and its first heartbeat
+    dead = [_claim_and_die(config, "elsewhere:1"), _claim_and_die(config, heartbeat=False)]
+    started = time.monotonic()
+    summary = run(config)  # waits for the two until their grace (3 s) is over
+    assert time.monotonic() - started > 2.0
     study = _study(config)
-    (dead,) = study.get_trials(states=(STATE.FAIL,))
-    assert dead.number == trial.number
     assert summary.completed == 3
     assert _slots(study) == [0, 1, 2]
-    retried = [t for t in study.trials if t.system_attrs.get("failed_trial") == dead.number]
-    assert len(retried) == 1 and retried[0].params == dead.params
+    _check_retried(
+        study,
+        {
+            dead[0]: "worker elsewhere:1 sent no heartbeat for 3 s",
+            dead[1]: "claimed by a worker that stopped before it started",
+        },
+    )
+
+
+def test_a_sweep_restarted_within_the_grace_period_retries_its_dead_trial(fake):
+    config = _config(trials=3)
+    run(config, max_trials=0)
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    dead = _claim_and_die(config, f"{socket.gethostname()}:{gone.pid}")
+    started = time.monotonic()
+    summary = run(config)
+    assert time.monotonic() - started < 3.0  # no wait for the heartbeat to go stale
+    study = _study(config)
+    assert summary.completed == 3 and _slots(study) == [0, 1, 2]
+    _check_retried(study, {dead: "was killed (its process is gone)"})
+
+
+def test_a_resumed_sampler_does_not_repeat_the_trials_it_drew(fake):
+    config = _config(trials=6, parameters={"s1.sparsity": {"min": 0.0, "max": 0.75}})
+    run(config, max_trials=2)
+    run(config, max_trials=2)
+    run(config)
+    drawn = [t.params["s1.sparsity"] for t in _study(config).get_trials(states=(STATE.COMPLETE,))]
+    assert len(drawn) == 6 and len(set(drawn)) == 6
+    # ... and a fresh sweep with the same seed draws the same first trials
+    again = _config(name="again", trials=2, parameters={"s1.sparsity": {"min": 0.0, "max": 0.75}})
+    run(again)
+    redrawn = [t.params["s1.sparsity"] for t in _study(again).get_trials(states=(STATE.COMPLETE,))]
+    assert redrawn == drawn[:2]
 
 
 def test_a_study_with_other_settings_is_refused(fake):
