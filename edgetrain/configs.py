@@ -125,7 +125,14 @@ def read_mapping(
     elif shipped is not None and (found := shipped.path(str(source))) is not None:
         file = found
     if file is not None:
-        text, where = file.read_text(encoding="utf-8"), f"{what} '{file}'"
+        where = f"{what} '{file}'"
+        try:
+            text = file.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise ConfigError(
+                f"{where} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset "
+                f"{exc.start}); pass a YAML file"
+            ) from None
     elif text_allowed and isinstance(source, str) and any(c in source for c in ":\n{"):
         text, where = source, what
     else:

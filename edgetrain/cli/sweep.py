@@ -63,6 +63,7 @@ def _work(
     from edgetrain.search import load_sweep, run
 
     config, base = load_sweep(config_path)
+    config.check(config.load_recipe(base))  # parameters that fit no recipe key: before the bar
     names = [m.name for m in config.metrics]
     total = trials or config.budget.trials
     bar = Progress(

@@ -44,8 +44,9 @@ from edgetrain.diagnostics.recorder import (
     occupancy_message,
 )
 from edgetrain.engine import CALLBACKS, Callback, atomic_save
+from edgetrain.engine.checkpoint import safe_load
 from edgetrain.engine.jsonl import JsonLines
-from edgetrain.errors import CheckpointError, ConfigError, one_line
+from edgetrain.errors import CheckpointError, ConfigError
 
 if TYPE_CHECKING:
     from edgetrain.engine import Trainer
@@ -223,14 +224,17 @@ def load_counts(path: str | os.PathLike[str]) -> dict[str, LayerCounts]:
             f"pattern counts '{path}' not found; pass the {FINAL_COUNTS_FILE} of a finished "
             "run with the pattern monitor (or its run directory)"
         )
+    state = safe_load(p)
     try:
-        state = torch.load(p, map_location="cpu", weights_only=True)
         return {
             name: LayerCounts(s["counts"], s["keys"], int(s["channels"]), s["occupancy"])
             for name, s in state.items()
         }
-    except Exception as exc:  # torch raises many types for a damaged file
-        raise CheckpointError(f"cannot read pattern counts '{p}': {one_line(exc)}") from exc
+    except (AttributeError, KeyError, TypeError, ValueError):
+        raise CheckpointError(
+            f"'{p}' holds no pattern counts; pass the {FINAL_COUNTS_FILE} "
+            "of a finished run with the pattern monitor"
+        ) from None
 
 
 @dataclass(frozen=True)

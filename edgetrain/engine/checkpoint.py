@@ -8,8 +8,12 @@ leaves the previous checkpoint intact and never a truncated file under the final
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
+import pickletools
+import warnings
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +31,7 @@ __all__ = [
     "load_weights",
     "in_modules",
     "resolve_checkpoint",
+    "safe_load",
 ]
 
 FORMAT = "edgetrain-checkpoint/1"
@@ -61,26 +66,85 @@ def resolve_checkpoint(path: str | os.PathLike[str], prefer: str = "best") -> Pa
     return p
 
 
-def _safe_load(p: Path, map_location: str | torch.device) -> Any:
-    """``torch.load(weights_only=True)`` with every failure explained in one line."""
+def safe_load(p: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> Any:
+    """``torch.load(weights_only=True)`` with every failure explained in one line: a file
+    whose pickle names code (``os.system``, a class) is *refused*, naming what it holds;
+    bytes that are no pickle at all are *corrupted or truncated*."""
+    p = Path(p)
     try:
-        return torch.load(p, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():
+            # torch notes any pickle protocol it did not write; the error below says more
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(p, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        said = str(exc).lower()  # torch's wording varies between versions
-        if any(w in said for w in ("unsupported global", "unsupported class", "weights only")):
-            raise CheckpointError(
-                f"checkpoint '{p}' refused: it contains objects that are not plain tensors "
-                "and data (loaded with weights_only=True); re-save it as a state_dict"
-            ) from None
-        raise _corrupted(p, exc) from exc
+        raise _unpickling_failure(p, exc) from None
     except Exception as exc:  # torch's unpickler raises many types on damaged bytes
         raise _corrupted(p, exc) from exc
+
+
+# What torch's weights-only unpickler itself allows besides torch's own names.
+_PLAIN_GLOBALS = frozenset(
+    {
+        "collections.OrderedDict",
+        "builtins.set",
+        "builtins.frozenset",
+        "builtins.bytearray",
+        "builtins.slice",
+        "builtins.complex",
+        "_codecs.encode",
+    }
+)
+
+
+def _pickle_globals(p: Path) -> list[str] | None:
+    """``module.name`` of every global the file's pickle would look up, read without
+    running it (``pickletools``); None when the bytes are no complete pickle."""
+    try:
+        if zipfile.is_zipfile(p):  # torch's format: the pickle is one member of a zip
+            with zipfile.ZipFile(p) as archive:
+                members = [n for n in archive.namelist() if n.endswith("data.pkl")]
+                if not members:
+                    return None
+                data = archive.read(members[0])
+        else:
+            data = p.read_bytes()
+        names, strings = [], []
+        for op, arg, _ in pickletools.genops(io.BytesIO(data)):
+            if op.name in ("GLOBAL", "INST"):
+                names.append(str(arg).replace(" ", "."))
+            elif op.name == "STACK_GLOBAL":
+                names.append(".".join(strings[-2:]) if len(strings) >= 2 else "?")
+            elif isinstance(arg, str):
+                strings.append(arg)
+        return names
+    except Exception:  # not a pickle: random or truncated bytes
+        return None
+
+
+def _unpickling_failure(p: Path, exc: BaseException) -> CheckpointError:
+    names = _pickle_globals(p)
+    if names is None:
+        return _corrupted(p, exc)
+    foreign = sorted({n for n in names if not n.startswith("torch.") and n not in _PLAIN_GLOBALS})
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (
+            f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
+        )
+        return CheckpointError(
+            f"checkpoint '{p}' refused: it contains objects that are not plain tensors and "
+            f"data ({shown}), so torch.load(weights_only=True) did not load it; re-save it as a "
+            "state_dict"
+        )
+    return CheckpointError(
+        f"checkpoint '{p}' cannot be read with weights_only=True (a pickle torch's safe "
+        "loader does not support); re-save it with torch.save(model.state_dict(), path)"
+    )
 
 
 def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> dict:
     """Load an edgetrain checkpoint with ``weights_only=True``, explaining every failure."""
     p = resolve_checkpoint(path)
-    obj = _safe_load(p, map_location)
+    obj = safe_load(p, map_location)
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         raise CheckpointError(
             f"'{p}' is not an edgetrain checkpoint (expected format {FORMAT}); "
@@ -111,7 +175,7 @@ def load_weights(
         CheckpointError: a missing, damaged or unsafe file, or one holding no weights.
     """
     p = resolve_checkpoint(path, prefer="best")
-    obj = _safe_load(p, map_location)
+    obj = safe_load(p, map_location)
     architecture: dict[str, Any] = {}
     if isinstance(obj, dict) and obj.get("format") == FORMAT:
         state, architecture = obj["model"], dict(obj.get("architecture") or {})

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch.optim import lr_scheduler
 
+from edgetrain.errors import ConfigError
 from edgetrain.registry import Registry, check_kwargs
 
 __all__ = [
@@ -186,6 +187,10 @@ def build_optimizer(params: Params, name: str, **options: Any) -> torch.optim.Op
     """Build the optimizer ``name`` over ``params``; unknown options raise ConfigError."""
     entry = OPTIMIZERS.entry(name)
     options = check_kwargs(entry.fn, options, f"optimizer '{name}'", reserved=("params",))
+    momentum = options.get("momentum")
+    if isinstance(momentum, int | float) and not 0 <= momentum < 1:
+        # torch accepts any momentum >= 0; one of 1 or more never forgets a gradient
+        raise ConfigError(f"optimizer '{name}': momentum {momentum} must be in [0, 1); e.g. 0.9")
     return entry.fn(params, **options)
 
 

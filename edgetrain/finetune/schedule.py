@@ -55,8 +55,12 @@ def _counts(digits: str, text: str) -> list[int]:
         raise ValueError(f"schedule '{text}': the first character is the cycle length T >= 1")
     for i, s in enumerate(counts):
         if s > cycle:
+            ch = digits[i]
+            said = f"{s} times" if ch.isdigit() else f"{s} times ('{ch}')"
             raise ValueError(
-                f"schedule '{text}': layer {i + 1} is updated {s} times in a cycle of T={cycle}"
+                f"schedule '{text}': layer {i + 1} is updated {said} in a cycle of "
+                f"T={cycle}; each character after the first is a count from 0 to T "
+                "(letters are counts above 9, for T > 9)"
             )
     stripped = digits.rstrip("0")
     if "0" in stripped:

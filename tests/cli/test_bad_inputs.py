@@ -1,4 +1,4 @@
-"""Bad inputs to ``edgetrain train``, one row each: exit 2 and one line naming the input
+"""Bad inputs to every command, one row each: exit 2 and one line naming the input
 and the fix, before any work starts (no run directory left behind)."""
 
 from __future__ import annotations
@@ -178,6 +178,36 @@ def test_a_run_directory_being_written_is_refused_naming_the_writer(cli, tiny_re
             ["diagnose", "lr-sensitivity", "--config", "{r}", "--rates", "1"],
             "need at least 2 rates and 0 < low < high",
         ),
+        (["train", "{r}", "--set", "optimizer.momentum=2"], "momentum 2.0 must be in [0, 1)"),
+        (["train", "{r}", "--set", "optimizer.lr=-1"], "optimizer 'sgd': Invalid learning"),
+        (["train", "{r}", "--set", "optimizer.weight_decay=.nan"], "nan is not a finite"),
+        (["train", "{r}", "--set", "epochs=1.5"], "epochs: Input should be a valid integer"),
+        (["train", "{r}", "--set", "noequals"], "override 'noequals' must look like key.sub="),
+        (["train", "{r}", "--name", "../x"], "name: String should match pattern"),
+        (["train", "{r}", "--set", "model.options.nosuch=3"], "has no option 'nosuch'"),
+        (["train", "{r}", "--set", "data.options.nosuch=3"], "data set 'digits' has no option"),
+        (["train", "{r}", "--set", "data.val_fraction=2"], "unknown key 'val_fraction' in data"),
+        (["train", "{r}", "--set", "data.options.size=0"], "size must be a whole number of"),
+        (["train", "{r}", "--set", "data.options.test_fraction=1.5"], "test_fraction must be in"),
+        (["train", "{r}", "--set", "data.name=ucr:NoSuch"], "unknown UCR data set 'NoSuch'"),
+        (["train", "{r}", "--set", "data.name=speech-commands"], "needs root=<folder>"),
+        (["train", "{r}", "--set", "data.eval_split=zz"], "unknown split 'zz'; choose one of"),
+        (["train", "{r}", "--set", "deterministic=maybe"], "Input should be a valid boolean"),
+        (["train", "{r}", "--set", "model.name=nosuch.py:fn"], "file '"),
+        (["train", "{r}", "--set", "model.name=edgetrain.nosuch:fn"], "module 'edgetrain.nosuch'"),
+        (["schedule", "show", "44x2", "--model", "vgg_small"], "updated 33 times ('x')"),
+        (["finetune", "sweep-depth", "--config", "{r}", "--depths", "a,b"], "comma-separated"),
+        (["finetune", "sweep-depth", "--config", "{r}", "--depths", "0"], "out of range"),
+        (["cost", "vgg_small", "--input", "0x8x8"], "(positive integers)"),
+        (["cost", "vgg_small", "--trainable", "nosuch"], "layer pattern 'nosuch' matches no"),
+        (["cost", "vgg_small", "--optimizer", "zz"], "unknown optimizer 'zz'; choose one of"),
+        (["grow", "{r}", "--widen", "nosuch=8"], "widen: the model has no layer 'nosuch'"),
+        (["grow", "{r}", "--deepen", "nosuch"], "deepen: the model has no layer 'nosuch'"),
+        (["grow", "{r}", "--widen", "conv1=8"], "it already has 16 channels; give a width"),
+        (["prune-train", "{r}", "--ratio", "2"], "PruneTrain ratio must be in (0, 1), got 2.0"),
+        (["diagnose", "patterns", "--config", "{r}", "--mode", "zz"], "--mode 'zz' is not one"),
+        (["data", "describe", "digits", "--option", "size=zz"], "option 'size': Input should"),
+        (["bench", "m.onnx", "--runtime", "command"], "the command runtime needs an argument"),
     ],
 )
 def test_known_bad_inputs_stay_one_line(cli, tiny_recipe, tmp_path, argv, needle):
@@ -185,3 +215,146 @@ def test_known_bad_inputs_stay_one_line(cli, tiny_recipe, tmp_path, argv, needle
     out = cli(*argv, code=2).output
     assert needle in one_line(out)
     assert not (tmp_path / "runs" / "tiny").exists()
+
+
+class _Evil:
+    """Unpickling this runs ``touch pwned``: a loader must refuse it, never run it."""
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("touch pwned",))
+
+
+@pytest.fixture
+def bad_files(tmp_path):
+    """Files a user may pass by mistake (or an attacker on purpose), in ``tmp_path``."""
+    import pickle
+
+    import torch
+
+    (tmp_path / "broken.yaml").write_text("name: tiny\nepochs: [1\n")
+    (tmp_path / "tag.yaml").write_text('!!python/object/apply:os.system ["touch pwned"]\n')
+    (tmp_path / "list.yaml").write_text("- a\n- b\n")
+    (tmp_path / "empty.yaml").write_text("")
+    (tmp_path / "binary.yaml").write_bytes(bytes(range(255, 0, -1)))
+    (tmp_path / "evil.pt").write_bytes(pickle.dumps({"model": _Evil()}))
+    torch.save({"model": _Evil()}, tmp_path / "evil-zip.pt")
+    (tmp_path / "garbage.pt").write_bytes(bytes(range(7, 250)) * 3)
+    torch.save({"model": {"w": torch.zeros(2)}}, tmp_path / "plain.pt")
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "nolabels.npz", x=rng.normal(size=(10, 1, 8)).astype("float32"))
+    np.savez(tmp_path / "mismatch.npz", x=np.zeros((10, 1, 8), "float32"), y=np.zeros(7))
+    (tmp_path / "d.csv").write_text("a,b\n1,2\n3,4\n")
+    (tmp_path / "notrun").mkdir()
+    sweep = "name: s\nmetric: latency_ms\nrecipe: vgg-small-l1\nmodel: runs/m\n"
+    (tmp_path / "sweep-method.yaml").write_text(sweep + "method: zz\nparameters: {}\n")
+    (tmp_path / "sweep-metric.yaml").write_text(
+        sweep.replace("latency_ms", "speed") + "parameters: {}\n"
+    )
+    (tmp_path / "sweep-param.yaml").write_text(sweep + "parameters: {s1.nosuch: {values: [0.1]}}\n")
+    (tmp_path / "sweep-dup.yaml").write_text(sweep + "name: t\n")
+    prune = "version: 1\npruners: {p: {method: %s, sparsity: %s, layers: [conv1]}}\n"
+    (tmp_path / "c-method.yaml").write_text(prune % ("nosuch", 0.5))
+    (tmp_path / "c-sparsity.yaml").write_text(prune % ("l1_filter", 1.5))
+    (tmp_path / "c-version.yaml").write_text("version: 7\n")
+    (tmp_path / "c-dup.yaml").write_text("version: 1\nversion: 1\n")
+    (tmp_path / "p-dup.yaml").write_text("name: p\nname: q\n")
+    (tmp_path / "p-key.yaml").write_text("name: p\nmac_pj: 3\n")
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        # recipes that are no recipe
+        (["train", "broken.yaml"], "recipe 'broken.yaml': invalid YAML at line 3, column 1"),
+        (["train", "tag.yaml"], "could not determine a constructor for the tag"),
+        (["train", "list.yaml"], "recipe 'list.yaml': must be a YAML mapping of keys"),
+        (["train", "empty.yaml"], "recipe 'empty.yaml': must be a YAML mapping"),
+        (["train", "binary.yaml"], "recipe 'binary.yaml' is not UTF-8 text (byte 0xff at"),
+        (["compress", "runs/x", "--recipe", "binary.yaml"], "is not UTF-8 text"),
+        (["sweep", "run", "binary.yaml"], "sweep config 'binary.yaml' is not UTF-8 text"),
+        (["cost", "vgg_small", "--profile", "binary.yaml"], "profile 'binary.yaml' is not"),
+        # checkpoints: a pickle that would run code is refused, never run; random bytes
+        # are corrupted; weights of another net are named
+        (["export", "evil.pt"], "'evil.pt' refused: it contains objects that are not plain"),
+        (["export", "evil-zip.pt"], "refused: it contains objects that are not plain tensors"),
+        (["compress", "evil.pt", "--recipe", "vgg-small-l1"], "(posix.system)"),
+        (["grow", "{r}", "--from", "evil.pt", "--widen", "conv1=32"], "'evil.pt' refused"),
+        (["train", "{r}", "--set", "model.init_from=evil.pt"], "'evil.pt' refused"),
+        (
+            ["diagnose", "patterns", "--config", "{r}", "--final-counts", "evil.pt"],
+            "'evil.pt' refused",
+        ),
+        (["export", "garbage.pt"], "checkpoint 'garbage.pt' is corrupted or truncated"),
+        (["train", "{r}", "--set", "model.init_from=garbage.pt"], "is corrupted or truncated"),
+        (
+            ["diagnose", "patterns", "--config", "{r}", "--final-counts", "garbage.pt"],
+            "checkpoint 'garbage.pt' is corrupted or truncated",
+        ),
+        (
+            ["diagnose", "patterns", "--config", "{r}", "--final-counts", "plain.pt"],
+            "'plain.pt' holds no pattern counts; pass the patterns_final.pt",
+        ),
+        (
+            ["train", "{r}", "--set", "model.init_from=plain.pt"],
+            "checkpoint 'plain.pt' was saved for another architecture (missing 'conv1.bias'",
+        ),
+        (["train", "--resume", "garbage.pt"], "'garbage.pt' is not a run directory"),
+        (["report", "notrun"], "'notrun' is not a run directory (no config.yaml)"),
+        (["export", "notrun"], "no checkpoint in 'notrun' (looked for checkpoints/best.pt"),
+        (["compress", "notrun", "--recipe", "vgg-small-l1"], "no checkpoint in 'notrun'"),
+        (["bench", "garbage.pt"], "ONNX Runtime cannot load 'garbage.pt'"),
+        # user data
+        (
+            [
+                "train",
+                "{r}",
+                "--set",
+                "data.name=arrays",
+                "--set",
+                "data.options.path=nolabels.npz",
+            ],
+            "has no 'y' array (it holds x); save it with np.savez(path, x=..., y=...)",
+        ),
+        (
+            [
+                "train",
+                "{r}",
+                "--set",
+                "data.name=arrays",
+                "--set",
+                "data.options.path=mismatch.npz",
+            ],
+            "has 10 inputs but 7 labels",
+        ),
+        (
+            ["train", "{r}", "--set", "data.name=arrays", "--set", "data.options.path=no.npz"],
+            "arrays: path file",
+        ),
+        (
+            ["train", "{r}", "--set", "data.name=csv", "--set", "data.options.path=d.csv"],
+            "has no label column 'label' (columns: a, b); pass label=<column>",
+        ),
+        # sweeps, compression recipes, profiles
+        (["sweep", "run", "sweep-method.yaml"], "unknown search method 'zz'; choose one of"),
+        (["sweep", "run", "sweep-metric.yaml"], "unknown metric 'speed'; choose one of: top1"),
+        (["sweep", "run", "sweep-param.yaml"], "parameter 's1.nosuch' names neither a pruner"),
+        (["sweep", "run", "sweep-dup.yaml"], "key 'name' is given twice; keep one"),
+        (["sweep", "run", "{r}"], "sweep config '{r}': missing required key 'metric'"),
+        (["sweep", "report", "notrun"], "no sweep 'notrun' under"),
+        (["compress", "runs/x", "--recipe", "c-method.yaml"], "unknown pruning method 'nosuch'"),
+        (["compress", "runs/x", "--recipe", "c-sparsity.yaml"], "sparsity: must be in [0, 1)"),
+        (["compress", "runs/x", "--recipe", "c-version.yaml"], "write 'version: 1'"),
+        (["compress", "runs/x", "--recipe", "c-dup.yaml"], "key 'version' is given twice"),
+        (["cost", "vgg_small", "--profile", "p-dup.yaml"], "key 'name' is given twice"),
+        (["cost", "vgg_small", "--profile", "p-key.yaml"], "unknown key 'mac_pj' in the top"),
+    ],
+)
+def test_bad_files_stay_one_line(cli, tiny_recipe, bad_files, argv, needle):
+    argv = [a.replace("{r}", str(tiny_recipe)) for a in argv]
+    out = cli(*argv, code=2).output
+    assert needle.replace("{r}", str(tiny_recipe)) in one_line(out)
+    assert not (bad_files / "pwned").exists()
+    assert not (bad_files / "runs" / "tiny").exists()
