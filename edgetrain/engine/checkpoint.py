@@ -108,7 +108,8 @@ def _pickle_globals(p: Path) -> list[str] | None:
                 data = archive.read(members[0])
         else:
             data = p.read_bytes()
-        names, strings = [], []
+        names: list[str] = []
+        strings: list[str] = []
         for op, arg, _ in pickletools.genops(io.BytesIO(data)):
             if op.name in ("GLOBAL", "INST"):
                 names.append(str(arg).replace(" ", "."))
