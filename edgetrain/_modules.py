@@ -15,21 +15,30 @@ from torch import nn
 
 from edgetrain.errors import EdgetrainError
 
-__all__ = ["eval_mode", "param_owners", "select_modules", "structure_key"]
+__all__ = ["eval_mode", "param_owners", "select_modules", "structure_key", "train_mode"]
 
 
-@contextlib.contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+def eval_mode(model: nn.Module) -> contextlib.AbstractContextManager[nn.Module]:
     """``model`` in eval mode; on exit every module gets back its own mode (a model in
     training mode with a frozen, evaluating batch norm stays so, which
     ``model.train(was_training)`` would undo)."""
+    return _in_mode(model, training=False)
+
+
+def train_mode(model: nn.Module) -> contextlib.AbstractContextManager[nn.Module]:
+    """``model`` in training mode; on exit every module gets back its own mode."""
+    return _in_mode(model, training=True)
+
+
+@contextlib.contextmanager
+def _in_mode(model: nn.Module, training: bool) -> Iterator[nn.Module]:
     modes = [(m, m.training) for m in model.modules()]
-    model.eval()
+    model.train(training)
     try:
         yield model
     finally:
-        for module, training in modes:
-            module.training = training
+        for module, was in modes:
+            module.training = was
 
 
 def structure_key(model: nn.Module, input_shape: Sequence[int]) -> tuple[object, ...]:
