@@ -41,6 +41,6 @@ def models_command(
         params = sum(p.numel() for p in model.parameters())
         shape = "x".join(map(str, getattr(model, "input_shape", ())))
         layers = len(zoo.parameter_layers(model))
-        macs = analyze(model, model.input_shape).total().forward_macs
+        macs = analyze(model, model.input_shape, memory="layerwise").total().forward_macs
         table.add_row(entry.name, f"{params:,}", f"{macs:,}", shape, str(layers), entry.summary)
     console.print(table)

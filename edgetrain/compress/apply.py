@@ -167,7 +167,7 @@ def _filters(model: nn.Module) -> dict[str, int]:
 
 def _measure(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[int, int]:
     params = sum(p.numel() for p in model.parameters())
-    return params, int(analyze(model, input_shape).total().forward_macs)
+    return params, int(analyze(model, input_shape, memory="layerwise").total().forward_macs)
 
 
 def apply(

@@ -168,7 +168,7 @@ def sensitivity(
     shape = tuple(example.shape[1:])
     resolved = sensitivity_targets(model, targets, example)
     base = evaluate_model(copy.deepcopy(model), data, batch_size, device)
-    base_macs = int(analyze(model, shape).total().forward_macs)
+    base_macs = int(analyze(model, shape, memory="layerwise").total().forward_macs)
     rows: list[SensitivityRow] = []
     for target in resolved:
         before = target.filters(model)
@@ -187,7 +187,10 @@ def sensitivity(
         for sparsity in sparsities:
             pruned = copy.deepcopy(model)
             prune(pruned, list(target.layers), float(sparsity), example_input=example)
-            after, macs = target.filters(pruned), int(analyze(pruned, shape).total().forward_macs)
+            after, macs = (
+                target.filters(pruned),
+                int(analyze(pruned, shape, memory="layerwise").total().forward_macs),
+            )
             metrics = evaluate_model(pruned, data, batch_size, device)
             rows.append(
                 SensitivityRow(

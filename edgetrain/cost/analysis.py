@@ -1,5 +1,12 @@
 """``analyze``: per-layer, per-step and per-cycle costs of a model on a target.
 
+Step memory has two accountings (``memory=``): ``allocator`` (the default) runs the
+step on the meta device and follows every tensor from creation to its last use, as the
+allocator frees it (:mod:`edgetrain.cost.memory`); ``layerwise`` is the spec's formula
+(each trained op's stored input and gradient buffers, updates applied as soon as a
+weight gradient exists, as on-device training code does), cheap enough for callers
+that only read MACs.
+
 The rules of one training step with plan P (the spec's, applied through the traced
 data flow, so residual branches are handled exactly like autograd does):
 
@@ -16,20 +23,24 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from torch import nn
 
+from edgetrain.cost.memory import MemoryTimeline, simulate_step
 from edgetrain.cost.plans import ALL, Plan, plan_label, resolve_plan
 from edgetrain.cost.profile import TERMS, DeviceProfile, load_profile
 from edgetrain.cost.report import CostReport, LayerCost, StepCost
 from edgetrain.cost.tracer import OpRecord, Trace, trace
 from edgetrain.errors import EdgetrainError
 
-__all__ = ["OPTIMIZER_STATE", "analyze", "timed_analyze"]
+__all__ = ["MEMORY_METHODS", "OPTIMIZER_STATE", "analyze", "timed_analyze"]
 
 # Optimizer state per updated parameter, in parameter copies.
 OPTIMIZER_STATE = {"sgd": 0, "momentum": 1, "adam": 2, "adamw": 2}
+
+MEMORY_METHODS = ("allocator", "layerwise")
 
 
 def analyze(
@@ -40,6 +51,7 @@ def analyze(
     optimizer: str = "sgd",
     batch_size: int = 1,
     strict: bool = False,
+    memory: str = "allocator",
 ) -> CostReport:
     """What inference and training steps of ``model`` cost, without running it.
 
@@ -51,7 +63,10 @@ def analyze(
         profile: a built-in profile name, a profile file, or a :class:`DeviceProfile`.
         optimizer: whose state to count: ``sgd`` (none), ``momentum`` (1x), ``adam`` (2x).
         batch_size: the batch the counts are for.
-        strict: raise instead of listing ops that no handle covers.
+        strict: raise instead of listing ops that no handle covers, or a step whose
+            memory cannot be followed on the meta device.
+        memory: ``allocator`` (every tensor over the whole step, as measured) or
+            ``layerwise`` (the spec's per-layer formula; no step is run).
 
     Example:
         >>> from edgetrain.models import create
@@ -65,6 +80,10 @@ def analyze(
         )
     if batch_size < 1:
         raise EdgetrainError(f"batch size must be >= 1, got {batch_size}")
+    if memory not in MEMORY_METHODS:
+        raise EdgetrainError(
+            f"unknown memory accounting '{memory}'; choose one of: {', '.join(MEMORY_METHODS)}"
+        )
     prof = load_profile(profile)
     t = trace(model, tuple(input_shape), batch_size)
     if strict and t.unsupported:
@@ -73,10 +92,38 @@ def analyze(
     order = _layer_order(t.records)
     weights = sum(p.numel() for p in model.parameters())
     ctx = _Context(t, prof, OPTIMIZER_STATE[optimizer], weights, batch_size)
-    conventional, conventional_layers = ctx.step(ALL, resolve_plan(model, ALL, order))
+    notes: list[str] = []
+    simulated: dict[frozenset[str], MemoryTimeline | None] = {}
+
+    def step(label: str, plan: frozenset[str]) -> tuple[StepCost, list[LayerCost]]:
+        cost, layers = ctx.step(label, plan)
+        if memory == "allocator":
+            if plan not in simulated:
+                simulated[plan] = _simulate(
+                    model,
+                    input_shape,
+                    batch_size,
+                    plan,
+                    optimizer,
+                    prof.bytes_per_element,
+                    strict,
+                    notes,
+                )
+            found = simulated[plan]
+            if found is not None:
+                cost = replace(
+                    cost,
+                    memory_bytes=found.allocated_bytes,
+                    memory_reuse_bytes=found.peak_bytes,
+                    memory_method="allocator",
+                    memory_peak_at=f"{found.peak_phase}/{found.peak_op}",
+                )
+        return cost, layers
+
+    conventional, conventional_layers = step(ALL, resolve_plan(model, ALL, order))
     step_costs, step_layers = [], []
     for plan in plans or []:
-        cost, layers = ctx.step(plan_label(plan), resolve_plan(model, plan, order))
+        cost, layers = step(plan_label(plan), resolve_plan(model, plan, order))
         step_costs.append(cost)
         step_layers.append(layers)
     bpe = prof.bytes_per_element
@@ -98,7 +145,34 @@ def analyze(
         conventional_layers=conventional_layers,
         step_costs=step_costs,
         step_layers=step_layers,
+        notes=notes,
     )
+
+
+def _simulate(
+    model: nn.Module,
+    input_shape: Sequence[int],
+    batch_size: int,
+    plan: frozenset[str],
+    optimizer: str,
+    bytes_per_element: int,
+    strict: bool,
+    notes: list[str],
+) -> MemoryTimeline | None:
+    """The step's memory timeline, or None (with a note) when it cannot run on meta."""
+    if not plan:
+        return None  # nothing trains: no step to run, the layerwise rule is exact
+    try:
+        return simulate_step(
+            model, tuple(input_shape), batch_size, plan, optimizer, bytes_per_element
+        )
+    except EdgetrainError as exc:
+        if strict:
+            raise
+        note = f"{exc}; its memory is estimated layer by layer"
+        if note not in notes:
+            notes.append(note)
+        return None
 
 
 def timed_analyze(*args, **kwargs) -> tuple[CostReport, float]:  # noqa: ANN002, ANN003

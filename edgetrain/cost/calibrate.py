@@ -318,7 +318,14 @@ def anchor_profile(
     """
     if not profile.peak_macs_per_s:
         raise ValueError(f"profile '{profile.name}' has no peak_macs_per_s to anchor")
-    report = analyze(model, input_shape, plans=[plan], profile=profile, batch_size=batch_size)
+    report = analyze(
+        model,
+        input_shape,
+        plans=[plan],
+        profile=profile,
+        batch_size=batch_size,
+        memory="layerwise",
+    )
     params = resolve_plan(model, plan, report.layer_order)
     measured = model_step_seconds(model, input_shape, params, batch_size, min_seconds)
     predicted = report.steps()[0].estimated_seconds or 0.0

@@ -10,8 +10,8 @@ parameters and the optimizer state (momentum, Adam's moments) are what they are 
 real step.
 
 The step is the one edgetrain's Trainer (and Lightning) runs: forward, loss,
-``zero_grad(set_to_none=True)``, backward, ``optimizer.step()``. The second of two steps
-is the one reported: the optimizer state exists and the first step's gradients are
+``zero_grad(set_to_none=True)``, backward, ``optimizer.step()``. The step reported is a
+steady one: the optimizer state exists and the previous step's gradients are
 still alive during the forward, as in every step of a training run.
 
 What it does not see: scratch memory a kernel allocates and frees inside one op (a
@@ -29,6 +29,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -65,7 +66,8 @@ class MemoryTimeline:
             previous step's gradients.
         allocated_bytes: ``persistent_bytes`` plus every storage the step creates, each
             once (what the step needs with no memory ever reused).
-        events: ``(phase, op, live bytes after the op)`` for every op of the step.
+        events: ``(phase, op, live bytes after the op)`` for every op of the step, when
+            asked for (empty otherwise).
         peak_phase: the phase of the op at the peak.
         peak_op: that op (ATen name).
     """
@@ -86,35 +88,34 @@ class MemoryTimeline:
 
 
 class _Storages(TorchDispatchMode):
-    """Counts the bytes of the storages alive, op by op."""
+    """Counts the bytes of the storages alive, op by op.
 
-    def __init__(self, bytes_per_element: int) -> None:
+    Finding the storages that died costs a check of every live one, so it runs when the
+    count could be a new peak (it only ever lowers the count) or, for a timeline, after
+    every op."""
+
+    def __init__(self, bytes_per_element: int, timeline: bool) -> None:
         super().__init__()
         self.scale = bytes_per_element / 4  # the step runs in FP32
+        self.timeline = timeline
         self.refs: dict[int, tuple[StorageWeakRef, int]] = {}
         self.live = self.peak = self.allocated = 0
         self.phase, self.peak_at = PHASES[0], (PHASES[0], "")
         self.events: list[tuple[str, str, int]] = []
 
-    def reset(self) -> None:
-        self.refs.clear()
-        self.live = self.peak = self.allocated = 0
-        self.events.clear()
-
-    def track(self, t: torch.Tensor) -> int:
+    def track(self, t: torch.Tensor) -> None:
         storage = t.untyped_storage()
         ref = StorageWeakRef(storage)
         if ref.cdata in self.refs:
-            return 0
+            return
         size = storage.nbytes()
         if t.dtype == torch.float32:
             size = int(size * self.scale)
         self.refs[ref.cdata] = (ref, size)
         self.live += size
         self.allocated += size
-        return size
 
-    def _sweep(self) -> None:
+    def sweep(self) -> None:
         for key in [k for k, (ref, _) in self.refs.items() if ref.expired()]:
             self.live -= self.refs.pop(key)[1]
 
@@ -125,9 +126,12 @@ class _Storages(TorchDispatchMode):
                 self.track(t)
         op = str(func.overloadpacket).removeprefix("aten.")
         if self.live > self.peak:
-            self.peak, self.peak_at = self.live, (self.phase, op)
-        self.events.append((self.phase, op, self.live))
-        self._sweep()  # what this op was the last user of goes back now
+            self.sweep()  # the op's inputs are still referenced here: they count
+            if self.live > self.peak:
+                self.peak, self.peak_at = self.live, (self.phase, op)
+        if self.timeline:
+            self.sweep()
+            self.events.append((self.phase, op, self.live))
         return out
 
 
@@ -149,6 +153,7 @@ def simulate_step(
     trainable: frozenset[str],
     optimizer: str = "sgd",
     bytes_per_element: int = 4,
+    timeline: bool = False,
 ) -> MemoryTimeline:
     """Run a training step of ``model`` on the meta device and record live memory.
 
@@ -160,6 +165,8 @@ def simulate_step(
         trainable: names of the parameters the step updates (``resolve_plan``).
         optimizer: ``sgd``, ``momentum``, ``adam`` or ``adamw``.
         bytes_per_element: of floating-point tensors (4 for FP32).
+        timeline: record the live bytes after every op (``events``); without it only
+            the peak is found, which is several times faster.
 
     Raises:
         EdgetrainError: an op of the model that cannot run on the meta device (named).
@@ -175,34 +182,37 @@ def simulate_step(
     buffers = {name: torch.empty_like(b, device="meta") for name, b in model.named_buffers()}
     leaves = [p for p in params.values() if p.requires_grad]
     opt = _OPTIMIZERS[optimizer](leaves) if leaves else None
-    mode = _Storages(bytes_per_element)
     state = {**params, **buffers}
+    mode = _Storages(bytes_per_element, timeline)
+
+    def step(watched: bool) -> None:
+        with mode if watched else contextlib.nullcontext():
+            mode.phase = "forward"
+            x = torch.empty(batch_size, *input_shape, device="meta")
+            output = torch.func.functional_call(model, state, (x,))
+            loss = _loss(output)
+            mode.phase = "backward"
+            if opt is not None:
+                opt.zero_grad(set_to_none=True)
+            if loss.requires_grad:
+                loss.backward()
+            mode.phase = "update"
+            if opt is not None:
+                opt.step()
+            del x, output, loss
+
     try:
         with train_mode(model):
-            for _ in range(2):
-                mode.reset()
-                for t in _persistent(params, buffers, opt):
-                    mode.track(t)
-                persistent = mode.live
-                mode.peak, mode.peak_at = persistent, (PHASES[0], "")
-                with mode:
-                    mode.phase = "forward"
-                    x = torch.empty(batch_size, *input_shape, device="meta")
-                    output = torch.func.functional_call(model, state, (x,))
-                    loss = _loss(output)
-                    mode.phase = "backward"
-                    if opt is not None:
-                        opt.zero_grad(set_to_none=True)
-                    if loss.requires_grad:
-                        loss.backward()
-                    mode.phase = "update"
-                    if opt is not None:
-                        opt.step()
-                    del x, output, loss
+            _previous_step(params, opt)
+            for t in _persistent(params, buffers, opt):
+                mode.track(t)
+            persistent = mode.peak = mode.live
+            step(watched=True)
+            mode.sweep()
     except (NotImplementedError, RuntimeError, TypeError, ValueError) as exc:
         raise EdgetrainError(
             f"the training step of {type(model).__name__} cannot run on the meta device "
-            f"({one_line(exc)}); step memory is estimated layer by layer instead"
+            f"({one_line(exc)})"
         ) from exc
     return MemoryTimeline(
         peak_bytes=mode.peak,
@@ -212,6 +222,16 @@ def simulate_step(
         peak_phase=mode.peak_at[0],
         peak_op=mode.peak_at[1],
     )
+
+
+def _previous_step(params: dict[str, torch.Tensor], opt: Any) -> None:
+    """What an earlier step leaves: each trained parameter's gradient and the optimizer
+    state one update creates (cheaper than running a whole step for it)."""
+    for p in params.values():
+        if p.requires_grad:
+            p.grad = torch.empty_like(p)
+    if opt is not None:
+        opt.step()
 
 
 def _persistent(

@@ -58,6 +58,8 @@ class StepCost:
     estimated_seconds: float | None
     energy_nj: float
     batch_size: int = 1
+    memory_method: str = "layerwise"
+    memory_peak_at: str = ""
 
     @property
     def backward_macs(self) -> int:
@@ -150,6 +152,9 @@ class CostReport:
         layer_order: parameter-owning modules in forward order (output last).
         unsupported: ``(op, module)`` pairs no handle covers (never counted as zero
             silently: they are listed here and in the summary).
+        notes: what the numbers could not cover and how they were found instead (a
+            step that cannot run on the meta device has its memory estimated layer by
+            layer).
     """
 
     model: str
@@ -169,6 +174,7 @@ class CostReport:
     conventional_layers: list[LayerCost]
     step_costs: list[StepCost] = field(default_factory=list)
     step_layers: list[list[LayerCost]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     def total(self) -> StepCost:
         """Inference: forward MACs, naive memory and the forward-only peak with reuse."""
@@ -229,6 +235,7 @@ class CostReport:
             "trainable_params": self.trainable_params,
             "torchinfo_mult_adds": self.torchinfo_mult_adds,
             "unsupported": [{"op": op, "module": m} for op, m in self.unsupported],
+            "notes": list(self.notes),
             "inference": self.inference.to_dict(),
             "conventional": self.conventional.to_dict(),
             "steps": [s.to_dict() for s in self.steps()],
@@ -279,4 +286,5 @@ class CostReport:
         if self.unsupported:
             ops = ", ".join(f"{op} in {m}" for op, m in self.unsupported)
             lines.append(f"Unsupported ops (not counted): {ops}")
+        lines += [f"Note: {note}" for note in self.notes]
         return "\n".join(lines)

@@ -1,8 +1,9 @@
 """Adaptive batch size: as the network shrinks, grow the batch at constant memory.
 
 - :func:`max_batch_estimate` (any device): the largest batch whose training step fits a
-  byte budget under the cost model (memory is affine in the batch: weights + optimizer
-  state + per-sample activations and gradients).
+  byte budget under the cost model (the step's peak as the allocator would see it, found
+  by doubling then bisecting the batch: the peak is not affine in the batch, since
+  weights and gradients dominate small batches and activations large ones).
 - :func:`max_batch_search` (CUDA): a guarded search that runs real steps, doubling then
   bisecting, catching out-of-memory; it never trusts "free memory" figures.
 - :class:`BatchPredictor`: ``1/b_max`` is close to linear in the parameter count ``P``;
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -46,8 +47,9 @@ LR_SCALING = ("linear", "sqrt", "none")
 def step_memory_bytes(
     model: nn.Module, input_shape: Sequence[int], batch_size: int, optimizer: str = "momentum"
 ) -> int:
-    """Peak bytes of one training step of the whole model at ``batch_size`` (cost model,
-    buffers reused, weights and optimizer state included)."""
+    """Peak bytes of one training step of the whole model at ``batch_size`` (cost model:
+    every tensor from creation to last use, weights, gradients and optimizer state
+    included)."""
     report = analyze(model, input_shape, [ALL], optimizer=optimizer, batch_size=batch_size)
     return report.steps()[0].memory_reuse_bytes
 
@@ -69,14 +71,35 @@ def max_batch_estimate(
         True
     """
     one = step_memory_bytes(model, input_shape, 1, optimizer)
-    two = step_memory_bytes(model, input_shape, 2, optimizer)
-    per_sample, fixed = max(two - one, 1), one - max(two - one, 1)
     if budget_bytes < one:
         raise ConfigError(
             f"memory budget {budget_bytes:,} B is below one sample's training step "
             f"({one:,} B); raise the budget"
         )
-    return int(min(limit, (budget_bytes - fixed) // per_sample))
+
+    def fits(batch: int) -> bool:
+        return step_memory_bytes(model, input_shape, batch, optimizer) <= budget_bytes
+
+    # The peak is not linear in the batch (weights and gradients dominate small
+    # batches), so bracket by doubling, then bisect: 2 log2(batch) simulated steps.
+    low, high = 1, 2
+    while high <= limit and fits(high):
+        low, high = high, high * 2
+    if high > limit:
+        return limit if fits(limit) else _bisect(fits, low, limit)
+    return _bisect(fits, low, high)
+
+
+def _bisect(fits: Callable[[int], bool], low: int, high: int) -> int:
+    """The largest batch in [low, high) that fits, given that ``low`` fits and ``high``
+    does not."""
+    while high - low > 1:
+        middle = (low + high) // 2
+        if fits(middle):
+            low = middle
+        else:
+            high = middle
+    return low
 
 
 def max_batch_search(

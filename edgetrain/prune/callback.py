@@ -88,7 +88,7 @@ class PruneTrain(Callback):
     # ----------------------------------------------------------------- helpers
     def _costs(self, model: nn.Module) -> tuple[int, int, int]:
         """Training-step MACs per sample, inference MACs per sample, parameters."""
-        report = analyze(model, self._input_shape or ())
+        report = analyze(model, self._input_shape or (), memory="layerwise")
         return (
             report.conventional.step_macs,
             report.total().forward_macs,

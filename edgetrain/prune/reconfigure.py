@@ -222,7 +222,7 @@ def reconfigure(
     input_shape = tuple(example.shape[1:])
     before = _out_channels(model)
     params_before = sum(p.numel() for p in model.parameters())
-    macs_before = analyze(model, input_shape).total().forward_macs
+    macs_before = analyze(model, input_shape, memory="layerwise").total().forward_macs
     zeroed = sparsify(model, threshold) if threshold > 0 else 0
 
     names = {id(p): name for name, p in model.named_parameters()}
@@ -241,7 +241,7 @@ def reconfigure(
         params_before=params_before,
         params_after=sum(p.numel() for p in model.parameters()),
         macs_before=macs_before,
-        macs_after=analyze(model, input_shape).total().forward_macs,
+        macs_after=analyze(model, input_shape, memory="layerwise").total().forward_macs,
     )
 
 

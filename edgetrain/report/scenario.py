@@ -89,7 +89,11 @@ def _step_macs(run: RunRecord) -> float:
     model, shape = _model(run, freeze=schedule is None)
     if schedule is not None:
         return schedule_cost(model, shape, schedule, batch_size=batch).average_step_macs
-    return float(analyze(model, shape, plans=["all"], batch_size=batch).steps()[0].step_macs)
+    return float(
+        analyze(model, shape, plans=["all"], batch_size=batch, memory="layerwise")
+        .steps()[0]
+        .step_macs
+    )
 
 
 def reference_runs(runs: Sequence[RunRecord]) -> list[ReferenceRun]:

@@ -44,7 +44,7 @@ class DepthCase:
 
 def trainable_forward_macs(model: Any, input_shape: Sequence[int], depth: int) -> int:
     """Forward MACs of the ops from the lowest of the last ``depth`` layers to the output."""
-    rows = analyze(model, input_shape, plans=[f"last:{depth}"]).by_layer(0)
+    rows = analyze(model, input_shape, plans=[f"last:{depth}"], memory="layerwise").by_layer(0)
     first = next(i for i, r in enumerate(rows) if r.trained)
     return sum(r.forward for r in rows[first:])
 

@@ -211,7 +211,7 @@ def test_energy_per_byte_adds_the_bytes_moved() -> None:
 
     net = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
     profile = DeviceProfile(name="bytes", e_mac_pj=2.0, e_byte_pj=0.5)
-    step = analyze(net, (4,), plans=[ALL], profile=profile).steps()[0]
+    step = analyze(net, (4,), plans=[ALL], profile=profile, memory="layerwise").steps()[0]
     # 73 MACs (see test_memory: 26 forward + 6 + 18 + 23) and 248 bytes (naive)
     assert (step.step_macs, step.memory_bytes) == (73, 248)
     assert step.energy_nj == pytest.approx((73 * 2.0 + 248 * 0.5) / 1000)

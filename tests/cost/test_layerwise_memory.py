@@ -1,4 +1,5 @@
-"""Memory per step (naive and with buffer reuse), optimizer state, the forward-only peak and
+"""The layerwise memory accounting (the spec's formula: naive and with buffer reuse),
+optimizer state, the forward-only peak and
 the cycle of a schedule, hand-computed on tiny networks.
 
 The chain used throughout is ``Linear(4, 3) -> ReLU -> Linear(3, 2)`` on one 4-vector:
@@ -22,7 +23,7 @@ def _chain() -> nn.Sequential:
 
 
 def test_conventional_step_naive_and_reuse_by_hand() -> None:
-    report = analyze(_chain(), (4,), plans=[ALL])
+    report = analyze(_chain(), (4,), plans=[ALL], memory="layerwise")
     step = report.steps()[0]
     rows = report.by_layer()
     # stored inputs: 4 (fc0, for its weight grad), 3 (relu), 3 (fc2)
@@ -41,7 +42,7 @@ def test_conventional_step_naive_and_reuse_by_hand() -> None:
 
 @pytest.mark.parametrize(("optimizer", "copies"), [("sgd", 0), ("momentum", 1), ("adam", 2)])
 def test_optimizer_state_is_a_copy_per_updated_parameter(optimizer: str, copies: int) -> None:
-    report = analyze(_chain(), (4,), plans=[ALL, ["2"]], optimizer=optimizer)
+    report = analyze(_chain(), (4,), plans=[ALL, ["2"]], optimizer=optimizer, memory="layerwise")
     everything, last = report.steps()
     assert everything.optimizer_state_bytes == 4 * copies * 23
     assert everything.memory_bytes == 4 * (62 + copies * 23)
@@ -51,7 +52,7 @@ def test_optimizer_state_is_a_copy_per_updated_parameter(optimizer: str, copies:
 
 
 def test_training_one_layer_by_hand() -> None:
-    report = analyze(_chain(), (4,), plans=[["2"], ["0"]])
+    report = analyze(_chain(), (4,), plans=[["2"], ["0"]], memory="layerwise")
     last, first = report.steps()
     # only fc2: weights 23 + its stored input 3 + no input grad + weight grad 8 = 34
     assert last.memory_bytes == last.memory_reuse_bytes == 4 * 34
@@ -62,7 +63,7 @@ def test_training_one_layer_by_hand() -> None:
 
 
 def test_batch_scales_activations_but_not_weights() -> None:
-    step = analyze(_chain(), (4,), plans=[ALL], batch_size=4).steps()[0]
+    step = analyze(_chain(), (4,), plans=[ALL], batch_size=4, memory="layerwise").steps()[0]
     # stored 4 * 10, input grads 4 * 6, weights and weight grads unchanged
     assert step.memory_bytes == 4 * (23 + 40 + 24 + 23)
     # fc0: 23 + 16 + 12 + 15 = 66; fc2: 23 + 40 + 12 + 8 = 83; relu: 23 + 28 + 12 + 12 = 75
@@ -71,12 +72,12 @@ def test_batch_scales_activations_but_not_weights() -> None:
 
 def test_bytes_per_element_comes_from_the_profile() -> None:
     half = DeviceProfile(name="fp16", bytes_per_element=2)
-    step = analyze(_chain(), (4,), plans=[ALL], profile=half).steps()[0]
+    step = analyze(_chain(), (4,), plans=[ALL], profile=half, memory="layerwise").steps()[0]
     assert (step.memory_bytes, step.memory_reuse_bytes) == (2 * 62, 2 * 45)
 
 
 def test_vgg_small_conv6_and_fc_by_hand() -> None:
-    report = analyze(create("vgg_small"), (3, 32, 32), plans=[["conv6", "fc"]])
+    report = analyze(create("vgg_small"), (3, 32, 32), plans=[["conv6", "fc"]], memory="layerwise")
     step = report.steps()[0]
     # stored inputs: conv6, relu6, pool3 4096 each, fc 1024 = 13,312
     # input-grad buffers: relu6 4096, pool3 4096, fc 1024 = 9216
@@ -95,7 +96,9 @@ def test_reuse_never_exceeds_naive() -> None:
     ]
     for model, plans in models:
         for optimizer in ("sgd", "adam"):
-            report = analyze(model, (3, 32, 32), plans=plans, optimizer=optimizer)
+            report = analyze(
+                model, (3, 32, 32), plans=plans, optimizer=optimizer, memory="layerwise"
+            )
             for step in [report.total(), *report.steps()]:
                 assert 0 < step.memory_reuse_bytes <= step.memory_bytes, step.plan
                 assert step.memory_reuse_bytes >= step.weights_bytes + step.optimizer_state_bytes
@@ -144,7 +147,7 @@ def test_forward_peak_keeps_a_skip_connection_alive() -> None:
 
 # ----------------------------------------------------------------------------- cycle
 def test_cycle_average_and_peak_relative_to_conventional() -> None:
-    report = analyze(_chain(), (4,), plans=[["2"], ["0"], ALL])
+    report = analyze(_chain(), (4,), plans=[["2"], ["0"], ALL], memory="layerwise")
     # step MACs: forward 26 each;
     #   ["2"]: fc2 weight grad 6 + update 8                              -> 40
     #   ["0"]: fc0 weight grad 12 + update 15, relu 0, fc2 input grad 6  -> 59
@@ -160,7 +163,7 @@ def test_cycle_average_and_peak_relative_to_conventional() -> None:
 
 
 def test_cycle_without_the_conventional_step() -> None:
-    cycle = analyze(_chain(), (4,), plans=[["2"], ["0"]]).cycle()
+    cycle = analyze(_chain(), (4,), plans=[["2"], ["0"]], memory="layerwise").cycle()
     assert cycle.average_step_macs == pytest.approx(49.5)
     assert cycle.peak_step_macs == 59
     assert cycle.relative_peak_macs == pytest.approx(59 / 73)
