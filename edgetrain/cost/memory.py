@@ -29,13 +29,14 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
+from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
@@ -43,7 +44,7 @@ from torch.utils._pytree import tree_flatten
 from edgetrain._modules import train_mode
 from edgetrain.errors import EdgetrainError, one_line
 
-__all__ = ["PHASES", "MemoryTimeline", "simulate_step"]
+__all__ = ["PHASES", "MemoryTimeline", "measure_step_memory", "simulate_step"]
 
 PHASES = ("forward", "backward", "update")
 
@@ -66,8 +67,8 @@ class MemoryTimeline:
             previous step's gradients.
         allocated_bytes: ``persistent_bytes`` plus every storage the step creates, each
             once (what the step needs with no memory ever reused).
-        events: ``(phase, op, live bytes after the op)`` for every op of the step, when
-            asked for (empty otherwise).
+        events: ``(phase, op, bytes)`` for every op of the step, when asked for (empty
+            otherwise): the bytes alive while the op runs, its scratch memory included.
         peak_phase: the phase of the op at the peak.
         peak_op: that op (ATen name).
     """
@@ -94,10 +95,10 @@ class _Storages(TorchDispatchMode):
     count could be a new peak (it only ever lowers the count) or, for a timeline, after
     every op."""
 
-    def __init__(self, bytes_per_element: int, timeline: bool) -> None:
+    def __init__(self, bytes_per_element: int, timeline: bool, workspace: bool) -> None:
         super().__init__()
         self.scale = bytes_per_element / 4  # the step runs in FP32
-        self.timeline = timeline
+        self.timeline, self.workspace = timeline, workspace
         self.refs: dict[int, tuple[StorageWeakRef, int]] = {}
         self.live = self.peak = self.allocated = 0
         self.phase, self.peak_at = PHASES[0], (PHASES[0], "")
@@ -125,14 +126,77 @@ class _Storages(TorchDispatchMode):
             if isinstance(t, torch.Tensor):
                 self.track(t)
         op = str(func.overloadpacket).removeprefix("aten.")
-        if self.live > self.peak:
+        if op.startswith("prim."):  # fake tensors asking for their device
+            return out
+        scratch = _conv_workspace(op, args) * self.scale if self.workspace else 0
+        if self.live + scratch > self.peak:
             self.sweep()  # the op's inputs are still referenced here: they count
-            if self.live > self.peak:
-                self.peak, self.peak_at = self.live, (self.phase, op)
+            if self.live + scratch > self.peak:
+                self.peak, self.peak_at = int(self.live + scratch), (self.phase, op)
         if self.timeline:
             self.sweep()
-            self.events.append((self.phase, op, self.live))
+            self.events.append((self.phase, op, int(self.live + scratch)))
         return out
+
+
+_COLUMN_BACKENDS = ("Slow2d", "Slow3d", "SlowDilated2d", "SlowDilated3d")
+
+
+def _conv_workspace(op: str, args: tuple[Any, ...]) -> int:
+    """Bytes a CPU convolution kernel of this torch allocates and frees inside the op,
+    by the backend torch chooses for these shapes (``_select_conv_backend``):
+
+    - the unfolding kernels (``Slow2d``...) unfold one sample's input into columns
+      (``C_in/g * kernel taps * output positions``) per thread, forward and backward;
+      a 1x1 convolution with stride 1 and no padding needs none;
+    - NNPACK (oneDNN off) takes an output-sized buffer each way, and its backward
+      unfolds as well;
+    - oneDNN (``Mkldnn``) and the others copy the output into their own layout in the
+      forward and the output gradient in the backward; computing the input gradient
+      takes two more buffers (of the output's and of the input's size).
+
+    Measured on this torch's CPU kernels (``benchmarks/memory_vs_measured.py``).
+    """
+    if op == "convolution":
+        x, w, _, stride, padding, dilation, transposed, out_pad, groups = args[:9]
+        out_elems, in_grad = None, False
+    elif op == "convolution_backward":
+        grad, x, w, _, stride, padding, dilation, transposed, out_pad, groups, mask = args[:11]
+        out_elems, in_grad = grad.numel(), bool(mask[0])
+    else:
+        return 0
+    try:
+        backend = str(
+            torch._C._select_conv_backend(
+                x, w, None, stride, padding, dilation, transposed, out_pad, groups, None
+            )
+        ).rsplit(".", 1)[-1]
+    except (AttributeError, RuntimeError, TypeError):  # another torch: no estimate
+        return 0
+    spatial = w.shape[2:]
+    if out_elems is None:
+        out_elems = (
+            x.shape[0]
+            * w.shape[0]
+            * math.prod(
+                (size + 2 * p - d * (k - 1) - 1) // s + 1
+                for size, k, s, p, d in zip(
+                    x.shape[2:], spatial, stride, padding, dilation, strict=True
+                )
+            )
+        )
+    nnpack = 4 * out_elems if backend == "NnpackSpatial" else 0
+    if nnpack:  # an output-sized buffer each way; the backward then unfolds
+        backend = "Slow2d"
+    if backend in _COLUMN_BACKENDS:
+        if all(k == 1 for k in spatial) and all(s == 1 for s in stride) and not any(padding):
+            return nnpack
+        if nnpack and op == "convolution":
+            return nnpack
+        positions = out_elems // (x.shape[0] * w.shape[0])
+        columns = w.shape[1] * math.prod(spatial) * positions
+        return nnpack + 4 * columns * min(torch.get_num_threads(), x.shape[0])
+    return 4 * (out_elems + (out_elems + x.numel() if in_grad else 0))
 
 
 def _loss(output: Any) -> torch.Tensor:
@@ -154,6 +218,7 @@ def simulate_step(
     optimizer: str = "sgd",
     bytes_per_element: int = 4,
     timeline: bool = False,
+    workspace: bool = True,
 ) -> MemoryTimeline:
     """Run a training step of ``model`` on the meta device and record live memory.
 
@@ -167,6 +232,8 @@ def simulate_step(
         bytes_per_element: of floating-point tensors (4 for FP32).
         timeline: record the live bytes after every op (``events``); without it only
             the peak is found, which is several times faster.
+        workspace: count the scratch memory this torch's CPU convolution kernels take
+            inside the op (:func:`_conv_workspace`); without it, tensors only.
 
     Raises:
         EdgetrainError: an op of the model that cannot run on the meta device (named).
@@ -175,20 +242,31 @@ def simulate_step(
         raise EdgetrainError(
             f"unknown optimizer '{optimizer}'; choose one of: {', '.join(_OPTIMIZERS)}"
         )
-    params = {
-        name: torch.empty_like(p, device="meta").requires_grad_(name in trainable)
-        for name, p in model.named_parameters()
-    }
-    buffers = {name: torch.empty_like(b, device="meta") for name, b in model.named_buffers()}
+    # Fake tensors: meta storage (no memory, no arithmetic) that says it is on the
+    # model's device, so ops that choose their algorithm by device (the CPU recurrent
+    # layers compute every time step's input projection at once) choose as for real.
+    fake = FakeTensorMode()
+    device = next((t.device for t in model.parameters()), torch.device("cpu"))
+    with fake:
+        params = {
+            name: torch.empty(p.shape, dtype=p.dtype, device=device).requires_grad_(
+                name in trainable
+            )
+            for name, p in model.named_parameters()
+        }
+        buffers = {
+            name: torch.empty(b.shape, dtype=b.dtype, device=device)
+            for name, b in model.named_buffers()
+        }
     leaves = [p for p in params.values() if p.requires_grad]
     opt = _OPTIMIZERS[optimizer](leaves) if leaves else None
     state = {**params, **buffers}
-    mode = _Storages(bytes_per_element, timeline)
+    mode = _Storages(bytes_per_element, timeline, workspace)
 
-    def step(watched: bool) -> None:
-        with mode if watched else contextlib.nullcontext():
+    def step() -> None:
+        with fake, mode:
             mode.phase = "forward"
-            x = torch.empty(batch_size, *input_shape, device="meta")
+            x = torch.empty(batch_size, *input_shape, device=device)
             output = torch.func.functional_call(model, state, (x,))
             loss = _loss(output)
             mode.phase = "backward"
@@ -203,15 +281,16 @@ def simulate_step(
 
     try:
         with train_mode(model):
-            _previous_step(params, opt)
+            with fake:
+                _previous_step(params, opt)
             for t in _persistent(params, buffers, opt):
                 mode.track(t)
             persistent = mode.peak = mode.live
-            step(watched=True)
+            step()
             mode.sweep()
     except (NotImplementedError, RuntimeError, TypeError, ValueError) as exc:
         raise EdgetrainError(
-            f"the training step of {type(model).__name__} cannot run on the meta device "
+            f"the training step of {type(model).__name__} cannot run on fake tensors "
             f"({one_line(exc)})"
         ) from exc
     return MemoryTimeline(
@@ -244,3 +323,91 @@ def _persistent(
         for slot in opt.state.values():
             held += [t for t in slot.values() if isinstance(t, torch.Tensor)]
     return held
+
+
+def measure_step_memory(
+    model: nn.Module,
+    input_shape: Sequence[int],
+    batch_size: int,
+    trainable: frozenset[str],
+    optimizer: str = "sgd",
+) -> int:
+    """The peak bytes of a real training step of ``model`` on the CPU, measured: the
+    step :func:`simulate_step` predicts, on a copy of the model, after a first step.
+
+    torch's profiler (``profile_memory=True``) reports every allocation and free with
+    the running total of the bytes allocated since it started, kernel scratch memory
+    included. Two steps run under it; the peak of the second, plus the tensors alive
+    since before the profiler started (weights, buffers, optimizer state), is the
+    answer. (The first profiled step makes the gradients alive at the second's start
+    known to the profiler; blocks allocated before it started are never subtracted.)
+    It reads the profiler's event tree (``kineto_results``, not a documented API) and
+    takes seconds: it checks the prediction, it does not replace it.
+
+    Raises:
+        EdgetrainError: this torch's profiler has no allocation events, or an unknown
+            optimizer.
+    """
+    import copy
+
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    if optimizer not in _OPTIMIZERS:
+        raise EdgetrainError(
+            f"unknown optimizer '{optimizer}'; choose one of: {', '.join(_OPTIMIZERS)}"
+        )
+    net = copy.deepcopy(model).cpu()
+    for name, p in net.named_parameters():
+        p.requires_grad_(name in trainable)
+    leaves = [p for p in net.parameters() if p.requires_grad]
+    opt = _OPTIMIZERS[optimizer](leaves) if leaves else None
+    x = torch.randn(batch_size, *input_shape)
+
+    def step() -> None:
+        output = net(x.clone())  # the batch a data loader hands over: new each step
+        loss = _loss(output)
+        if opt is not None:
+            opt.zero_grad(set_to_none=True)
+        if loss.requires_grad:
+            loss.backward()
+        if opt is not None:
+            opt.step()
+
+    with train_mode(net):
+        step()
+        for p in net.parameters():
+            p.grad = None  # the profiled first step makes its own
+        alive = {
+            t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()
+            for t in _persistent(dict(net.named_parameters()), dict(net.named_buffers()), opt)
+        }
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            step()
+            with record_function("edgetrain.measured_step"):
+                step()
+    try:
+        nodes = list(_walk(prof.profiler.kineto_results.experimental_event_tree()))
+        (marker,) = [n for n in nodes if n.name == "edgetrain.measured_step"]
+        allocations = sorted(
+            (n.start_time_ns, n.extra_fields.alloc_size, n.extra_fields.total_allocated)
+            for n in nodes
+            if type(n.extra_fields).__name__ == "_ExtraFields_Allocation"
+        )
+    except (AttributeError, ValueError) as exc:
+        raise EdgetrainError(f"this torch's profiler reports no allocations ({exc})") from exc
+    if not allocations:
+        raise EdgetrainError("this torch's profiler reported no allocation in a training step")
+    # the running total goes on from earlier profiles: count from this one's start
+    _, size, total = allocations[0]
+    start = total - size
+    peak = max(
+        (t for at, _, t in allocations if marker.start_time_ns <= at <= marker.end_time_ns),
+        default=start,
+    )
+    return int(sum(alive.values()) + peak - start)
+
+
+def _walk(nodes: Any) -> Any:
+    for node in nodes:
+        yield node
+        yield from _walk(node.children)

@@ -1,6 +1,6 @@
 """The layerwise memory accounting (the spec's formula: naive and with buffer reuse),
-optimizer state, the forward-only peak and
-the cycle of a schedule, hand-computed on tiny networks.
+optimizer state, the forward-only peak and the cycle of a schedule, hand-computed on
+tiny networks.
 
 The chain used throughout is ``Linear(4, 3) -> ReLU -> Linear(3, 2)`` on one 4-vector:
 weights 4*3 + 3 = 15 and 3*2 + 2 = 8 (23 elements); activations 4 (input), 3, 3, 2.
