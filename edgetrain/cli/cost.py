@@ -12,6 +12,7 @@ from edgetrain._atomic import writable_folder
 from edgetrain.cli._common import (
     console,
     default_command_group,
+    err_console,
     handle_errors,
     kib,
     parse_options,
@@ -36,6 +37,7 @@ app = typer.Typer(
 )
 
 FORMATS = ("table", "json", "csv")
+MEMORY = ("allocator", "layerwise")  # edgetrain.cost.analysis.MEMORY_METHODS
 
 
 def parse_shape(text: str) -> tuple[int, ...]:
@@ -184,6 +186,14 @@ def analyze_command(
     ),
     fmt: str = typer.Option("table", "--format", help="table, json or csv."),
     strict: bool = typer.Option(False, help="Fail on ops the cost model does not cover."),
+    memory: str = typer.Option(
+        "allocator",
+        help="Step memory: 'allocator' (every tensor of the step followed on fake tensors, "
+        "as measured) or 'layerwise' (the spec's per-layer formula).",
+    ),
+    plot: Path = typer.Option(
+        None, help="Write the memory timeline of each step (PNG) to this file."
+    ),
 ) -> None:
     """Per-layer MACs (forward and backward), memory and energy of a model.
 
@@ -196,6 +206,10 @@ def analyze_command(
         raise ConfigError(f"unknown --format '{fmt}'; choose one of: {', '.join(FORMATS)}")
     if trainable and plan:
         raise ConfigError("give either --trainable or --plan, not both")
+    if memory not in MEMORY:
+        raise ConfigError(f"unknown --memory '{memory}'; choose one of: {', '.join(MEMORY)}")
+    if plot is not None:
+        writable_folder(plot.parent, f"the folder of --plot '{plot}'")
     net = zoo.create(model, device="meta", **parse_options(option))
     shape = parse_shape(input_shape) if input_shape else tuple(getattr(net, "input_shape", ()))
     if not shape:
@@ -209,7 +223,10 @@ def analyze_command(
         optimizer=optimizer,
         batch_size=batch_size,
         strict=strict,
+        memory=memory,
     )
+    if plot is not None:
+        _plot_timelines(report, net, shape, plans, load_profile(profile), plot)
     if fmt == "json":
         typer.echo(report.to_json())
         return
@@ -219,6 +236,35 @@ def analyze_command(
     console.print(_layer_table(report))
     console.print(_steps_table(report))
     console.print(report.summary(), highlight=False)
+
+
+def _plot_timelines(
+    report: CostReport,
+    net: object,
+    shape: tuple[int, ...],
+    plans: list | None,
+    profile: object,
+    path: Path,
+) -> None:
+    from edgetrain.cost import resolve_plan
+    from edgetrain.cost.memory import simulate_step
+    from edgetrain.report.memory import plot_memory_timeline
+
+    timelines = {}
+    for label in [ALL, *(p for p in plans or [] if p != ALL)]:
+        trainable = resolve_plan(net, label, report.layer_order)  # type: ignore[arg-type]
+        timelines[label] = simulate_step(
+            net,  # type: ignore[arg-type]
+            shape,
+            report.batch_size,
+            trainable,
+            report.optimizer,
+            profile.bytes_per_element,  # type: ignore[attr-defined]
+            timeline=True,
+        )
+    title = f"{report.model}, batch {report.batch_size}: memory over one training step"
+    plot_memory_timeline(timelines, path, title)
+    err_console.print(f"memory timeline: {path}")  # stdout stays the table or the JSON
 
 
 @app.command("calibrate")

@@ -155,8 +155,11 @@ def _conv_workspace(op: str, args: tuple[Any, ...]) -> int:
       forward and the output gradient in the backward; computing the input gradient
       takes two more buffers (of the output's and of the input's size).
 
-    Measured on this torch's CPU kernels (``benchmarks/memory_vs_measured.py``).
+    Measured on this torch's CPU kernels (``benchmarks/memory_vs_measured.py``); on
+    other devices (cuDNN chooses its workspace at run time) none is counted.
     """
+    if args and isinstance(args[0], torch.Tensor) and args[0].device.type != "cpu":
+        return 0  # measured for the CPU kernels only
     if op == "convolution":
         x, w, _, stride, padding, dilation, transposed, out_pad, groups = args[:9]
         out_elems, in_grad = None, False
@@ -246,7 +249,10 @@ def simulate_step(
     # model's device, so ops that choose their algorithm by device (the CPU recurrent
     # layers compute every time step's input projection at once) choose as for real.
     fake = FakeTensorMode()
+    # A model on the meta device (built without memory) is costed as on the CPU.
     device = next((t.device for t in model.parameters()), torch.device("cpu"))
+    if device.type == "meta":
+        device = torch.device("cpu")
     with fake:
         params = {
             name: torch.empty(p.shape, dtype=p.dtype, device=device).requires_grad_(

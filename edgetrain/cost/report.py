@@ -283,6 +283,12 @@ class CostReport:
             f"Params size (MB): {params_bytes / mb:.2f}",
             f"Estimated Total Size (MB): {total / mb:.2f}",
         ]
+        for step in dict.fromkeys([self.conventional, *self.steps()]):
+            at = f" at {step.memory_peak_at}" if step.memory_peak_at else ""
+            lines.append(
+                f"Training step '{step.plan}' peak memory (MB, {step.memory_method}): "
+                f"{step.memory_reuse_bytes / mb:.2f}{at}"
+            )
         if self.unsupported:
             ops = ", ".join(f"{op} in {m}" for op, m in self.unsupported)
             lines.append(f"Unsupported ops (not counted): {ops}")

@@ -45,6 +45,23 @@ def test_cost_trainable_shorthand_and_json(cli):
     assert data["layers"][-1]["name"] == "fc" and data["layers"][-1]["trained"]
 
 
+def test_cost_memory_accountings_and_the_timeline_plot(cli, tmp_path):
+    """The allocator peak of a partial plan counts the input batch and the frozen
+    layers' activations the layerwise formula leaves out; the timeline is a PNG."""
+    args = ["cost", "vgg_small", "--trainable", "last:2", "--batch-size", "32"]
+    allocator = json.loads(
+        cli(*args, "--format", "json", "--plot", "t.png").output.split("\n", 1)[1]
+    )
+    layerwise = json.loads(cli(*args, "--format", "json", "--memory", "layerwise").output)
+    (step,) = allocator["steps"]
+    assert step["memory_method"] == "allocator" and step["memory_peak_at"]
+    assert layerwise["steps"][0]["memory_method"] == "layerwise"
+    assert step["memory_reuse_bytes"] > layerwise["steps"][0]["memory_reuse_bytes"]
+    assert (tmp_path / "t.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    out = cli("cost", "vgg_small", "--trainable", "last:2").output
+    assert "Training step 'last:2' peak memory (MB, allocator):" in out
+
+
 def test_cost_csv_has_one_row_per_layer(cli):
     out = cli("cost", "kws_cnn", "--format", "csv", "-o", "num_classes=8").output
     lines = out.strip().splitlines()
@@ -63,9 +80,12 @@ def test_cost_csv_has_one_row_per_layer(cli):
         (["vgg_small", "--profile", "nope"], "unknown profile 'nope'"),
         (["vgg_small", "--optimizer", "lion"], "unknown optimizer 'lion'"),
         (["vgg_small", "--format", "xml"], "unknown --format"),
+        (["vgg_small", "--memory", "exact"], "unknown --memory 'exact'; choose one of"),
+        (["vgg_small", "--plot", "blocker/t.png"], "the folder of --plot 'blocker/t.png'"),
     ],
 )
-def test_cost_bad_input_is_one_line_exit_2(cli, args, needle):
+def test_cost_bad_input_is_one_line_exit_2(cli, tmp_path, args, needle):
+    (tmp_path / "blocker").write_text("a file where a folder should be")
     result = cli("cost", *args, code=2)
     assert needle in result.output
     assert len(result.output.strip().splitlines()) == 1
