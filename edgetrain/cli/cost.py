@@ -170,7 +170,7 @@ def analyze_command(
         None, "--input", help="One sample's shape, e.g. 3x32x32 (default: the model's)."
     ),
     trainable: str = typer.Option(
-        None, help="Plan shorthand: 'all' or 'last:N' (the last N weight layers)."
+        None, help="Plan shorthand: 'all', 'last:N' or 'first:N' (N weight layers)."
     ),
     plan: list[str] = typer.Option(
         None,

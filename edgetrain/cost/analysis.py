@@ -32,7 +32,7 @@ from edgetrain.cost.memory import MemoryTimeline, simulate_step
 from edgetrain.cost.plans import ALL, Plan, plan_label, resolve_plan
 from edgetrain.cost.profile import TERMS, DeviceProfile, load_profile
 from edgetrain.cost.report import CostReport, LayerCost, StepCost
-from edgetrain.cost.tracer import OpRecord, Trace, trace
+from edgetrain.cost.tracer import ROOT, OpRecord, Trace, trace
 from edgetrain.errors import EdgetrainError
 
 __all__ = ["MEMORY_METHODS", "OPTIMIZER_STATE", "analyze", "timed_analyze"]
@@ -188,8 +188,8 @@ def _layer_order(records: list[OpRecord]) -> list[str]:
     order: dict[str, None] = {}
     for r in records:
         if r.counts is not None and r.counts.kind in ("conv", "linear"):
-            for p in r.params:
-                order.setdefault(p.rsplit(".", 1)[0], None)
+            for p in r.params:  # a parameter of the root module itself: "(model)"
+                order.setdefault(p.rsplit(".", 1)[0] if "." in p else ROOT, None)
     return list(order)
 
 

@@ -2,8 +2,9 @@
 
 A plan is a collection of module names (as in ``model.named_modules()``, or ``re:``
 patterns) whose parameters are updated in that step; everything else is frozen for the
-step. Two shorthands: :data:`ALL` (every parameter that requires grad: conventional
-training) and ``"last:N"`` (the last N parameter layers in forward order).
+step. ``(model)`` names the parameters that sit on the root module itself. Shorthands:
+:data:`ALL` (every parameter that requires grad: conventional training), ``"last:N"``
+and ``"first:N"`` (the last or first N weight layers in forward order).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Union
 from torch import nn
 
 from edgetrain._modules import select_modules
+from edgetrain.cost.tracer import ROOT
 from edgetrain.errors import EdgetrainError
 
 __all__ = ["ALL", "Plan", "all_trainable", "plan_label", "resolve_plan"]
@@ -46,7 +48,8 @@ def resolve_plan(model: nn.Module, plan: Plan, layer_order: Sequence[str]) -> fr
 
     Args:
         model: the model.
-        plan: :data:`ALL`, ``"last:N"``, or module names / ``re:`` patterns.
+        plan: :data:`ALL`, ``"last:N"``, ``"first:N"``, or module names / ``re:``
+            patterns (``(model)``: the root module's own parameters).
         layer_order: parameter-owning modules in forward order (for ``last:N``).
 
     Raises:
@@ -55,21 +58,26 @@ def resolve_plan(model: nn.Module, plan: Plan, layer_order: Sequence[str]) -> fr
     if isinstance(plan, str):
         if plan == ALL:
             return frozenset(n for n, p in model.named_parameters() if p.requires_grad)
-        if plan.startswith("last:"):
-            count = plan.removeprefix("last:")
+        kind, _, count = plan.partition(":")
+        if plan.startswith(("last:", "first:")):
             if not count.isdigit() or not 0 < int(count) <= len(layer_order):
                 raise EdgetrainError(
                     f"plan '{plan}': N must be 1..{len(layer_order)} (the parameter layers)"
                 )
-            plan = layer_order[-int(count) :]
+            n = int(count)
+            plan = layer_order[-n:] if kind == "last" else layer_order[:n]
         else:
             plan = [p for p in plan.split(",") if p]
     names = list(plan)
     if not names:
         raise EdgetrainError("an empty plan trains nothing; name at least one layer")
     chosen: set[str] = set()
-    for prefix, module in select_modules(model, names):
-        chosen.update(f"{prefix}.{n}" for n, _ in module.named_parameters())
+    if ROOT in names:
+        chosen.update(n for n, _ in model.named_parameters(recurse=False))
+    others = [n for n in names if n != ROOT]
+    if others:
+        for prefix, module in select_modules(model, others):
+            chosen.update(f"{prefix}.{n}" if prefix else n for n, _ in module.named_parameters())
     if not chosen:
         raise EdgetrainError(
             f"plan {','.join(names)} names no module with parameters, so it trains nothing; "

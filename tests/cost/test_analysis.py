@@ -177,7 +177,37 @@ def test_an_unknown_layer_in_a_plan_is_named_with_the_layers(vgg: nn.Module) -> 
     assert "conv1, conv2, conv3, conv4, conv5, conv6, fc" in message
 
 
-@pytest.mark.parametrize("plan", ["last:0", "last:8", "last:two", "last:-1"])
+def test_first_n_picks_the_first_layers(vgg: nn.Module) -> None:
+    first, named = analyze(vgg, (3, 32, 32), plans=["first:2", ["conv1", "conv2"]]).steps()
+    assert first.update_macs == named.update_macs and first.step_macs == named.step_macs
+
+
+class _RootParameters(nn.Module):
+    """A layer whose weights sit on the root module itself, then a linear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(8, 4))
+        self.bias = nn.Parameter(torch.zeros(8))
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.relu(nn.functional.linear(x, self.weight, self.bias)))
+
+
+def test_parameters_on_the_root_module_are_the_layer_named_model() -> None:
+    report = analyze(_RootParameters(), (4,), plans=["last:2", "first:1", ["(model)"], "last:1"])
+    assert report.layer_order == ["(model)", "fc"]
+    both, first, root, last = report.steps()
+    assert both.update_macs == 8 * 4 + 8 + 8 * 3 + 3
+    assert first.update_macs == root.update_macs == 8 * 4 + 8
+    assert first.weight_grad_macs == 8 * 4 and first.input_grad_macs == 8 * 3
+    assert last.update_macs == 8 * 3 + 3
+
+
+@pytest.mark.parametrize(
+    "plan", ["last:0", "last:8", "last:two", "last:-1", "first:0", "first:9", "first:x"]
+)
 def test_a_bad_last_n_is_refused(vgg: nn.Module, plan: str) -> None:
     message = _one_line_error(analyze, vgg, (3, 32, 32), plans=[plan])
     assert f"'{plan}'" in message and "1..7" in message
