@@ -188,9 +188,18 @@ def _layer_order(records: list[OpRecord]) -> list[str]:
     order: dict[str, None] = {}
     for r in records:
         if r.counts is not None and r.counts.kind in ("conv", "linear"):
-            for p in r.params:  # a parameter of the root module itself: "(model)"
-                order.setdefault(p.rsplit(".", 1)[0] if "." in p else ROOT, None)
+            for p in r.params:
+                order.setdefault(_owner(p), None)
     return list(order)
+
+
+def _owner(param: str) -> str:
+    """The module a parameter belongs to: ``fc`` for ``fc.weight`` and for a
+    parametrized ``fc.parametrizations.weight.original0``; ``(model)`` for one on the
+    root module itself."""
+    if ".parametrizations." in param:
+        return param.split(".parametrizations.")[0]
+    return param.rsplit(".", 1)[0] if "." in param else ROOT
 
 
 def _torchinfo_macs(r: OpRecord) -> int:

@@ -88,6 +88,52 @@ def _bmm(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> OpCounts:
     return OpCounts("linear", macs, macs, macs)
 
 
+def _mv(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> OpCounts:
+    m = args[0] if len(args) == 2 else args[1]  # mv(mat, vec) / addmv(bias, mat, vec)
+    macs = m.shape[0] * m.shape[1]
+    return OpCounts("linear", macs + (_numel(out) if len(args) > 2 else 0), macs, macs)
+
+
+def _baddbmm(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> OpCounts:
+    _, x, w = args[:3]
+    macs = x.shape[0] * x.shape[1] * x.shape[2] * w.shape[2]
+    return OpCounts("linear", macs + _numel(out), macs, macs)
+
+
+def _embedding(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> OpCounts:
+    # a lookup: no MACs forward; the weight gradient adds each output row into its slot
+    return OpCounts("linear", 0, 0, _numel(out))
+
+
+def _pointwise(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> OpCounts:
+    """An elementwise function whose backward multiplies by its derivative (exp, pow,
+    sqrt, clamp, where ...): one op per element each way."""
+    first = out[0] if isinstance(out, tuple | list) else out
+    return OpCounts("add", _numel(first), _numel(first))
+
+
+def _weight_norm(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> OpCounts:
+    """``g * v / ||v||``: a norm, a division and a product per weight element."""
+    n = 3 * _numel(args[0])
+    return OpCounts("add", n, n)
+
+
+def _compare(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> OpCounts:
+    """Comparisons and rounding: one op per element, no gradient flows back."""
+    return OpCounts("add", _numel(out), 0)
+
+
+def _reduction(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> OpCounts:
+    """Sum, max, norm ... over some dims: one op per input element each way."""
+    n = _numel(args[0])
+    return OpCounts("pool", n, n)
+
+
+def _bilinear(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> OpCounts:
+    n = 4 * _numel(out)  # four taps per output position
+    return OpCounts("pool", n, n)
+
+
 def _activation(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> OpCounts:
     return OpCounts("activation", _numel(args[0]), 0)
 
@@ -112,6 +158,94 @@ HANDLES: dict[Any, Handle] = {
     aten.addmm: _addmm,
     aten.mm: _mm,
     aten.bmm: _bmm,
+    aten.baddbmm: _baddbmm,
+    aten.mv: _mv,
+    aten.addmv: _mv,
+    aten.embedding: _embedding,
+    aten._weight_norm_interface: _weight_norm,
+    aten.upsample_bilinear2d: _bilinear,
+    aten._upsample_bilinear2d_aa: _bilinear,
+    # elementwise functions with a derivative to apply in the backward
+    **{
+        getattr(aten, name): _pointwise
+        for name in (
+            "pow",
+            "sqrt",
+            "rsqrt",
+            "exp",
+            "log",
+            "abs",
+            "neg",
+            "reciprocal",
+            "clamp",
+            "clamp_min",
+            "clamp_max",
+            "clamp_",
+            "clamp_min_",
+            "where",
+            "maximum",
+            "minimum",
+            "sin",
+            "cos",
+            "erf",
+            "softplus",
+            "log_sigmoid_forward",
+            "masked_fill",
+            "masked_fill_",
+            "lerp",
+            "addcmul",
+            "addcdiv",
+            "remainder",
+            "fmod",
+            "mul",
+            "mul_",
+            "div",
+            "div_",
+        )
+        if hasattr(aten, name)
+    },
+    **{
+        getattr(aten, name): _compare
+        for name in (
+            "gt",
+            "lt",
+            "ge",
+            "le",
+            "eq",
+            "ne",
+            "floor",
+            "ceil",
+            "round",
+            "sign",
+            "logical_and",
+            "logical_or",
+            "logical_not",
+            "bitwise_and",
+            "bitwise_or",
+        )
+        if hasattr(aten, name)
+    },
+    # reductions
+    **{
+        getattr(aten, name): _reduction
+        for name in (
+            "sum",
+            "amax",
+            "amin",
+            "max",
+            "min",
+            "norm",
+            "linalg_vector_norm",
+            "var",
+            "var_mean",
+            "std",
+            "std_mean",
+            "prod",
+            "logsumexp",
+            "cumsum",
+        )
+        if hasattr(aten, name)
+    },
     # elementwise activations
     aten.relu: _activation,
     aten.relu_: _activation,
@@ -152,15 +286,11 @@ HANDLES: dict[Any, Handle] = {
     aten.native_batch_norm: _batchnorm,
     aten.native_layer_norm: _batchnorm,
     aten.native_group_norm: _batchnorm,
-    # elementwise arithmetic between activations (residual adds)
+    # sums of activations (residual adds): the gradient passes through unchanged
     aten.add: _eltwise,
     aten.add_: _eltwise,
     aten.sub: _eltwise,
     aten.sub_: _eltwise,
-    aten.mul: _eltwise,
-    aten.mul_: _eltwise,
-    aten.div: _eltwise,
-    aten.div_: _eltwise,
 }
 
 # Ops whose output shares its input's storage (no new buffer).
@@ -234,5 +364,9 @@ FREE_OPS = VIEW_OPS | frozenset(
         aten.replication_pad2d,
         aten.upsample_nearest2d,
         aten.detach_,
+        aten.pixel_shuffle,
+        aten.pixel_unshuffle,
+        aten.im2col,
+        aten.col2im,
     }
 )

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import nn
@@ -20,7 +20,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from edgetrain._modules import eval_mode
-from edgetrain.cost.handles import FREE_OPS, HANDLES, VIEW_OPS, OpCounts
+from edgetrain.cost.handles import FREE_OPS, HANDLES, VIEW_OPS, OpCounts, aten
 from edgetrain.errors import EdgetrainError, one_line
 
 __all__ = ["OpRecord", "Trace", "trace"]
@@ -84,6 +84,7 @@ class _Recorder(TorchDispatchMode):
     ) -> None:
         super().__init__()
         self.names = names  # id(meta parameter, or a view of one) -> parameter name
+        self.derived: dict[int, tuple[str, ...]] = {}  # id(tensor computed from params)
         self.numel = numel
         self.stack = module_stack
         self.keys: dict[int, int] = {}  # id(activation tensor) -> buffer key
@@ -91,6 +92,35 @@ class _Recorder(TorchDispatchMode):
         self.alive: list[torch.Tensor] = []  # keeps ids unique while tracing
         self.records: list[OpRecord] = []
         self.unsupported: list[tuple[str, str]] = []
+
+    def _record(
+        self,
+        packet: object,
+        module: str,
+        module_type: str,
+        counts: OpCounts | None,
+        params: list[str],
+        inputs: tuple[int, ...],
+        outputs: tuple[int, ...],
+        first: torch.Tensor,
+        outs: list[torch.Tensor],
+    ) -> None:
+        params = list(dict.fromkeys(params))
+        self.records.append(
+            OpRecord(
+                index=len(self.records),
+                op=str(packet).removeprefix("aten."),
+                module=module,
+                module_type=module_type,
+                counts=counts,
+                params=tuple(params),
+                param_numel=tuple(self.numel[p] for p in params),
+                inputs=inputs,
+                outputs=outputs,
+                in_shape=tuple(first.shape),
+                out_shape=tuple(outs[0].shape) if outs else (),
+            )
+        )
 
     def add_input(self, t: torch.Tensor) -> int:
         key = len(self.elems)
@@ -104,16 +134,45 @@ class _Recorder(TorchDispatchMode):
         out = func(*args, **kwargs)
         packet = func.overloadpacket
         leaves = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
-        params = [self.names[id(t)] for t in leaves if id(t) in self.names]
+        params: list[str] = []
+        for t in leaves:
+            if id(t) in self.derived:
+                params.extend(self.derived[id(t)])
+            elif id(t) in self.names:
+                params.append(self.names[id(t)])
         acts = [t for t in leaves if id(t) in self.keys]
         outs = [t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)]
         module, module_type = self.stack[-1] if self.stack else (ROOT, "")
         if not acts:
-            # Constants only (weights, buffers): a view of a parameter stays that parameter.
-            if packet in VIEW_OPS and params:
-                for t in outs:
+            # Constants only (weights, buffers). A view of a parameter stays that
+            # parameter; a tensor computed from parameters (a weight-norm or pruning-mask
+            # parametrization, an RNN's W_hh h0) carries their names to the op that uses
+            # it, so their gradient and update are charged there.
+            plain = all(id(t) in self.names for t in leaves if id(t) not in self.derived)
+            for t in outs if params else ():
+                self.alive.append(t)
+                if packet in VIEW_OPS and len(params) == 1 and plain:
                     self.names[id(t)] = params[0]
-                    self.alive.append(t)
+                else:
+                    self.derived[id(t)] = tuple(dict.fromkeys(params))
+            handle = HANDLES.get(packet)
+            if params and handle is not None:  # its MACs and backward are the step's too
+                counts = handle(args, kwargs, out)
+                # its backward is the gradient of the parameters it reads
+                counts = replace(counts, weight_grad=max(counts.weight_grad, counts.input_grad))
+                self._record(
+                    packet,
+                    module,
+                    module_type,
+                    counts,
+                    params,
+                    (),
+                    (),
+                    leaves[0],
+                    outs,
+                )
+            elif params and packet not in FREE_OPS:
+                self.unsupported.append((str(packet).removeprefix("aten."), module))
             return out
         in_keys = tuple(dict.fromkeys(self.keys[id(t)] for t in acts))
         out_keys = []
@@ -134,21 +193,12 @@ class _Recorder(TorchDispatchMode):
         counts = handle(args, kwargs, out) if handle is not None else None
         if handle is None and packet not in FREE_OPS:
             self.unsupported.append((str(packet).removeprefix("aten."), module))
-        params = list(dict.fromkeys(params))
-        self.records.append(
-            OpRecord(
-                index=len(self.records),
-                op=str(packet).removeprefix("aten."),
-                module=module,
-                module_type=module_type,
-                counts=counts,
-                params=tuple(params),
-                param_numel=tuple(self.numel[p] for p in params),
-                inputs=in_keys,
-                outputs=tuple(out_keys),
-                in_shape=tuple(acts[0].shape),
-                out_shape=tuple(outs[0].shape) if outs else (),
-            )
+        if packet in (aten.mm, aten.bmm) and len(acts) == 2 and counts is not None:
+            # activation x activation (attention's q k^T, an einsum): both operands
+            # get a gradient
+            counts = replace(counts, input_grad=2 * counts.input_grad)
+        self._record(
+            packet, module, module_type, counts, params, in_keys, tuple(out_keys), acts[0], outs
         )
         return out
 

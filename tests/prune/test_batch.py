@@ -64,11 +64,12 @@ def _shrunk() -> nn.Module:
 
 
 # ------------------------------------------------------------------ memory estimate
-def test_step_memory_is_affine_in_the_batch():
+def test_step_memory_grows_with_the_batch_but_not_in_proportion():
+    """Weights and gradients do not grow with the batch, activations do; the kernels
+    chosen (and their scratch) change with it, so the peak is not affine."""
     net = _vgg()
-    m1, m2, m4 = (step_memory_bytes(net, SHAPE, b) for b in (1, 2, 4))
-    assert 0 < m1 < m2 < m4
-    assert m4 - m2 == 2 * (m2 - m1)
+    m1, m2, m4, m64 = (step_memory_bytes(net, SHAPE, b) for b in (1, 2, 4, 64))
+    assert 0 < m1 < m2 < m4 < m64 < 64 * m1
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "momentum", "adam"])
