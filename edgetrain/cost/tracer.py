@@ -157,14 +157,14 @@ class _Recorder(TorchDispatchMode):
                     self.derived[id(t)] = tuple(dict.fromkeys(params))
             handle = HANDLES.get(packet)
             if params and handle is not None:  # its MACs and backward are the step's too
-                counts = handle(args, kwargs, out)
+                made = handle(args, kwargs, out)
                 # its backward is the gradient of the parameters it reads
-                counts = replace(counts, weight_grad=max(counts.weight_grad, counts.input_grad))
+                made = replace(made, weight_grad=max(made.weight_grad, made.input_grad))
                 self._record(
                     packet,
                     module,
                     module_type,
-                    counts,
+                    made,
                     params,
                     (),
                     (),
