@@ -48,6 +48,10 @@ __all__ = ["PHASES", "MemoryTimeline", "measure_step_memory", "simulate_step"]
 
 PHASES = ("forward", "backward", "update")
 
+# Kernels whose scratch memory is known to be large and that fake tensors do not show:
+# oneDNN's recurrent layers keep a workspace of every time step's gates.
+UNSEEN_SCRATCH = frozenset({"mkldnn_rnn_layer", "mkldnn_rnn_layer_backward", "mkldnn_rnn"})
+
 # Optimizer of each name the cost model knows, built over the meta parameters.
 _OPTIMIZERS = {
     "sgd": lambda params: torch.optim.SGD(params, lr=0.1, foreach=False),
@@ -71,6 +75,8 @@ class MemoryTimeline:
             otherwise): the bytes alive while the op runs, its scratch memory included.
         peak_phase: the phase of the op at the peak.
         peak_op: that op (ATen name).
+        unseen: ops of the step whose scratch memory is not counted (oneDNN's recurrent
+            kernels): the peak is a lower bound when this is not empty.
     """
 
     peak_bytes: int
@@ -79,6 +85,7 @@ class MemoryTimeline:
     events: tuple[tuple[str, str, int], ...]
     peak_phase: str
     peak_op: str
+    unseen: tuple[str, ...] = ()
 
     def phase_peaks(self) -> dict[str, int]:
         """The peak of each phase."""
@@ -103,6 +110,7 @@ class _Storages(TorchDispatchMode):
         self.live = self.peak = self.allocated = 0
         self.phase, self.peak_at = PHASES[0], (PHASES[0], "")
         self.events: list[tuple[str, str, int]] = []
+        self.unseen: dict[str, None] = {}
 
     def track(self, t: torch.Tensor) -> None:
         storage = t.untyped_storage()
@@ -128,6 +136,8 @@ class _Storages(TorchDispatchMode):
         op = str(func.overloadpacket).removeprefix("aten.")
         if op.startswith("prim."):  # fake tensors asking for their device
             return out
+        if op in UNSEEN_SCRATCH:
+            self.unseen[op] = None
         scratch = _conv_workspace(op, args) * self.scale if self.workspace else 0
         if self.live + scratch > self.peak:
             self.sweep()  # the op's inputs are still referenced here: they count
@@ -306,6 +316,7 @@ def simulate_step(
         events=tuple(mode.events),
         peak_phase=mode.peak_at[0],
         peak_op=mode.peak_at[1],
+        unseen=tuple(mode.unseen),
     )
 
 

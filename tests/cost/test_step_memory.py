@@ -190,3 +190,30 @@ def test_a_step_that_cannot_run_on_meta_is_noted_and_refused_when_strict(monkeyp
 def test_an_unknown_memory_accounting_is_one_line():
     with pytest.raises(EdgetrainError, match="unknown memory accounting 'exact'; choose"):
         analyze(_Mlp(), (256,), memory="exact")
+
+
+class _Lstm(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.rnn = nn.LSTM(10, 32, batch_first=True)
+        self.fc = nn.Linear(32, 12)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.rnn(x)[0][:, -1])
+
+
+def test_an_lstm_is_counted_in_full_or_named_a_lower_bound():
+    """oneDNN's recurrent kernels keep a workspace fake tensors do not show: the report
+    says the peak is a lower bound (strict refuses); the native kernels are exact."""
+    model, shape = _Lstm(), (20, 10)
+    trainable = _plan(model, shape, ALL)
+    report = analyze(model, shape, plans=[ALL], batch_size=16)
+    if report.notes:  # oneDNN ran the layer
+        assert report.notes[0].startswith("step memory is a lower bound: the scratch of")
+        with pytest.raises(EdgetrainError, match="lower bound"):
+            analyze(model, shape, plans=[ALL], batch_size=16, strict=True)
+    with torch.backends.mkldnn.flags(enabled=False):
+        native = analyze(model, shape, plans=[ALL], batch_size=16)
+        measured = measure_step_memory(model, shape, 16, trainable)
+    assert not native.notes
+    assert 0.9 <= native.steps()[0].memory_reuse_bytes / measured <= 1.1
