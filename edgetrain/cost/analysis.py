@@ -28,6 +28,7 @@ from pathlib import Path
 
 from torch import nn
 
+from edgetrain.cost.handles import OpCounts
 from edgetrain.cost.memory import MemoryTimeline, simulate_step
 from edgetrain.cost.plans import ALL, Plan, plan_label, resolve_plan
 from edgetrain.cost.profile import TERMS, DeviceProfile, load_profile
@@ -35,12 +36,24 @@ from edgetrain.cost.report import CostReport, LayerCost, StepCost
 from edgetrain.cost.tracer import ROOT, OpRecord, Trace, trace
 from edgetrain.errors import EdgetrainError
 
-__all__ = ["MEMORY_METHODS", "OPTIMIZER_STATE", "analyze", "timed_analyze"]
+__all__ = [
+    "MAC_CONVENTIONS",
+    "MEMORY_METHODS",
+    "OPTIMIZER_STATE",
+    "analyze",
+    "timed_analyze",
+]
 
 # Optimizer state per updated parameter, in parameter copies.
 OPTIMIZER_STATE = {"sgd": 0, "momentum": 1, "adam": 2, "adamw": 2}
 
 MEMORY_METHODS = ("allocator", "layerwise")
+
+# How MACs are counted: ``border`` (the spec: only the kernel taps inside the input, and
+# activations, pooling, normalisation and element-wise ops counted too) or ``dense``
+# (conv and linear products only, every kernel tap, no bias: what fvcore, ptflops' aten
+# backend and Torch-Pruning report).
+MAC_CONVENTIONS = ("border", "dense")
 
 
 def analyze(
@@ -52,6 +65,7 @@ def analyze(
     batch_size: int = 1,
     strict: bool = False,
     memory: str = "allocator",
+    macs: str = "border",
 ) -> CostReport:
     """What inference and training steps of ``model`` cost, without running it.
 
@@ -67,6 +81,8 @@ def analyze(
             memory cannot be followed on the meta device.
         memory: ``allocator`` (every tensor over the whole step, as measured) or
             ``layerwise`` (the spec's per-layer formula; no step is run).
+        macs: ``border`` (the spec's count) or ``dense`` (conv/linear products with
+            every kernel tap, the peers' convention; the backward scaled alike).
 
     Example:
         >>> from edgetrain.models import create
@@ -80,12 +96,18 @@ def analyze(
         )
     if batch_size < 1:
         raise EdgetrainError(f"batch size must be >= 1, got {batch_size}")
+    if macs not in MAC_CONVENTIONS:
+        raise EdgetrainError(
+            f"unknown MAC convention '{macs}'; choose one of: {', '.join(MAC_CONVENTIONS)}"
+        )
     if memory not in MEMORY_METHODS:
         raise EdgetrainError(
             f"unknown memory accounting '{memory}'; choose one of: {', '.join(MEMORY_METHODS)}"
         )
     prof = load_profile(profile)
     t = trace(model, tuple(input_shape), batch_size)
+    if macs == "dense":
+        t = replace(t, records=[replace(r, counts=_dense(r.counts)) for r in t.records])
     if strict and t.unsupported:
         listed = ", ".join(f"{op} (in {m})" for op, m in t.unsupported)
         raise EdgetrainError(f"unsupported ops: {listed}; add a handle or use strict=False")
@@ -203,6 +225,24 @@ def _layer_order(records: list[OpRecord]) -> list[str]:
             for p in r.params:
                 order.setdefault(_owner(p), None)
     return list(order)
+
+
+def _dense(counts: OpCounts | None) -> OpCounts | None:
+    """``counts`` in the dense convention: the conv/linear products with every kernel
+    tap, the backward products scaled by the same ratio; nothing else."""
+    if counts is None:
+        return None
+    if not counts.products:
+        return OpCounts(counts.kind, 0, 0, 0)
+    ratio = counts.dense / counts.products
+    return OpCounts(
+        counts.kind,
+        counts.dense,
+        round(counts.input_grad * ratio),
+        round(counts.weight_grad * ratio),
+        counts.products,
+        counts.dense,
+    )
 
 
 def _owner(param: str) -> str:

@@ -40,12 +40,20 @@ KINDS = ("conv", "linear", "activation", "pool", "batchnorm", "add")
 
 @dataclass(frozen=True)
 class OpCounts:
-    """What one op costs for the whole batch (MACs)."""
+    """What one op costs for the whole batch (MACs).
+
+    ``products`` and ``dense`` are for the matrix products of conv and linear ops:
+    ``products`` the multiplications counted in ``forward`` (border-aware, without bias
+    adds), ``dense`` the same with every kernel tap, as fvcore, ptflops and
+    Torch-Pruning count them (0 for every other kind).
+    """
 
     kind: str
     forward: int
     input_grad: int
     weight_grad: int = 0
+    products: int = 0
+    dense: int = 0
 
 
 Handle = Callable[[tuple[Any, ...], dict[str, Any], Any], OpCounts]
@@ -61,43 +69,45 @@ def _conv(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> OpCounts:
         # Every input position is scattered through all taps; the weight is laid out as
         # (c_in, c_out/g, *k), so its trailing dims already hold c_out/g and the kernel.
         macs = x.shape[0] * x.shape[1] * math.prod(w.shape[1:]) * math.prod(x.shape[2:])
+        dense = macs
     else:
         n, c_in = x.shape[0], x.shape[1]
         c_out = w.shape[0]
         taps = kernel_taps(x.shape[2:], w.shape[2:], stride, padding, dilation)
         macs = n * c_in * c_out * taps // groups
+        dense = _numel(out) * math.prod(w.shape[1:])  # every tap at every output
     bias_adds = _numel(out) if bias is not None else 0
-    return OpCounts("conv", macs + bias_adds, macs, macs)
+    return OpCounts("conv", macs + bias_adds, macs, macs, macs, dense)
 
 
 def _addmm(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> OpCounts:
     bias, x, w = args[:3]
     macs = x.shape[0] * x.shape[1] * w.shape[1]
-    return OpCounts("linear", macs + _numel(out), macs, macs)
+    return OpCounts("linear", macs + _numel(out), macs, macs, macs, macs)
 
 
 def _mm(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> OpCounts:
     x, w = args[:2]
     macs = x.shape[0] * x.shape[1] * w.shape[1]
-    return OpCounts("linear", macs, macs, macs)
+    return OpCounts("linear", macs, macs, macs, macs, macs)
 
 
 def _bmm(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> OpCounts:
     x, w = args[:2]
     macs = x.shape[0] * x.shape[1] * x.shape[2] * w.shape[2]
-    return OpCounts("linear", macs, macs, macs)
+    return OpCounts("linear", macs, macs, macs, macs, macs)
 
 
 def _mv(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> OpCounts:
     m = args[0] if len(args) == 2 else args[1]  # mv(mat, vec) / addmv(bias, mat, vec)
     macs = m.shape[0] * m.shape[1]
-    return OpCounts("linear", macs + (_numel(out) if len(args) > 2 else 0), macs, macs)
+    return OpCounts("linear", macs + (_numel(out) if len(args) > 2 else 0), macs, macs, macs, macs)
 
 
 def _baddbmm(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> OpCounts:
     _, x, w = args[:3]
     macs = x.shape[0] * x.shape[1] * x.shape[2] * w.shape[2]
-    return OpCounts("linear", macs + _numel(out), macs, macs)
+    return OpCounts("linear", macs + _numel(out), macs, macs, macs, macs)
 
 
 def _embedding(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> OpCounts:
