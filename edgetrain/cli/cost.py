@@ -38,6 +38,7 @@ app = typer.Typer(
 
 FORMATS = ("table", "json", "csv")
 MEMORY = ("allocator", "layerwise")  # edgetrain.cost.analysis.MEMORY_METHODS
+MACS = ("border", "dense")  # edgetrain.cost.analysis.MAC_CONVENTIONS
 
 
 def parse_shape(text: str) -> tuple[int, ...]:
@@ -194,6 +195,12 @@ def analyze_command(
     plot: Path = typer.Option(
         None, help="Write the memory timeline of each step (PNG) to this file."
     ),
+    macs: str = typer.Option(
+        "border",
+        help="MAC convention: 'border' (kernel taps inside the input; activations, pooling, "
+        "norms counted) or 'dense' (conv/linear products, every tap: fvcore's, "
+        "FlopCounterMode's count).",
+    ),
 ) -> None:
     """Per-layer MACs (forward and backward), memory and energy of a model.
 
@@ -208,6 +215,8 @@ def analyze_command(
         raise ConfigError("give either --trainable or --plan, not both")
     if memory not in MEMORY:
         raise ConfigError(f"unknown --memory '{memory}'; choose one of: {', '.join(MEMORY)}")
+    if macs not in MACS:
+        raise ConfigError(f"unknown --macs '{macs}'; choose one of: {', '.join(MACS)}")
     if plot is not None:
         writable_folder(plot.parent, f"the folder of --plot '{plot}'")
     net = zoo.create(model, device="meta", **parse_options(option))
@@ -224,6 +233,7 @@ def analyze_command(
         batch_size=batch_size,
         strict=strict,
         memory=memory,
+        macs=macs,
     )
     if plot is not None:
         _plot_timelines(report, net, shape, plans, load_profile(profile), plot)

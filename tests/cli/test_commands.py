@@ -128,7 +128,7 @@ def test_help_constants_are_the_librarys():
     from edgetrain.cli._common import shipped_names
     from edgetrain.compress.sensitivity import DEFAULT_SPARSITIES
     from edgetrain.cost import ALL
-    from edgetrain.cost.analysis import MEMORY_METHODS
+    from edgetrain.cost.analysis import MAC_CONVENTIONS, MEMORY_METHODS
     from edgetrain.diagnostics import DEFAULT_BUCKETS
     from edgetrain.finetune import MODES
     from edgetrain.prune.callback import PENALTY_MODES
@@ -137,6 +137,7 @@ def test_help_constants_are_the_librarys():
     assert compress.DEFAULT_SPARSITIES == DEFAULT_SPARSITIES
     assert cost.ALL == ALL
     assert cost.MEMORY == MEMORY_METHODS
+    assert cost.MACS == MAC_CONVENTIONS
     assert diagnose.DEFAULT_BUCKETS == DEFAULT_BUCKETS
     assert finetune.MODES == MODES
     assert prune.PENALTY_MODES == PENALTY_MODES

@@ -62,6 +62,12 @@ def test_cost_memory_accountings_and_the_timeline_plot(cli, tmp_path):
     assert "Training step 'last:2' peak memory (MB, allocator):" in out
 
 
+def test_cost_dense_convention_counts_every_tap(cli):
+    """vgg_small: 9,889,792 dense MACs, fvcore's and FlopCounterMode's count."""
+    data = json.loads(cli("cost", "vgg_small", "--macs", "dense", "--format", "json").output)
+    assert data["inference"]["forward_macs"] == 9_889_792
+
+
 def test_cost_csv_has_one_row_per_layer(cli):
     out = cli("cost", "kws_cnn", "--format", "csv", "-o", "num_classes=8").output
     lines = out.strip().splitlines()
@@ -81,6 +87,7 @@ def test_cost_csv_has_one_row_per_layer(cli):
         (["vgg_small", "--optimizer", "lion"], "unknown optimizer 'lion'"),
         (["vgg_small", "--format", "xml"], "unknown --format"),
         (["vgg_small", "--memory", "exact"], "unknown --memory 'exact'; choose one of"),
+        (["vgg_small", "--macs", "flops"], "unknown --macs 'flops'; choose one of"),
         (["vgg_small", "--plot", "blocker/t.png"], "the folder of --plot 'blocker/t.png'"),
     ],
 )

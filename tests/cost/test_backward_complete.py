@@ -160,3 +160,31 @@ def test_strict_mode_fails_on_an_op_it_cannot_count():
 
     with pytest.raises(EdgetrainError, match=r"unsupported ops: sort \(in \(model\)\)"):
         analyze(Sorts(), (8,), strict=True)
+
+
+@pytest.mark.parametrize("name", ["vgg_small", "resnet8", "ds_cnn", "mobilenet_v2"])
+def test_the_dense_convention_counts_what_pytorch_counts_forward(name):
+    """``macs="dense"``: conv and linear products with every kernel tap, as
+    FlopCounterMode counts a real forward (FLOPs / 2)."""
+    from edgetrain.models import create
+
+    model = create(name).eval()
+    shape = tuple(model.input_shape)
+    dense = analyze(model, shape, memory="layerwise", macs="dense").total().forward_macs
+    with FlopCounterMode(display=False) as counter:
+        model(torch.randn(1, *shape))
+    assert dense == counter.get_total_flops() // 2
+    border = analyze(model, shape, memory="layerwise").total().forward_macs
+    assert border != dense  # border taps, and activations/norms/pools, differ
+
+
+def test_the_dense_backward_matches_autograd_on_a_plain_cnn():
+    from edgetrain.models import create
+
+    model = create("resnet8")
+    shape = tuple(model.input_shape)
+    step = analyze(model, shape, plans=[ALL], memory="layerwise", macs="dense").steps()[0]
+    out = model(torch.randn(1, *shape))
+    with FlopCounterMode(display=False) as counter:
+        out.sum().backward()
+    assert step.input_grad_macs + step.weight_grad_macs == counter.get_total_flops() // 2
