@@ -15,6 +15,20 @@ from rich.table import Table
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
+# The zoo networks the cost-model benchmarks cover, edge networks included.
+COST_ZOO = [
+    "vgg_small",
+    "resnet8",
+    "resnet20",
+    "kws_cnn",
+    "ds_cnn",
+    "fcn1d",
+    "mobilenet_v2",
+    "mobilenet_v3_small",
+    "efficientnet_b0",
+    "vit_tiny",
+]
+
 
 def machine() -> dict[str, Any]:
     """What the numbers were measured on."""

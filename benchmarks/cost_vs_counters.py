@@ -18,25 +18,14 @@ import io
 import warnings
 
 import torch
-from _common import print_table, write_result
+from _common import COST_ZOO, print_table, write_result
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from edgetrain.cost import ALL, analyze
 from edgetrain.models import create
 
-ZOO = [
-    "vgg_small",
-    "resnet8",
-    "resnet20",
-    "kws_cnn",
-    "ds_cnn",
-    "fcn1d",
-    "mobilenet_v2",
-    "mobilenet_v3_small",
-    "efficientnet_b0",
-    "vit_tiny",
-]
+ZOO = COST_ZOO
 
 
 class _Gru(nn.Module):

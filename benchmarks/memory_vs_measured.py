@@ -20,7 +20,7 @@ import argparse
 import time
 
 import torch
-from _common import print_table, write_result
+from _common import COST_ZOO, print_table, write_result
 from torch import nn
 
 from edgetrain.cost import ALL, analyze, resolve_plan
@@ -29,18 +29,7 @@ from edgetrain.cost.memory import measure_step_memory
 from edgetrain.cost.tracer import trace
 from edgetrain.models import create
 
-ZOO = [
-    "vgg_small",
-    "resnet8",
-    "resnet20",
-    "kws_cnn",
-    "ds_cnn",
-    "fcn1d",
-    "mobilenet_v2",
-    "mobilenet_v3_small",
-    "efficientnet_b0",
-    "vit_tiny",
-]
+ZOO = COST_ZOO
 PLANS = [ALL, "last:2", "last:4"]
 BATCHES = [1, 32]
 

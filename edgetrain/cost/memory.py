@@ -159,8 +159,8 @@ def _conv_workspace(op: str, args: tuple[Any, ...]) -> int:
     - the unfolding kernels (``Slow2d``...) unfold one sample's input into columns
       (``C_in/g * kernel taps * output positions``) per thread, forward and backward;
       a 1x1 convolution with stride 1 and no padding needs none;
-    - NNPACK (oneDNN off) takes an output-sized buffer each way, and its backward
-      unfolds as well;
+    - NNPACK (oneDNN off) shows no scratch in the forward; its backward takes an
+      output-sized buffer and unfolds as well;
     - oneDNN (``Mkldnn``) and the others copy the output into their own layout in the
       forward and the output gradient in the backward; computing the input gradient
       takes two more buffers (of the output's and of the input's size).
@@ -198,17 +198,19 @@ def _conv_workspace(op: str, args: tuple[Any, ...]) -> int:
                 )
             )
         )
-    nnpack = 4 * out_elems if backend == "NnpackSpatial" else 0
-    if nnpack:  # an output-sized buffer each way; the backward then unfolds
-        backend = "Slow2d"
+    # NNPACK's forward keeps its scratch to itself; its backward takes an output-sized
+    # buffer and then unfolds like the slow kernels
+    extra = 0
+    if backend == "NnpackSpatial":
+        if op == "convolution":
+            return 0
+        extra, backend = 4 * out_elems, "Slow2d"
     if backend in _COLUMN_BACKENDS:
         if all(k == 1 for k in spatial) and all(s == 1 for s in stride) and not any(padding):
-            return nnpack
-        if nnpack and op == "convolution":
-            return nnpack
+            return extra
         positions = out_elems // (x.shape[0] * w.shape[0])
         columns = w.shape[1] * math.prod(spatial) * positions
-        return nnpack + 4 * columns * min(torch.get_num_threads(), x.shape[0])
+        return extra + 4 * columns * min(torch.get_num_threads(), x.shape[0])
     return 4 * (out_elems + (out_elems + x.numel() if in_grad else 0))
 
 

@@ -81,18 +81,17 @@ def max_batch_estimate(
         return step_memory_bytes(model, input_shape, batch, optimizer) <= budget_bytes
 
     # The peak is not linear in the batch (weights and gradients dominate small
-    # batches), so bracket by doubling, then bisect: 2 log2(batch) simulated steps.
-    low, high = 1, 2
+    # batches), so search: 2 log2(batch) simulated steps.
+    return _largest_fitting(fits, 1, limit)
+
+
+def _largest_fitting(fits: Callable[[int], bool], start: int, limit: int) -> int:
+    """The largest batch up to ``limit`` that ``fits`` (0 when none): double from
+    ``start`` until one does not fit, then bisect."""
+    low, high = 0, start
     while high <= limit and fits(high):
         low, high = high, high * 2
-    if high > limit:
-        return limit if fits(limit) else _bisect(fits, low, limit)
-    return _bisect(fits, low, high)
-
-
-def _bisect(fits: Callable[[int], bool], low: int, high: int) -> int:
-    """The largest batch in [low, high) that fits, given that ``low`` fits and ``high``
-    does not."""
+    high = min(high, limit + 1)
     while high - low > 1:
         middle = (low + high) // 2
         if fits(middle):
@@ -139,19 +138,10 @@ def max_batch_search(
             probe.zero_grad(set_to_none=True)
             torch.cuda.empty_cache()
 
-    lo, hi = 0, start
-    while hi <= limit and fits(hi):
-        lo, hi = hi, hi * 2
-    hi = min(hi, limit + 1)
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if fits(mid):
-            lo = mid
-        else:
-            hi = mid
-    if lo == 0:
+    batch = _largest_fitting(fits, start, limit)
+    if batch == 0:
         raise ConfigError(f"not even a batch of 1 fits on {device}; use a smaller model")
-    return lo
+    return batch
 
 
 @dataclass
