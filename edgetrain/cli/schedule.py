@@ -45,6 +45,14 @@ def _parse(text: str) -> Schedule:
         raise ConfigError(str(exc)) from None
 
 
+MEMORY = ("allocator", "layerwise")  # edgetrain.cost.analysis.MEMORY_METHODS
+
+
+def _check_memory(memory: str) -> None:
+    if memory not in MEMORY:
+        raise ConfigError(f"unknown --memory '{memory}'; choose one of: {', '.join(MEMORY)}")
+
+
 @app.command("show")
 @handle_errors
 def show_command(
@@ -54,6 +62,11 @@ def show_command(
     profile: str = typer.Option("reference", help="Cost-model profile name or file."),
     batch_size: int = typer.Option(1, min=1, help="Batch size of a step."),
     option: list[str] = typer.Option(None, "--option", "-o", help="Model option key=value."),
+    memory: str = typer.Option(
+        "allocator",
+        help="Step memory: 'allocator' (every tensor of a PyTorch step) or 'layerwise' "
+        "(updates applied as each gradient appears, as on-device training code does).",
+    ),
 ) -> None:
     """Print a schedule's matrix and the cost of each step of its cycle.
 
@@ -61,6 +74,7 @@ def show_command(
     """
     from edgetrain.finetune import optimise_placement, schedule_cost, schedule_layers
 
+    _check_memory(memory)
     net, shape = _model_and_shape(model, input_shape, option)
     parsed = _parse(schedule)
     try:
@@ -68,8 +82,10 @@ def show_command(
     except ValueError as exc:
         raise EdgetrainError(str(exc)) from None
     if parsed.memory_optimised:
-        parsed = optimise_placement(parsed, net, shape, profile=profile, batch_size=batch_size)
-    cost = schedule_cost(net, shape, parsed, profile=profile, batch_size=batch_size)
+        parsed = optimise_placement(
+            parsed, net, shape, profile=profile, batch_size=batch_size, memory=memory
+        )
+    cost = schedule_cost(net, shape, parsed, profile=profile, batch_size=batch_size, memory=memory)
     matrix = Table(title=f"schedule {parsed} ({parsed.mode}, T={parsed.cycle_length})")
     matrix.add_column("layer")
     for t in range(parsed.cycle_length):
@@ -166,10 +182,16 @@ def suggest_command(
     profile: str = typer.Option("reference", help="Cost-model profile name or file."),
     top: int = typer.Option(10, min=1, help="How many schedules to list."),
     option: list[str] = typer.Option(None, "--option", "-o", help="Model option key=value."),
+    memory: str = typer.Option(
+        "allocator",
+        help="Step memory: 'allocator' (every tensor of a PyTorch step) or 'layerwise' "
+        "(updates applied as each gradient appears, as on-device training code does).",
+    ),
 ) -> None:
     """Propose schedules that fit the budgets, ranked by layer updates per step.
 
-    Example: edgetrain schedule suggest --model vgg_small --max-ops-per-step 15e6 --max-peak-mem 8e5
+    Example: edgetrain schedule suggest --model vgg_small --max-ops-per-step 15e6 \
+    --max-peak-mem 1.26e6
     """
     from edgetrain.finetune import suggest_schedules
 
@@ -179,9 +201,18 @@ def suggest_command(
     ):
         if budget is not None and not budget > 0:  # also NaN
             raise ConfigError(f"{flag} {budget:g} must be a positive budget")
+    _check_memory(memory)
     net, shape = _model_and_shape(model, input_shape, option)
     found = suggest_schedules(
-        net, shape, max_ops_per_step, max_peak_mem, cycle, max_rows, profile=profile, top=top
+        net,
+        shape,
+        max_ops_per_step,
+        max_peak_mem,
+        cycle,
+        max_rows,
+        profile=profile,
+        top=top,
+        memory=memory,
     )
     if not found:
         raise EdgetrainError(
@@ -207,7 +238,7 @@ def suggest_command(
             f"{mean:.3f}",
             f"{c.relative_ops:.3f}",
             f"{c.peak_step_macs:,}",
-            kib(c.peak_memory_bytes),
-            f"{c.relative_peak_memory:.3f}",
+            kib(c.peak_memory_reuse_bytes),
+            f"{c.relative_peak_memory_reuse:.3f}",
         )
     console.print(table)

@@ -131,8 +131,11 @@ def schedule_cost(
     profile: Profile = "reference",
     optimizer: str = "sgd",
     batch_size: int = 1,
+    memory: str = "allocator",
 ) -> ScheduleCost:
-    """Cost of every step of ``schedule`` on ``model`` and of the conventional step.
+    """Cost of every step of ``schedule`` on ``model`` and of the conventional step
+    (``memory``: the cost model's step-memory accounting, ``allocator`` or
+    ``layerwise``).
 
     Example:
         >>> from edgetrain.models import create
@@ -141,7 +144,12 @@ def schedule_cost(
         True
     """
     table = _PlanCosts(
-        model, input_shape, profile=profile, optimizer=optimizer, batch_size=batch_size
+        model,
+        input_shape,
+        profile=profile,
+        optimizer=optimizer,
+        batch_size=batch_size,
+        memory=memory,
     )
     return _cost(schedule, model, table)
 
@@ -154,11 +162,15 @@ def optimise_placement(
     optimizer: str = "sgd",
     batch_size: int = 1,
     max_candidates: int = 4096,
+    memory: str = "layerwise",
 ) -> Schedule:
     """The placement of the partial rows (updated in some steps) that minimises the
     cycle's peak memory (naive, then with reuse, then peak ops); rows keep their update
     counts. Exhaustive over rotations when there are at most ``max_candidates``
-    placements, else the staggered ``_m`` placement is kept."""
+    placements, else the staggered ``_m`` placement is kept. ``memory`` is the
+    accounting compared: ``layerwise`` by default (the on-device rule the ``_m``
+    schedules come from, where each update is applied as its gradient appears; cheap
+    enough to compare thousands of placements), or ``allocator``."""
     cycle = schedule.cycle_length
     partial = [i for i, row in enumerate(schedule.pattern) if 0 < sum(row) < cycle]
     options = {
@@ -171,7 +183,12 @@ def optimise_placement(
     if not partial or combos > max_candidates:
         return schedule
     table = _PlanCosts(
-        model, input_shape, profile=profile, optimizer=optimizer, batch_size=batch_size
+        model,
+        input_shape,
+        profile=profile,
+        optimizer=optimizer,
+        batch_size=batch_size,
+        memory=memory,
     )
 
     def key(c: ScheduleCost) -> tuple[int, int, int]:
@@ -200,6 +217,7 @@ def suggest_schedules(
     optimizer: str = "sgd",
     batch_size: int = 1,
     top: int = 10,
+    memory: str = "allocator",
 ) -> list[ScheduleCost]:
     """Schedules that fit the budgets, ranked by layer updates per step (the sum of the
     rows' mean update rates: more training first; ties: more layers, fewer ops).
@@ -207,12 +225,17 @@ def suggest_schedules(
     Candidates update layers near the output at least as often as those below them
     (non-increasing counts) and spread the partial rows across steps (``_m``
     placement). Budgets: ``max_ops_per_step`` (MACs of the most expensive step) and
-    ``max_peak_mem`` (bytes, naive accounting).
+    ``max_peak_mem`` (bytes: the step's peak under the ``memory`` accounting).
     """
     layers = len(parameter_layers(model))
     rows = min(max_rows or layers, layers)
     table = _PlanCosts(
-        model, input_shape, profile=profile, optimizer=optimizer, batch_size=batch_size
+        model,
+        input_shape,
+        profile=profile,
+        optimizer=optimizer,
+        batch_size=batch_size,
+        memory=memory,
     )
     fits = []
     for n in range(1, rows + 1):
@@ -222,7 +245,7 @@ def suggest_schedules(
             c = _cost(Schedule.parse(text), model, table)
             if max_ops_per_step is not None and c.peak_step_macs > max_ops_per_step:
                 continue
-            if max_peak_mem is not None and c.peak_memory_bytes > max_peak_mem:
+            if max_peak_mem is not None and c.peak_memory_reuse_bytes > max_peak_mem:
                 continue
             fits.append(c)
 

@@ -124,7 +124,7 @@ def test_every_help_imports_no_library(tmp_path):
 
 
 def test_help_constants_are_the_librarys():
-    from edgetrain.cli import compress, cost, diagnose, finetune, prune
+    from edgetrain.cli import compress, cost, diagnose, finetune, prune, schedule
     from edgetrain.cli._common import shipped_names
     from edgetrain.compress.sensitivity import DEFAULT_SPARSITIES
     from edgetrain.cost import ALL
@@ -136,7 +136,7 @@ def test_help_constants_are_the_librarys():
 
     assert compress.DEFAULT_SPARSITIES == DEFAULT_SPARSITIES
     assert cost.ALL == ALL
-    assert cost.MEMORY == MEMORY_METHODS
+    assert cost.MEMORY == schedule.MEMORY == MEMORY_METHODS
     assert cost.MACS == MAC_CONVENTIONS
     assert diagnose.DEFAULT_BUCKETS == DEFAULT_BUCKETS
     assert finetune.MODES == MODES
