@@ -20,11 +20,12 @@ The measured saving is compared with the predicted saving 1 - ops(schedule) /
 ops(conventional), from the raw counts (`reference`), from a profile calibrated on this
 machine at the start of the run (`host`: this CPU's per-term rates, per-call costs and,
 for linear layers, per-weight costs; `edgetrain cost calibrate`), and from that profile
-anchored on the scenario's model (`anchored`: its per-step offset set so that it predicts
-a measured conventional step of the model, timed in a plain loop before the schedules
-run; `edgetrain cost calibrate --model`). The anchored profile charges the time that no
-layer term sees (free ops such as dropout, autograd's bookkeeping) as a fixed cost per
-step; only the conventional step is measured for it, never a schedule's.
+fitted to the scenario's model in two ways (`edgetrain cost calibrate --model`), both
+timed in a plain loop before the schedules run: `anchored` (`--anchor offset`) times the
+conventional step and charges its whole residual as a fixed cost per step; `fitted`
+(`--anchor scale`) times the steps that train the last 1, 2, ..., N of the schedule's
+rows, in turn, and fits a per-step offset plus one factor on every layer term. Steps of
+an `_m` schedule, which are no such suffix, are never timed for either.
 
 glibc's heap trimming is switched off first (`keep_freed_memory`): otherwise, in some runs
 and not others, the 6.4 MB `fc1` gradient that `set_to_none` frees every step is handed
@@ -53,7 +54,7 @@ from _common import print_table, write_result
 from torch import nn
 
 from edgetrain.cost import DeviceProfile
-from edgetrain.cost.calibrate import anchor_profile, calibrate
+from edgetrain.cost.calibrate import ANCHORS, anchor_profile, calibrate
 from edgetrain.data import ArrayDataset, DatasetInfo
 from edgetrain.engine import Callback, Trainer, keep_freed_memory
 from edgetrain.finetune import LayerSchedule, Schedule, schedule_cost
@@ -157,14 +158,17 @@ def main() -> None:
         data = ArrayDataset(
             torch.randn(args.steps, *shape), torch.randint(0, 8, (args.steps,)), info
         )
-        anchored: dict[tuple[str, ...], DeviceProfile] = {}
+        anchored: dict[tuple[str, ...], dict[str, DeviceProfile]] = {}
         for text in schedules:
             schedule = Schedule.parse(text)
             if schedule.memory_optimised:
                 schedule = optimise_placement(schedule, model, shape)
             layers = tuple(schedule_layers(model, schedule))
-            if layers not in anchored:  # the conventional step of these rows, timed
-                anchored[layers] = anchor_profile(host, model, shape, plan=list(layers))
+            if layers not in anchored:  # steps of these rows that end early, timed
+                anchored[layers] = {
+                    mode: anchor_profile(host, model, shape, plan=list(layers), anchor=mode)
+                    for mode in ANCHORS
+                }
             pairs = [
                 pair
                 for seed in range(args.models)
@@ -176,11 +180,13 @@ def main() -> None:
             q1, _, q3 = statistics.quantiles(savings, n=4) if len(savings) > 1 else [measured] * 3
             ref = schedule_cost(model, shape, schedule)
             cal = schedule_cost(model, shape, schedule, profile=host)
-            anc = schedule_cost(model, shape, schedule, profile=anchored[layers])
+            anc = schedule_cost(model, shape, schedule, profile=anchored[layers]["offset"])
+            fit = schedule_cost(model, shape, schedule, profile=anchored[layers]["scale"])
             predicted = {
                 "reference": 1 - ref.relative_ops,
                 "host": 1 - cal.relative_estimated_ops,
                 "anchored": 1 - anc.relative_estimated_ops,
+                "fitted": 1 - fit.relative_estimated_ops,
             }
             realised = {k: measured / v if v > 0 else float("nan") for k, v in predicted.items()}
             conv_step = statistics.median(c for c, _ in pairs) / t
@@ -201,6 +207,8 @@ def main() -> None:
                     "conventional_step_seconds_host": conv_est,
                     "conventional_step_seconds_anchored": anc.conventional.estimated_ops
                     / host.peak_macs_per_s,
+                    "conventional_step_seconds_fitted": fit.conventional.estimated_ops
+                    / host.peak_macs_per_s,
                     "saved_seconds_per_step": saved,
                     "saved_seconds_per_step_host": saved_est,
                     "savings": savings,
@@ -217,9 +225,11 @@ def main() -> None:
                     predicted["reference"],
                     predicted["host"],
                     predicted["anchored"],
+                    predicted["fitted"],
                     realised["reference"],
                     realised["host"],
                     realised["anchored"],
+                    realised["fitted"],
                     f"{1e6 * saved:.0f} / {1e6 * saved_est:.0f}",
                 ]
             )
@@ -235,9 +245,11 @@ def main() -> None:
             "pred. (ref)",
             "pred. (host)",
             "pred. (anchored)",
+            "pred. (fitted)",
             "realised (ref)",
             "realised (host)",
             "realised (anchored)",
+            "realised (fitted)",
             "us saved/step meas. / host",
         ],
         rows,

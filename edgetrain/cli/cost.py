@@ -293,9 +293,9 @@ def calibrate_command(
     ),
     model: str = typer.Option(
         None,
-        help="Anchor the per-step offset on a measured training step of this model (zoo "
-        "name or file.py:fn): "
-        "the profile then predicts that model's whole step, fixed costs included.",
+        help="Fit the profile to measured training steps of this model (zoo name or "
+        "file.py:fn): it then predicts that model's whole step, fixed costs included, "
+        "and how much of it a frozen layer saves.",
     ),
     input_shape: str = typer.Option(
         None, "--input", help="The model's sample shape, e.g. 1x32x32 (default: the model's)."
@@ -304,6 +304,13 @@ def calibrate_command(
         ALL, help="The anchoring step's plan: 'all' or 'last:N' (the layers you fine-tune)."
     ),
     batch_size: int = typer.Option(1, min=1, help="Batch size of the anchoring step."),
+    anchor: str = typer.Option(
+        "scale",
+        help="How the model's steps anchor the profile: 'scale' (time the steps that "
+        "train the plan's last 1..N layers and fit a per-step offset plus a factor on "
+        "every layer term) or 'offset' (time the plan's step; the difference is a fixed "
+        "cost per step).",
+    ),
     option: list[str] = typer.Option(
         None, "--option", "-o", help="Model option key=value, e.g. -o num_classes=100."
     ),
@@ -315,10 +322,14 @@ def calibrate_command(
     """
     from edgetrain import models as zoo
     from edgetrain.cost import analyze
-    from edgetrain.cost.calibrate import anchor_profile, calibrate
+    from edgetrain.cost.calibrate import ANCHORS, anchor_profile, calibrate
 
-    if model is None and (input_shape or option or trainable != ALL or batch_size != 1):
-        raise ConfigError("--input, --trainable, --batch-size and --option need --model")
+    if anchor not in ANCHORS:
+        raise ConfigError(f"--anchor '{anchor}': choose one of {', '.join(ANCHORS)}")
+    if model is None and (
+        input_shape or option or trainable != ALL or batch_size != 1 or anchor != "scale"
+    ):
+        raise ConfigError("--input, --trainable, --batch-size, --anchor and --option need --model")
     net = zoo.create(model, **parse_options(option)) if model else None
     shape = ()
     if net is not None:
@@ -330,12 +341,13 @@ def calibrate_command(
     with console.status("timing layer kinds on this machine ..."):
         fitted = calibrate(quick=quick, name=name, rounds=rounds)
     if net is not None:
-        before = fitted.offset_per_step
-        with console.status(f"timing a {model} training step ..."):
-            fitted = anchor_profile(fitted, net, shape, trainable, batch_size)
+        before, conv = fitted.offset_per_step, fitted.multiplier("forward", "conv")
+        with console.status(f"timing {model} training steps ..."):
+            fitted = anchor_profile(fitted, net, shape, trainable, batch_size, anchor=anchor)
         console.print(
             f"anchored on {model} ({trainable}, batch {batch_size}): per-step offset "
-            f"{before:,.0f} -> {fitted.offset_per_step:,.0f} MAC-equivalents"
+            f"{before:,.0f} -> {fitted.offset_per_step:,.0f} MAC-equivalents, layer terms "
+            f"x{fitted.multiplier('forward', 'conv') / conv:.3f}"
         )
     fitted.save(out)
     table = Table(title=f"profile {fitted.name}: multipliers relative to a forward conv MAC")

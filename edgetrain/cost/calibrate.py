@@ -13,9 +13,16 @@ per-call offset, both in forward-conv MACs, the conv rate as ``peak_macs_per_s``
 fixed cost of one optimizer step as ``offset_per_step``. Where the three-rate fit is not
 identifiable or gives a negative rate, ``seconds = a * MACs + b`` is fitted instead.
 
-:func:`anchor_profile` (``edgetrain cost calibrate --model``) then times one whole
-training step of a given model and moves the per-step offset so that the profile
-predicts that step: the part of a step that no layer term sees is charged as a fixed cost.
+:func:`anchor_profile` (``edgetrain cost calibrate --model``) then times whole training
+steps of a given model and fits the profile to them. A layer timed alone runs faster
+than inside a step (its weights and inputs stay in cache, nothing else runs between its
+calls) and a step has work no layer term sees (free ops such as dropout, the activation
+and pooling backward between layers, autograd's bookkeeping). Part of that time is fixed
+per step and part ends early with the backward when the lower layers are frozen, so
+both are fitted: ``scale`` anchoring times the steps that train the last 1, 2, ..., N
+layers of the plan, in turn, and fits ``measured = offset + s * predicted`` (every layer
+term times ``s``, the rest a per-step offset); ``offset`` anchoring times the plan's
+step only and charges the whole difference as a fixed cost.
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ from edgetrain.cost.profile import TERMS, DeviceProfile
 from edgetrain.cost.tracer import trace
 
 __all__ = [
+    "ANCHORS",
     "Measurement",
     "anchor_profile",
     "calibrate",
@@ -45,7 +53,10 @@ __all__ = [
     "measure",
     "median_measurements",
     "model_step_seconds",
+    "model_steps_seconds",
 ]
+
+ANCHORS = ("scale", "offset")
 
 
 @dataclass(frozen=True)
@@ -262,27 +273,52 @@ def model_step_seconds(
     """Median seconds of one plain-SGD training step of a copy of ``model`` on the CPU that
     updates the parameters named in ``params`` (random inputs, cross-entropy on the
     output's second dimension as classes)."""
-    net = copy.deepcopy(model).to("cpu").train()
-    for n, p in net.named_parameters():
-        p.requires_grad_(n in params)
-    trained = [p for p in net.parameters() if p.requires_grad]
-    if not trained:
+    return model_steps_seconds(model, input_shape, [params], batch_size, min_seconds)[0]
+
+
+def model_steps_seconds(
+    model: nn.Module,
+    input_shape: Sequence[int],
+    plans: Sequence[Collection[str]],
+    batch_size: int = 1,
+    min_seconds: float = 1.0,
+    rounds: int = 9,
+) -> list[float]:
+    """Median seconds of one plain-SGD training step for each parameter set in ``plans``,
+    on one copy of ``model``: the plans take turns, a burst of steps each per round, so
+    they share the machine's load and the same memory layout (step times of separate
+    runs on a shared machine move by more than a frozen layer saves)."""
+    if not plans or any(not params for params in plans):
         raise ValueError("the plan updates no parameters")
-    opt = torch.optim.SGD(trained, lr=1e-9)
+    net = copy.deepcopy(model).to("cpu").train()
+    named = list(net.named_parameters())
     x = torch.randn(batch_size, *input_shape)
     with torch.no_grad():
         classes = net(x).shape[1]
     y = torch.randint(0, classes, (batch_size,))
 
-    def step() -> None:
-        loss = nn.functional.cross_entropy(net(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+    def stepper(params: Collection[str]) -> Callable[[int], float]:
+        flags = [n in params for n, _ in named]
+        opt = torch.optim.SGD([p for (_, p), on in zip(named, flags, strict=True) if on], lr=1e-9)
 
-    for _ in range(5):
-        step()
-    return _time(step, min_seconds)
+        def run(steps: int) -> float:
+            for (_, p), on in zip(named, flags, strict=True):
+                p.requires_grad_(on)
+            start = time.perf_counter()
+            for _ in range(steps):
+                loss = nn.functional.cross_entropy(net(x), y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+            return (time.perf_counter() - start) / steps
+
+        return run
+
+    runs = [stepper(params) for params in plans]
+    first = [run(5) for run in runs]  # warm-up, and a first estimate of each step
+    burst = max(1, int(min_seconds / (rounds * sum(first))))
+    samples = [[run(burst) for run in runs] for _ in range(rounds)]
+    return [statistics.median(round_[i] for round_ in samples) for i in range(len(runs))]
 
 
 def anchor_profile(
@@ -292,52 +328,111 @@ def anchor_profile(
     plan: Plan = ALL,
     batch_size: int = 1,
     min_seconds: float = 1.0,
+    anchor: str = "scale",
 ) -> DeviceProfile:
-    """``profile`` with its per-step offset set so that it predicts the measured time of
-    one training step of ``model`` exactly.
+    """``profile`` fitted to measured training steps of ``model``.
 
-    The per-term rates come from layers timed one at a time; a whole step also spends
-    time that no layer term sees: ops the spec counts as free (dropout, reshapes),
-    autograd's bookkeeping, caches that one layer alone keeps warm. That residual does
-    not shrink when a schedule skips layers, so leaving it out makes relative savings
-    look larger than they are. Anchoring charges it as a fixed cost per step, for this
-    model (a profile anchored on one model is a profile for that model).
+    The per-term rates come from layers timed one at a time; inside a whole step the same
+    layers run slower (caches hold other work) and the step spends time that no layer
+    term sees: ops the spec counts as free (dropout, reshapes), autograd's bookkeeping.
+    Part of that time is fixed per step; part (the backward of activations, pooling and
+    dropout between trained layers, the bookkeeping of their nodes) ends early when a
+    schedule freezes the lower layers. ``anchor="scale"`` times the steps that train
+    the plan's last 1, 2, ..., N parameter layers (at most 6 of them, evenly spread), in
+    turn on one copy of the model, and fits ``measured = offset + s * predicted`` by
+    relative least squares: every layer term is multiplied by ``s`` and the rest becomes
+    the per-step offset. ``anchor="offset"`` times the plan's step only and charges the
+    whole difference as a fixed cost (a schedule's relative saving is then
+    under-predicted: none of the residual ends early). A profile anchored on one model
+    is a profile for that model.
 
     Args:
         profile: a calibrated profile (it needs ``peak_macs_per_s``).
         model: the model to time (a copy is timed; ``model`` is not changed).
         input_shape: one sample's shape.
-        plan: the step to time (``ALL``, ``"last:N"`` or layer names), usually the
-            conventional step of the fine-tuning the profile will predict.
-        batch_size: the step's batch.
+        plan: ``ALL``, ``"last:N"`` or layer names: the conventional step of the
+            fine-tuning the profile will predict.
+        batch_size: the steps' batch.
         min_seconds: timing budget.
+        anchor: ``"scale"`` or ``"offset"``.
 
     Example:
         >>> from edgetrain.models import create
         >>> host = anchor_profile(calibrate(), create("kws_cnn"), (1, 32, 32))  # doctest: +SKIP
     """
+    if anchor not in ANCHORS:
+        raise ValueError(f"unknown anchor '{anchor}'; choose one of: {', '.join(ANCHORS)}")
     if not profile.peak_macs_per_s:
         raise ValueError(f"profile '{profile.name}' has no peak_macs_per_s to anchor")
+    rate = profile.peak_macs_per_s
+    order = analyze(model, input_shape, plans=[], profile=profile).layer_order
+    params = resolve_plan(model, plan, order)
+    layers = [name for name in order if any(p.startswith(f"{name}.") for p in params)]
+    count = len(layers) if anchor == "scale" else 0
+    depths = sorted({round(1 + k * (count - 1) / 5) for k in range(6)}) if count > 1 else []
+    plans: list[Plan] = [plan, *(layers[-d:] for d in depths if d < count)]
     report = analyze(
-        model,
-        input_shape,
-        plans=[plan],
-        profile=profile,
-        batch_size=batch_size,
-        memory="layerwise",
+        model, input_shape, plans=plans, profile=profile, batch_size=batch_size, memory="layerwise"
     )
-    params = resolve_plan(model, plan, report.layer_order)
-    measured = model_step_seconds(model, input_shape, params, batch_size, min_seconds)
-    predicted = report.steps()[0].estimated_seconds or 0.0
-    offset = max(profile.offset_per_step + (measured - predicted) * profile.peak_macs_per_s, 0.0)
+    predicted = [step.estimated_seconds or 0.0 for step in report.steps()]
+    named = [params, *(resolve_plan(model, p, order) for p in plans[1:])]
+    measured = model_steps_seconds(model, input_shape, named, batch_size, min_seconds)
     label = f"{type(model).__name__} {'x'.join(map(str, input_shape))} {plan_label(plan)}"
+    scale, offset = _fit_anchor(predicted, measured, profile.offset_per_step / rate)
+    if scale == 1.0:
+        how = f"anchored on a measured {label} step at batch {batch_size}"
+    else:
+        how = (
+            f"fitted to {len(plans)} measured steps of {label} and its last 1-{count} "
+            f"layers at batch {batch_size} (layer terms x{scale:.3f})"
+        )
     return profile.model_copy(
         update={
-            "offset_per_step": round(offset, 1),
-            "description": f"{profile.description}; per-step offset anchored on a measured "
-            f"{label} step at batch {batch_size} ({measured * 1e3:.3f} ms)",
+            "offset_per_step": round(max(offset * rate, 0.0), 1),
+            "multipliers": _scaled(profile.multipliers, scale, default=1.0),
+            "per_call": _scaled(profile.per_call, scale),
+            "per_param": _scaled(profile.per_param, scale),
+            "description": f"{profile.description}; {how} "
+            f"({measured[0] * 1e3:.3f} ms for the plan's step)",
         }
     )
+
+
+def _fit_anchor(
+    predicted: Sequence[float], measured: Sequence[float], offset: float
+) -> tuple[float, float]:
+    """``(s, per-step offset in seconds)`` so that ``offset' + s * (predicted - offset)``
+    matches ``measured`` (relative least squares; through the origin where the offset
+    would be negative); ``s = 1`` and the first step's residual as the offset when one
+    step was timed or the steps do not differ in predicted time."""
+    terms = np.array(predicted, dtype=float) - offset
+    secs = np.array(measured, dtype=float)
+    if len(terms) > 1 and np.ptp(terms) > 0.02 * terms.max():
+        design = np.stack([np.ones_like(terms), terms], 1) / secs[:, None]
+        fixed, scale = np.linalg.lstsq(design, np.ones_like(secs), rcond=None)[0]
+        if scale > 0 and fixed >= 0:
+            return float(scale), float(fixed)
+        ratio = terms / secs
+        scale = float(ratio.sum() / (ratio**2).sum())
+        if scale > 0:
+            return scale, 0.0
+    return 1.0, max(float(secs[0] - terms[0]), 0.0)
+
+
+def _scaled(
+    table: dict[str, dict[str, float]], scale: float, default: float | None = None
+) -> dict[str, dict[str, float]]:
+    """Every entry of a per-term table times ``scale`` (``default``: the value a term
+    without a ``default`` entry has, made explicit so that it is scaled too)."""
+    if scale == 1.0:
+        return table
+    out = {}
+    for term in {*table, *(TERMS if default is not None else ())}:
+        row = dict(table.get(term, {}))
+        if default is not None:
+            row.setdefault("default", default)
+        out[term] = {k: round(v * scale, 6) for k, v in row.items()}
+    return out
 
 
 def calibrate(

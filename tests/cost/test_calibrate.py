@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from edgetrain.cost import ALL, DeviceProfile, analyze, load_profile
+from edgetrain.cost import ALL, DeviceProfile, analyze, load_profile, resolve_plan
 from edgetrain.cost import calibrate as calibration
 from edgetrain.cost.calibrate import Measurement, calibrate, fit_profile
 
@@ -131,18 +131,18 @@ def _net() -> nn.Module:
 
 
 @pytest.mark.parametrize("measured_ms", [5.0, 1e-4])
-def test_an_anchored_profile_predicts_the_measured_step(monkeypatch, measured_ms) -> None:
-    timed: list[frozenset[str]] = []
+def test_an_offset_anchored_profile_predicts_the_measured_step(monkeypatch, measured_ms) -> None:
+    timed: list[list[frozenset[str]]] = []
 
-    def fake_step_seconds(model, input_shape, params, batch_size=1, min_seconds=1.0):
-        timed.append(frozenset(params))
-        return measured_ms / 1e3
+    def fake_steps_seconds(model, input_shape, plans, batch_size=1, min_seconds=1.0):
+        timed.append([frozenset(p) for p in plans])
+        return [measured_ms / 1e3] * len(plans)
 
-    monkeypatch.setattr(calibration, "model_step_seconds", fake_step_seconds)
+    monkeypatch.setattr(calibration, "model_steps_seconds", fake_steps_seconds)
     profile = DeviceProfile(name="t", peak_macs_per_s=1e9, offset_per_step=50.0)
     net = _net()
-    anchored = calibration.anchor_profile(profile, net, (1, 8, 8), plan="last:1")
-    assert timed == [frozenset({"4.weight", "4.bias"})]
+    anchored = calibration.anchor_profile(profile, net, (1, 8, 8), plan="last:1", anchor="offset")
+    assert timed == [[frozenset({"4.weight", "4.bias"})]]
     predicted = analyze(net, (1, 8, 8), plans=["last:1"], profile=anchored).steps()[0]
     if measured_ms > 1e-3:  # the residual becomes the per-step offset
         assert predicted.estimated_seconds == pytest.approx(measured_ms / 1e3, rel=1e-6)
@@ -153,6 +153,59 @@ def test_an_anchored_profile_predicts_the_measured_step(monkeypatch, measured_ms
     # nothing but the offset and the description changes
     same = anchored.model_copy(update={"offset_per_step": 50.0, "description": ""})
     assert same == profile
+
+
+def _deep() -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Conv2d(4, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3),
+        nn.ReLU(), nn.Dropout(0.2), nn.Flatten(), nn.Linear(8 * 4 * 4, 3),
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("fixed_s, scale", [(2e-4, 1.7), (0.0, 0.8)])
+def test_a_scale_anchored_profile_fits_steps_that_end_early(monkeypatch, fixed_s, scale) -> None:
+    """Steps whose time is a fixed part plus a multiple of the layer terms: the fit finds
+    both from the last 1..N layers' steps, and then predicts a step it never timed."""
+    profile = DeviceProfile(name="t", peak_macs_per_s=1e8, offset_per_step=1e3)
+    net, shape = _deep(), (1, 10, 10)
+    order = analyze(net, shape, plans=[]).layer_order
+
+    def truth(plan) -> float:
+        est = analyze(net, shape, plans=[plan], profile=profile).steps()[0].estimated_seconds
+        return fixed_s + scale * (est - profile.offset_per_step / 1e8)
+
+    timed: list[list[frozenset[str]]] = []
+
+    def fake_steps_seconds(model, input_shape, plans, batch_size=1, min_seconds=1.0):
+        timed.append([frozenset(p) for p in plans])
+        names = {frozenset(resolve_plan(net, [m], order)): m for m in order}
+        out = []
+        for params in plans:
+            layers = [m for key, m in names.items() if key <= frozenset(params)]
+            out.append(truth(layers))
+        return out
+
+    monkeypatch.setattr(calibration, "model_steps_seconds", fake_steps_seconds)
+    anchored = calibration.anchor_profile(profile, net, shape, plan=ALL)
+    (plans,) = timed
+    assert len(plans) == 4 and plans[0] == resolve_plan(net, ALL, order)
+    assert sorted(len(p) for p in plans) == [2, 4, 6, 8]  # the last 1..4 layers
+    # a plan that is no suffix: the first and the last layer
+    other = [order[0], order[-1]]
+    got = analyze(net, shape, plans=[other], profile=anchored).steps()[0].estimated_seconds
+    assert got == pytest.approx(truth(other), rel=1e-4)
+    assert anchored.multiplier("forward", "conv") == pytest.approx(scale, rel=1e-4)
+    assert anchored.offset_per_step == pytest.approx(fixed_s * 1e8, abs=1.0)
+    assert f"layer terms x{scale:.3f}" in anchored.description
+    with pytest.raises(ValueError, match="unknown anchor 'both'"):
+        calibration.anchor_profile(profile, net, shape, anchor="both")
+
+
+def test_steps_are_timed_in_turn(single_thread: None) -> None:
+    net = _deep()
+    last, both = {"8.weight", "8.bias"}, {"0.weight", "0.bias", "8.weight", "8.bias"}
+    fast, slow = calibration.model_steps_seconds(net, (1, 10, 10), [last, both], min_seconds=0.1)
+    assert 0 < fast < slow
 
 
 def test_a_model_step_is_timed_on_a_copy(single_thread: None) -> None:
