@@ -20,9 +20,10 @@ calls) and a step has work no layer term sees (free ops such as dropout, the act
 and pooling backward between layers, autograd's bookkeeping). Part of that time is fixed
 per step and part ends early with the backward when the lower layers are frozen, so
 both are fitted: ``scale`` anchoring times the steps that train the last 1, 2, ..., N
-layers of the plan, in turn, and fits ``measured = offset + s * predicted`` (every layer
-term times ``s``, the rest a per-step offset); ``offset`` anchoring times the plan's
-step only and charges the whole difference as a fixed cost.
+layers of the plan, taking turns step by step, and fits
+``measured = offset + s * predicted`` (every layer term times ``s``, the rest a per-step
+offset); ``offset`` anchoring times the plan's step only and charges the whole
+difference as a fixed cost.
 """
 
 from __future__ import annotations
@@ -282,43 +283,43 @@ def model_steps_seconds(
     plans: Sequence[Collection[str]],
     batch_size: int = 1,
     min_seconds: float = 1.0,
-    rounds: int = 9,
 ) -> list[float]:
     """Median seconds of one plain-SGD training step for each parameter set in ``plans``,
-    on one copy of ``model``: the plans take turns, a burst of steps each per round, so
-    they share the machine's load and the same memory layout (step times of separate
+    on one copy of ``model``. The plans take turns step by step, as a layer schedule's
+    steps do: one optimizer holds every parameter of any plan, each step sets
+    ``requires_grad`` for its plan before the forward and the others keep no gradient,
+    so each step pays what follows a step of another plan. Sharing the run also puts
+    every plan under the same machine load and memory layout (step times of separate
     runs on a shared machine move by more than a frozen layer saves)."""
     if not plans or any(not params for params in plans):
         raise ValueError("the plan updates no parameters")
     net = copy.deepcopy(model).to("cpu").train()
     named = list(net.named_parameters())
+    union = set().union(*plans)
+    opt = torch.optim.SGD([p for n, p in named if n in union], lr=1e-9)
+    flags = [[n in params for n, _ in named] for params in plans]
     x = torch.randn(batch_size, *input_shape)
     with torch.no_grad():
         classes = net(x).shape[1]
     y = torch.randint(0, classes, (batch_size,))
 
-    def stepper(params: Collection[str]) -> Callable[[int], float]:
-        flags = [n in params for n, _ in named]
-        opt = torch.optim.SGD([p for (_, p), on in zip(named, flags, strict=True) if on], lr=1e-9)
+    def step(plan: int) -> float:
+        start = time.perf_counter()
+        for (_, p), on in zip(named, flags[plan], strict=True):
+            p.requires_grad_(on)
+        loss = nn.functional.cross_entropy(net(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return time.perf_counter() - start
 
-        def run(steps: int) -> float:
-            for (_, p), on in zip(named, flags, strict=True):
-                p.requires_grad_(on)
-            start = time.perf_counter()
-            for _ in range(steps):
-                loss = nn.functional.cross_entropy(net(x), y)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-            return (time.perf_counter() - start) / steps
-
-        return run
-
-    runs = [stepper(params) for params in plans]
-    first = [run(5) for run in runs]  # warm-up, and a first estimate of each step
-    burst = max(1, int(min_seconds / (rounds * sum(first))))
-    samples = [[run(burst) for run in runs] for _ in range(rounds)]
-    return [statistics.median(round_[i] for round_ in samples) for i in range(len(runs))]
+    warm = [step(i % len(plans)) for i in range(5 * len(plans))]
+    cycles = max(9, int(min_seconds / max(sum(warm) / 5, 1e-9)))
+    samples: list[list[float]] = [[] for _ in plans]
+    for _ in range(cycles):
+        for i in range(len(plans)):
+            samples[i].append(step(i))
+    return [statistics.median(s) for s in samples]
 
 
 def anchor_profile(
@@ -338,8 +339,9 @@ def anchor_profile(
     Part of that time is fixed per step; part (the backward of activations, pooling and
     dropout between trained layers, the bookkeeping of their nodes) ends early when a
     schedule freezes the lower layers. ``anchor="scale"`` times the steps that train
-    the plan's last 1, 2, ..., N parameter layers (at most 6 of them, evenly spread), in
-    turn on one copy of the model, and fits ``measured = offset + s * predicted`` by
+    the plan's last 1, 2, ..., N parameter layers (at most 6 of them, evenly spread),
+    taking turns step by step on one copy of the model (:func:`model_steps_seconds`),
+    and fits ``measured = offset + s * predicted`` by
     relative least squares: every layer term is multiplied by ``s`` and the rest becomes
     the per-step offset. ``anchor="offset"`` times the plan's step only and charges the
     whole difference as a fixed cost (a schedule's relative saving is then
