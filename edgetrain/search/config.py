@@ -63,6 +63,7 @@ METRICS: dict[str, str] = {
     "params_ratio": "minimize",
 }
 _PERCENT = ("top1", "top5", "top1_pruned")
+THROUGHPUT_BATCH = 32  # the batch of throughput runs when a sweep needs them unasked
 
 
 class _Strict(StrictConfig):
@@ -232,6 +233,17 @@ class SweepConfig(_Strict):
     @property
     def directions(self) -> list[str]:
         return [m.direction for m in self.metrics]
+
+    def runtime_settings(self) -> dict[str, Any]:
+        """Keyword arguments of :func:`edgetrain.compress.measure` for every trial: the
+        runtime's settings, with throughput runs at batch ``THROUGHPUT_BATCH`` (as
+        ``edgetrain bench`` runs them) when a metric or a constraint is the throughput
+        and ``runtime.throughput_batch`` is not set."""
+        settings = self.runtime.settings()
+        used = {m.name for m in self.metrics} | {c.name for c in self.constraints}
+        if "throughput" in used and settings["throughput_batch"] is None:
+            settings["throughput_batch"] = THROUGHPUT_BATCH
+        return settings
 
     @field_validator("method")
     @classmethod

@@ -166,7 +166,7 @@ def evaluate_candidate(
         _finite(last.get("train_loss"), "the fine-tuning loss")
         metrics["finetune_epochs"] = recipe.finetune.epochs
     _write_record(out, recipe, None)
-    files = job.deploy(out, ctx.config.runtime.settings())
+    files = job.deploy(out, ctx.config.runtime_settings())
     for f in files:
         tag = "fp32" if f.name == "fp32" else "int8"
         assert f.bench is not None

@@ -119,3 +119,17 @@ def test_bad_input_exits_2_with_one_line(sweep_root, monkeypatch):
         app, ["sweep", "worker", "good.yaml", "--storage", "redis://x", "--no-progress"]
     )
     assert result.exit_code == 2 and "is not a database URL" in result.output
+
+
+def test_a_throughput_sweep_measures_throughput_without_a_batch_given(sweep_root, monkeypatch):
+    """``metric: throughput`` with no ``runtime.throughput_batch``: the trials run the
+    throughput at ``edgetrain bench``'s batch instead of failing."""
+    monkeypatch.chdir(sweep_root)
+    text = sweep_yaml("tput", 1).replace("{name: latency_ms}", "{name: throughput}")
+    assert "throughput_batch" not in text
+    (sweep_root / "tput.yaml").write_text(text)
+    _cli("sweep", "run", "tput.yaml", "--no-progress")
+    storage = open_storage(f"sqlite:///{sweep_root / 'runs' / 'tput' / 'study.db'}")
+    (trial,) = optuna.load_study(study_name="tput", storage=storage).trials
+    assert trial.state == optuna.trial.TrialState.COMPLETE, trial.user_attrs
+    assert trial.values[0] == trial.user_attrs["throughput"] > 0

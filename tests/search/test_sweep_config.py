@@ -99,3 +99,12 @@ def test_constraint_values_follow_optunas_sign_convention():
     assert constraint_values(cfg.constraints, {"top1": 92.0, "latency_ms": 1.5}) == [-2.0, -0.5]
     assert constraint_values(cfg.constraints, {"top1": 85.0, "latency_ms": 3.0}) == [5.0, 1.0]
     assert constraint_values(cfg.constraints, {"top1": 95.0}) == [-5.0, float("inf")]
+
+
+def test_throughput_runs_only_when_a_metric_or_constraint_needs_them():
+    assert _load().runtime_settings()["throughput_batch"] is None
+    assert _load(metric="throughput").runtime_settings()["throughput_batch"] == 32
+    bounded = _load(constraints=[{"name": "throughput", "min": 100}])
+    assert bounded.runtime_settings()["throughput_batch"] == 32
+    given = _load(metric="throughput", runtime={"throughput_batch": 8})
+    assert given.runtime_settings()["throughput_batch"] == 8
