@@ -6,7 +6,10 @@ every epoch end, progress bar) and its per-epoch evaluation, the hand loop evalu
 too. Runs alternate (hand, trainer, hand, trainer ...) in one process so machine noise
 hits both; the reported figure is the median of the paired time ratios.
 
-Usage: python benchmarks/engine_overhead.py [--repeats 5] [--epochs 1]
+On ``--device cuda`` both loops move the model and every batch to the GPU and the clock
+stops after a synchronisation.
+
+Usage: python benchmarks/engine_overhead.py [--repeats 5] [--epochs 1] [--device cuda]
 Target: ratio <= 1.05 at batch 64 and <= 1.10 at batch 1.
 """
 
@@ -27,9 +30,17 @@ from edgetrain.engine import Trainer
 TARGETS = {64: 1.05, 1: 1.10}
 
 
-def hand_loop(model: nn.Module, train, test, batch_size: int, epochs: int) -> float:
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def hand_loop(
+    model: nn.Module, train, test, batch_size: int, epochs: int, device: str = "cpu"
+) -> float:
     """The loop a PyTorch user writes by hand; returns seconds."""
     torch.manual_seed(0)
+    model = model.to(device)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     loss_fn = nn.CrossEntropyLoss()
     loader = DataLoader(train, batch_size=batch_size, shuffle=True)
@@ -38,6 +49,7 @@ def hand_loop(model: nn.Module, train, test, batch_size: int, epochs: int) -> fl
     for _ in range(epochs):
         model.train()
         for x, y in loader:
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             opt.zero_grad(set_to_none=True)
             loss = loss_fn(model(x), y)
             loss.backward()
@@ -46,11 +58,15 @@ def hand_loop(model: nn.Module, train, test, batch_size: int, epochs: int) -> fl
         correct = 0
         with torch.no_grad():
             for x, y in test_loader:
+                x, y = x.to(device), y.to(device)
                 correct += (model(x).argmax(1) == y).sum().item()
+    _sync(device)
     return time.perf_counter() - start
 
 
-def trainer_loop(model: nn.Module, train, test, batch_size: int, epochs: int) -> float:
+def trainer_loop(
+    model: nn.Module, train, test, batch_size: int, epochs: int, device: str = "cpu"
+) -> float:
     """The Trainer with its default callbacks writing a real run directory; seconds."""
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(
@@ -61,9 +77,11 @@ def trainer_loop(model: nn.Module, train, test, batch_size: int, epochs: int) ->
             batch_size=batch_size,
             run_dir=f"{tmp}/run",
             progress=True,
+            device=device,
         )
         start = time.perf_counter()
         trainer.fit(epochs)
+        _sync(device)
         return time.perf_counter() - start
 
 
@@ -72,6 +90,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[64, 1])
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     args = parser.parse_args()
     train = data.create("digits-32", "train")
     test = data.create("digits-32", "test")
@@ -79,14 +98,10 @@ def main() -> None:
     for bs in args.batch_sizes:
         hand, ours = [], []
         for _ in range(args.repeats):
-            hand.append(
-                hand_loop(models.create("vgg_small", in_channels=1), train, test, bs, args.epochs)
-            )
-            ours.append(
-                trainer_loop(
-                    models.create("vgg_small", in_channels=1), train, test, bs, args.epochs
-                )
-            )
+            net = models.create("vgg_small", in_channels=1)
+            hand.append(hand_loop(net, train, test, bs, args.epochs, args.device))
+            net = models.create("vgg_small", in_channels=1)
+            ours.append(trainer_loop(net, train, test, bs, args.epochs, args.device))
         ratio = median_ratio(ours, hand)
         target = TARGETS.get(bs)
         results[f"batch_{bs}"] = {
@@ -107,13 +122,15 @@ def main() -> None:
             ]
         )
     print_table(
-        f"Trainer vs hand loop, vgg_small on digits-32, {args.epochs} epoch(s), "
+        f"Trainer vs hand loop, vgg_small on digits-32 ({args.device}), {args.epochs} epoch(s), "
         f"{args.repeats} paired repeats",
         ["batch", "hand s (min)", "trainer s (min)", "median ratio", "target", "met"],
         rows,
     )
+    name = "engine_overhead" if args.device == "cpu" else f"engine_overhead-{args.device}"
     path = write_result(
-        "engine_overhead", {"epochs": args.epochs, "repeats": args.repeats, "results": results}
+        name,
+        {"epochs": args.epochs, "repeats": args.repeats, "device": args.device, "results": results},
     )
     print(f"wrote {path}")
 
