@@ -339,7 +339,8 @@ def anchor_profile(
     Part of that time is fixed per step; part (the backward of activations, pooling and
     dropout between trained layers, the bookkeeping of their nodes) ends early when a
     schedule freezes the lower layers. ``anchor="scale"`` times the steps that train
-    the plan's last 1, 2, ..., N parameter layers (at most 6 of them, evenly spread),
+    the plan's last 1, 2, ..., N conv/linear layers (at most 6 of them, evenly spread;
+    with fewer than two such layers in the plan it falls back to ``offset``),
     taking turns step by step on one copy of the model (:func:`model_steps_seconds`),
     and fits ``measured = offset + s * predicted`` by
     relative least squares: every layer term is multiplied by ``s`` and the rest becomes
@@ -369,7 +370,7 @@ def anchor_profile(
     rate = profile.peak_macs_per_s
     order = analyze(model, input_shape, plans=[], profile=profile).layer_order
     params = resolve_plan(model, plan, order)
-    layers = [name for name in order if any(p.startswith(f"{name}.") for p in params)]
+    layers = [name for name in order if resolve_plan(model, [name], order) <= params]
     count = len(layers) if anchor == "scale" else 0
     depths = sorted({round(1 + k * (count - 1) / 5) for k in range(6)}) if count > 1 else []
     plans: list[Plan] = [plan, *(layers[-d:] for d in depths if d < count)]

@@ -99,8 +99,22 @@ class ScheduleCost:
 class _PlanCosts:
     """Step costs of arbitrary plans of one model, computed in batches and memoised."""
 
-    def __init__(self, model: nn.Module, input_shape: Sequence[int], **options: object) -> None:
-        self.model, self.shape, self.options = model, tuple(input_shape), options
+    def __init__(
+        self,
+        model: nn.Module,
+        input_shape: Sequence[int],
+        profile: Profile,
+        optimizer: str,
+        batch_size: int,
+        memory: str,
+    ) -> None:
+        self.model, self.shape = model, tuple(input_shape)
+        self.options = {
+            "profile": profile,
+            "optimizer": optimizer,
+            "batch_size": batch_size,
+            "memory": memory,
+        }
         self.cache: dict[frozenset[str], StepCost] = {}
 
     def costs(self, plans: Sequence[Sequence[str]]) -> list[StepCost]:
@@ -143,14 +157,7 @@ def schedule_cost(
         >>> round(c.relative_ops, 3) < 1.0
         True
     """
-    table = _PlanCosts(
-        model,
-        input_shape,
-        profile=profile,
-        optimizer=optimizer,
-        batch_size=batch_size,
-        memory=memory,
-    )
+    table = _PlanCosts(model, input_shape, profile, optimizer, batch_size, memory)
     return _cost(schedule, model, table)
 
 
@@ -182,14 +189,7 @@ def optimise_placement(
         combos *= len(options[i])
     if not partial or combos > max_candidates:
         return schedule
-    table = _PlanCosts(
-        model,
-        input_shape,
-        profile=profile,
-        optimizer=optimizer,
-        batch_size=batch_size,
-        memory=memory,
-    )
+    table = _PlanCosts(model, input_shape, profile, optimizer, batch_size, memory)
 
     def key(c: ScheduleCost) -> tuple[int, int, int]:
         return (c.peak_memory_bytes, c.peak_memory_reuse_bytes, c.peak_step_macs)
@@ -229,14 +229,7 @@ def suggest_schedules(
     """
     layers = len(parameter_layers(model))
     rows = min(max_rows or layers, layers)
-    table = _PlanCosts(
-        model,
-        input_shape,
-        profile=profile,
-        optimizer=optimizer,
-        batch_size=batch_size,
-        memory=memory,
-    )
+    table = _PlanCosts(model, input_shape, profile, optimizer, batch_size, memory)
     fits = []
     for n in range(1, rows + 1):
         for tail in itertools.combinations_with_replacement(range(cycle, 0, -1), n - 1):

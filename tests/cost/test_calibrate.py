@@ -231,3 +231,45 @@ def test_rounds_are_fitted_by_their_median() -> None:
         calibration.median_measurements([clean, clean[1:]])
     with pytest.raises(ValueError, match="rounds must be >= 1"):
         calibrate(quick=True, rounds=0)
+
+
+class _RootAttention(nn.Module):
+    """A root parameter, a depthwise conv, a concat, LayerNorm, attention, functional GELU."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(1))
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.dw = nn.Conv2d(8, 8, 3, padding=1, groups=8)
+        self.norm = nn.LayerNorm(16)
+        self.attn = nn.MultiheadAttention(16, 2, batch_first=True)
+        self.fc = nn.Linear(16 * 8, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = nn.functional.gelu(self.stem(x)) * self.scale
+        x = torch.cat([self.dw(x), x], 1)[:, :8]
+        x = self.norm(nn.functional.adaptive_avg_pool2d(x, 4).flatten(2))
+        x, _ = self.attn(x, x, x)
+        return self.fc(x.flatten(1))
+
+
+def test_anchoring_a_model_beyond_the_zoo(monkeypatch) -> None:
+    timed: list[list[frozenset[str]]] = []
+
+    def fake_steps_seconds(model, input_shape, plans, batch_size=1, min_seconds=1.0):
+        timed.append([frozenset(p) for p in plans])
+        return [1e-3 * (1 + len(p) / 10) for p in plans]
+
+    monkeypatch.setattr(calibration, "model_steps_seconds", fake_steps_seconds)
+    profile = DeviceProfile(name="t", peak_macs_per_s=1e9, offset_per_step=1e3)
+    net, shape = _RootAttention(), (3, 8, 8)
+    calibration.anchor_profile(profile, net, shape, plan=ALL)
+    everything = frozenset(n for n, _ in net.named_parameters())
+    first, *suffixes = timed[-1]
+    assert first == everything and suffixes  # the root weight and LayerNorm train in it
+    assert all("scale" not in p and p < everything for p in suffixes)
+    assert frozenset({"fc.weight", "fc.bias"}) in suffixes
+    # one conv/linear layer in the plan: offset anchoring on the plan's own step
+    anchored = calibration.anchor_profile(profile, net, shape, plan=["(model)", "fc"])
+    assert timed[-1] == [frozenset({"scale", "fc.weight", "fc.bias"})]
+    assert "anchored on a measured _RootAttention 3x8x8 (model),fc step" in anchored.description
