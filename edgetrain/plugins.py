@@ -54,7 +54,12 @@ PLUGINS: dict[str, tuple[str, ...]] = {
     "grow op": ("edgetrain.prune.grow.widen", "edgetrain.prune.grow.deepen"),
     "pruning method": ("edgetrain.compress.l1",),
     "number format": ("edgetrain.compress.psb.number_format",),
-    "runtime": ("edgetrain.compress.runtime",),
+    "runtime": (
+        "edgetrain.compress.runtime",
+        "edgetrain.compress.openvino_runtime",
+        "edgetrain.compress.executorch_runtime",
+    ),
+    "export format": ("edgetrain.compress.formats",),
     "quantization method": ("edgetrain.compress.quantize",),
     "search method": ("edgetrain.search.methods",),
     "report section": ("edgetrain.report.sections",),

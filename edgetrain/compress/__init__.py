@@ -18,6 +18,7 @@ from edgetrain.compress.apply import CompressReport, PrunerReport, apply, is_rui
 from edgetrain.compress.benchmark import BenchmarkResult, RepeatStats, benchmark
 from edgetrain.compress.deploy import DeployedFile, deploy, evaluate_onnx, measure
 from edgetrain.compress.export import ExportResult, check_onnx, export_onnx
+from edgetrain.compress.formats import EXPORT_FORMATS, ExportedFile, export_model
 from edgetrain.compress.finetune import (
     FinetuneResult,
     finetune,
@@ -61,6 +62,7 @@ from edgetrain.compress.sensitivity import SensitivityRow, sensitivity
 from edgetrain.compress.source import evaluate_model
 
 __all__ = [
+    "EXPORT_FORMATS",
     "NUMBER_FORMATS",
     "PRUNERS",
     "QUANTIZE_METHODS",
@@ -72,6 +74,7 @@ __all__ = [
     "Compression",
     "CompressionResult",
     "DeployedFile",
+    "ExportedFile",
     "ExportResult",
     "FinetuneResult",
     "Measurement",
@@ -97,6 +100,7 @@ __all__ = [
     "evaluate_attention",
     "evaluate_model",
     "evaluate_onnx",
+    "export_model",
     "export_onnx",
     "filters_to_remove",
     "finetune",

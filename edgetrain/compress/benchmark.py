@@ -149,8 +149,10 @@ def benchmark(
     """Measure a model's latency, compute latency and throughput on a runtime.
 
     Args:
-        path: the model file (``.onnx`` for ``onnxruntime``).
-        runtime: a registered runtime name (``onnxruntime``, ``command``) or a Runtime.
+        path: the model file (``.onnx`` for ``onnxruntime``, ``.onnx`` or ``.xml`` for
+            ``openvino``, ``.pte`` for ``executorch``, anything for ``command``).
+        runtime: a registered runtime name (``onnxruntime``, ``openvino``,
+            ``executorch``, ``command``) or a Runtime.
         threads: intra-op threads (1 by default, as on one edge core).
         warmup: untimed runs before the timed ones, in every repeat.
         runs: timed runs per repeat.
@@ -161,7 +163,8 @@ def benchmark(
             batch dimension, or a command without ``{batch}``, skips them with a note.
         profile: measure compute latency with the runtime's profiler, where it has one.
         runtime_options: options of a runtime given by name, e.g.
-            ``{"command": ["prog", "{model}"]}`` for ``command``.
+            ``{"command": ["prog", "{model}"]}`` for ``command``, ``{"precision":
+            "fp16"}`` for ``openvino``, ``{"provider": "cuda"}`` for ``onnxruntime``.
 
     Example:
         >>> r = benchmark("model.onnx", runs=50)  # doctest: +SKIP
@@ -187,6 +190,7 @@ def benchmark(
         raise EdgetrainError("runtime_options go with a runtime name, not a Runtime instance")
     else:
         rt = runtime
+    rt.check_file(path)
     note = rt.batch_note(path, batch)
     if note is not None:
         raise EdgetrainError(f"cannot run '{path}' at batch {batch}: {note}")
@@ -232,7 +236,7 @@ def benchmark(
         warmup=warmup,
         runs=runs,
         throughput_batch=throughput_batch,
-        file_bytes=path.stat().st_size,
+        file_bytes=rt.model_bytes(path),
         repeats=stats,
         notes=notes,
     )

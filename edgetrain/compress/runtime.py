@@ -1,10 +1,11 @@
-"""Runtimes that run an exported model and time it: ONNX Runtime in-process, or a command.
+"""Runtimes that run an exported model and time it: in-process engines, or a command.
 
 A runtime answers one question, "how long does this model take at this batch?", with
 one :class:`Measurement` per call; :func:`~edgetrain.compress.benchmark` turns repeated
 measurements into statistics. Runtimes are registered by name (``RUNTIMES``):
 
-- ``onnxruntime``: an ONNX Runtime CPU session with fixed thread counts and sequential
+- ``onnxruntime``: an ONNX Runtime session on an execution provider (CPU by default,
+  any installed one by ``provider``) with fixed thread counts and sequential
   execution; optionally a second, profiled session whose per-node kernel times give the
   *compute latency* (the run time without session and input/output overhead). The
   latency runs are never profiled: the profiler adds a few microseconds around every
@@ -12,7 +13,16 @@ measurements into statistics. Runtimes are registered by name (``RUNTIMES``):
   models of well under a millisecond the kernel sum can exceed the unprofiled latency.
 - ``command``: any program, given as an argument list (never a shell string), that
   receives the model path and prints a JSON object with ``latency_ms``. This is how a
-  phone (``adb shell ...``) or a board behind another host is measured.
+  phone (``adb shell ...``) or a board behind another host is measured. Its ``output``
+  adapter also reads OpenVINO ``benchmark_app`` JSON reports (:mod:`.command_outputs`).
+- ``openvino`` (:mod:`.openvino_runtime`) and ``executorch`` (:mod:`.executorch_runtime`),
+  each an optional extra that names its install line when missing.
+
+Every runtime says which files it reads (``suffixes``), which export format makes
+its file from a PyTorch model (``export_format``), whether its package is installed
+(:meth:`Runtime.missing`), and, where it runs in this process, gives a
+:meth:`Runtime.predictor` that computes outputs, so the accuracy of the deployed file
+is measured on the runtime that will run it.
 """
 
 from __future__ import annotations
@@ -39,6 +49,7 @@ from edgetrain.registry import Registry
 
 __all__ = [
     "PLACEHOLDERS",
+    "InputSpec",
     "RUNTIMES",
     "CommandRuntime",
     "Measurement",
@@ -47,6 +58,7 @@ __all__ = [
     "node_time_per_run",
     "onnx_session",
     "op_times",
+    "random_inputs",
 ]
 
 #: Whole-value placeholders of a command template, each replaced inside its argument.
@@ -80,6 +92,40 @@ class Runtime(ABC):
     """Runs a model file and reports its latency."""
 
     name: ClassVar[str]
+    #: File name endings this runtime reads; empty: any file (a command decides).
+    suffixes: ClassVar[tuple[str, ...]] = ()
+    #: The export format (``edgetrain export --format``) that writes this runtime's file.
+    export_format: ClassVar[str] = "onnx"
+
+    @classmethod
+    def missing(cls) -> str | None:
+        """The install line when this runtime's package is missing, else None."""
+        return None
+
+    def model_bytes(self, path: Path) -> int:
+        """Bytes of the model's files (a format may keep weights beside ``path``)."""
+        return path.stat().st_size
+
+    def check_file(self, path: Path) -> None:
+        """Refuse a file this runtime does not read, in one line naming what it reads."""
+        if self.suffixes and not str(path).lower().endswith(self.suffixes):
+            raise EdgetrainError(
+                f"runtime '{self.name}' reads {' or '.join(self.suffixes)} files, not "
+                f"'{path.name}'; export one with: edgetrain export SOURCE --format "
+                f"{self.export_format}"
+            )
+
+    def predictor(self, path: Path, *, threads: int = 1) -> Any:
+        """A function from a float32 input batch (numpy) to the first output (numpy),
+        for accuracy checks of the deployed file on this runtime.
+
+        Raises:
+            EdgetrainError: the runtime cannot hand outputs back (a command).
+        """
+        raise EdgetrainError(
+            f"runtime '{self.name}' reports latency only, not outputs; check accuracy with "
+            "an in-process runtime (onnxruntime, openvino, executorch)"
+        )
 
     def batch_note(self, path: Path, batch: int) -> str | None:
         """Why this runtime cannot run ``path`` at ``batch``, or None when it can."""
@@ -114,12 +160,41 @@ class Runtime(ABC):
 RUNTIMES: Registry[Runtime] = Registry("runtime")
 
 
-def onnx_session(source: str | Path | bytes, threads: int = 1, **options: Any) -> Any:
-    """An ONNX Runtime CPU session with fixed thread counts and sequential execution.
+def onnx_providers() -> list[str]:
+    """The execution providers of the installed ONNX Runtime, in its order of preference."""
+    return list(require("onnxruntime", "compress").get_available_providers())
+
+
+def onnx_provider(name: str) -> str:
+    """The full name of an installed execution provider: ``CPUExecutionProvider``, or
+    short and in any case, ``cpu``, ``cuda``, ``openvino``.
+
+    Raises:
+        EdgetrainError: no installed provider has that name.
+    """
+    installed = onnx_providers()
+    for full in installed:
+        if name.lower() in (full.lower(), full.lower().removesuffix("executionprovider")):
+            return full
+    raise EdgetrainError(
+        f"ONNX Runtime execution provider '{name}' is not installed here; choose one of "
+        f"{', '.join(installed)} (other providers come with other onnxruntime packages, "
+        "e.g. onnxruntime-gpu, onnxruntime-openvino)"
+    )
+
+
+def onnx_session(
+    source: str | Path | bytes,
+    threads: int = 1,
+    provider: str = "CPUExecutionProvider",
+    **options: Any,
+) -> Any:
+    """An ONNX Runtime session with fixed thread counts and sequential execution.
 
     Args:
         source: an ``.onnx`` file or a serialized model.
         threads: intra-op threads (one inter-op thread: nodes run one after another).
+        provider: the execution provider (see :func:`onnx_provider`); CPU by default.
         **options: further ``SessionOptions`` attributes, e.g. ``enable_profiling=True``.
 
     Raises:
@@ -138,8 +213,10 @@ def onnx_session(source: str | Path | bytes, threads: int = 1, **options: Any) -
         setattr(so, key, value)
     try:
         return ort.InferenceSession(
-            source if in_memory else str(source), so, providers=["CPUExecutionProvider"]
+            source if in_memory else str(source), so, providers=[onnx_provider(provider)]
         )
+    except EdgetrainError:
+        raise
     except Exception as exc:  # ORT raises its own pybind classes, all plain Exceptions
         name = "the model" if in_memory else f"'{source}'"
         raise EdgetrainError(
@@ -148,27 +225,98 @@ def onnx_session(source: str | Path | bytes, threads: int = 1, **options: Any) -
         ) from None
 
 
+@dataclass(frozen=True)
+class InputSpec:
+    """One model input as a runtime declares it: name, shape (None for a symbolic
+    dimension) and numpy dtype."""
+
+    name: str
+    shape: tuple[int | None, ...]
+    dtype: Any
+
+
+def random_inputs(specs: Sequence[InputSpec], batch: int, seed: int = 0) -> list[np.ndarray]:
+    """A random input per spec, the first symbolic dimension set to ``batch``: standard
+    normal floats, zeros for integer and boolean inputs.
+
+    Raises:
+        EdgetrainError: a symbolic dimension beyond the batch (no shape to feed).
+    """
+    rng = np.random.default_rng(seed)
+    arrays = []
+    for spec in specs:
+        shape = [batch if i == 0 and d is None else d for i, d in enumerate(spec.shape)]
+        if any(d is None for d in shape):
+            shown = ["?" if d is None else d for d in spec.shape]
+            raise EdgetrainError(
+                f"input '{spec.name}' has symbolic dimensions {shown} beyond the batch; "
+                "export the model with a fixed sample shape to benchmark it"
+            )
+        dims = [int(d) for d in shape if d is not None]
+        if np.issubdtype(spec.dtype, np.floating):
+            arrays.append(rng.standard_normal(dims).astype(spec.dtype))
+        else:
+            arrays.append(np.zeros(dims, dtype=spec.dtype))
+    return arrays
+
+
+def fixed_batch_note(specs: Sequence[InputSpec], batch: int, export_format: str) -> str | None:
+    """Why inputs with a fixed first dimension cannot take ``batch``, or None."""
+    for spec in specs:
+        first = spec.shape[0] if spec.shape else None
+        if first is not None and first != batch:
+            return (
+                f"input '{spec.name}' has a fixed batch of {first}; export the model with "
+                f"a dynamic batch (edgetrain export --format {export_format} does by default)"
+            )
+    return None
+
+
+def _onnx_inputs(session: Any) -> list[InputSpec]:
+    specs = []
+    for meta in session.get_inputs():
+        dtype = _DTYPES.get(meta.type)
+        if dtype is None:
+            raise EdgetrainError(f"input '{meta.name}' has type {meta.type}, which bench cannot feed")
+        shape = tuple(d if isinstance(d, int) else None for d in meta.shape)
+        specs.append(InputSpec(meta.name, shape, dtype))
+    return specs
+
+
+def _random_feeds(session: Any, batch: int) -> dict[str, np.ndarray]:
+    specs = _onnx_inputs(session)
+    return {s.name: a for s, a in zip(specs, random_inputs(specs, batch), strict=True)}
+
+
 @RUNTIMES.register("onnxruntime")
 @dataclass
 class OnnxRuntime(Runtime):
-    """ONNX Runtime on this machine's CPU: fixed threads, sequential execution."""
+    """ONNX Runtime: fixed threads, sequential execution, on an installed execution
+    provider (``provider``: CPU by default; ``cuda``, ``openvino`` ... where installed)."""
 
+    provider: str = "CPUExecutionProvider"
     name: ClassVar[str] = "onnxruntime"
+    suffixes: ClassVar[tuple[str, ...]] = (".onnx",)
+
+    def __post_init__(self) -> None:
+        require("onnxruntime", "compress")
+        self.provider = onnx_provider(self.provider)
+
+    @classmethod
+    def missing(cls) -> str | None:
+        return _missing_module("onnxruntime", "compress")
+
+    def _session(self, path: Path, threads: int = 1, **options: Any) -> Any:
+        self.check_file(path)
+        return onnx_session(path, threads, self.provider, **options)
 
     def batch_note(self, path: Path, batch: int) -> str | None:
-        for meta in onnx_session(path).get_inputs():
-            first = meta.shape[0] if meta.shape else None
-            if isinstance(first, int) and first != batch:
-                return (
-                    f"input '{meta.name}' has a fixed batch of {first}; export the model with "
-                    "a dynamic batch (edgetrain export does by default)"
-                )
-        return None
+        return fixed_batch_note(_onnx_inputs(self._session(path)), batch, "onnx")
 
     def measure(
         self, path: Path, *, batch: int, warmup: int, runs: int, threads: int, profile: bool
     ) -> Measurement:
-        session = onnx_session(path, threads)
+        session = self._session(path, threads)
         feeds = _random_feeds(session, batch)
         _run(session, feeds, path)
         for _ in range(warmup):
@@ -178,13 +326,36 @@ class OnnxRuntime(Runtime):
             start = time.perf_counter_ns()
             session.run(None, feeds)
             latencies.append((time.perf_counter_ns() - start) / 1e6)
-        compute = _profiled_compute_ms(path, feeds, warmup, runs, threads) if profile else None
+        compute = (
+            _profiled_compute_ms(path, feeds, warmup, runs, threads, self.provider)
+            if profile
+            else None
+        )
         return Measurement(latencies, compute)
+
+    def predictor(self, path: Path, *, threads: int = 1) -> Any:
+        session = self._session(path, threads)
+        name = session.get_inputs()[0].name
+
+        def predict(x: np.ndarray) -> np.ndarray:
+            return np.asarray(session.run(None, {name: x})[0])
+
+        return predict
 
     def op_times(
         self, path: Path, *, threads: int = 1, warmup: int = 10, runs: int = 50
     ) -> dict[str, float]:
-        return op_times(path, threads=threads, warmup=warmup, runs=runs)
+        self.check_file(path)
+        return op_times(path, threads=threads, warmup=warmup, runs=runs, provider=self.provider)
+
+
+def _missing_module(module: str, extra: str, package: str | None = None) -> str | None:
+    """The install line of a missing optional module, else None (without importing it)."""
+    import importlib.util
+
+    if importlib.util.find_spec(module) is not None:
+        return None
+    return f"pip install 'edgetrain[{extra}]' (installs {package or module})"
 
 
 @RUNTIMES.register("command")
@@ -348,30 +519,6 @@ def _milliseconds(value: Any, key: str, shown: str, example: str) -> list[float]
     return [float(v) for v in values]
 
 
-def _random_feeds(session: Any, batch: int) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(0)
-    feeds = {}
-    for meta in session.get_inputs():
-        shape = [
-            batch if i == 0 and not isinstance(d, int) else d for i, d in enumerate(meta.shape)
-        ]
-        if not all(isinstance(d, int) for d in shape):
-            raise EdgetrainError(
-                f"input '{meta.name}' has symbolic dimensions {meta.shape} beyond the batch; "
-                "export the model with a fixed sample shape to benchmark it"
-            )
-        dtype = _DTYPES.get(meta.type)
-        if dtype is None:
-            raise EdgetrainError(
-                f"input '{meta.name}' has type {meta.type}, which bench cannot feed"
-            )
-        if np.issubdtype(dtype, np.floating):
-            feeds[meta.name] = rng.standard_normal(shape).astype(dtype)
-        else:
-            feeds[meta.name] = np.zeros(shape, dtype=dtype)
-    return feeds
-
-
 def _run(session: Any, feeds: dict[str, np.ndarray], path: Path) -> None:
     """One run that turns ONNX Runtime's failures into a one-line error."""
     try:
@@ -381,19 +528,33 @@ def _run(session: Any, feeds: dict[str, np.ndarray], path: Path) -> None:
 
 
 def _profiled_compute_ms(
-    path: Path, feeds: dict[str, np.ndarray], warmup: int, runs: int, threads: int
+    path: Path,
+    feeds: dict[str, np.ndarray],
+    warmup: int,
+    runs: int,
+    threads: int,
+    provider: str = "CPUExecutionProvider",
 ) -> list[float]:
     """Per-run sums of node kernel times from ONNX Runtime's profiler (warm-up runs dropped)."""
-    return node_time_per_run(_profile_events(path, feeds, warmup + runs, threads))[warmup:]
+    events = _profile_events(path, feeds, warmup + runs, threads, provider)
+    return node_time_per_run(events)[warmup:]
 
 
 def _profile_events(
-    path: Path, feeds: dict[str, np.ndarray], runs: int, threads: int
+    path: Path,
+    feeds: dict[str, np.ndarray],
+    runs: int,
+    threads: int,
+    provider: str = "CPUExecutionProvider",
 ) -> list[dict[str, Any]]:
     """The events of ONNX Runtime's profiler over ``runs`` runs of a fresh session."""
     with tempfile.TemporaryDirectory(prefix="edgetrain-ort-profile-") as tmp:
         session = onnx_session(
-            path, threads, enable_profiling=True, profile_file_prefix=str(Path(tmp) / "ort")
+            path,
+            threads,
+            provider,
+            enable_profiling=True,
+            profile_file_prefix=str(Path(tmp) / "ort"),
         )
         for _ in range(runs):
             session.run(None, feeds)
@@ -401,7 +562,12 @@ def _profile_events(
 
 
 def op_times(
-    path: str | Path, threads: int = 1, warmup: int = 10, runs: int = 50, batch: int = 1
+    path: str | Path,
+    threads: int = 1,
+    warmup: int = 10,
+    runs: int = 50,
+    batch: int = 1,
+    provider: str = "CPUExecutionProvider",
 ) -> dict[str, float]:
     """Kernel time per ONNX operator type, in ms per run at ``batch`` (ORT's profiler),
     largest first: where the time goes, e.g. the ``QuantizeLinear``/``DequantizeLinear``
@@ -412,8 +578,8 @@ def op_times(
         {'Conv': 0.61, 'QuantizeLinear': 0.12, ...}
     """
     path = Path(path)
-    feeds = _random_feeds(onnx_session(path, threads), batch)
-    events = _profile_events(path, feeds, warmup + runs, threads)
+    feeds = _random_feeds(onnx_session(path, threads, provider), batch)
+    events = _profile_events(path, feeds, warmup + runs, threads, provider)
     totals: dict[str, float] = {}
     timed = [
         e
