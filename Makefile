@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 # Extra pip arguments for torch, e.g. another index for another build.
 TORCH_PIP_ARGS ?=
-EXTRAS ?= dev,timeseries,analysis,prune,compress,search
+EXTRAS ?= dev,timeseries,analysis,prune,compress,openvino,executorch,search
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
 PYTEST_ARGS ?=
 

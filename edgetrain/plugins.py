@@ -60,6 +60,7 @@ PLUGINS: dict[str, tuple[str, ...]] = {
         "edgetrain.compress.executorch_runtime",
     ),
     "export format": ("edgetrain.compress.formats",),
+    "command output adapter": ("edgetrain.compress.command_outputs",),
     "quantization method": ("edgetrain.compress.quantize",),
     "search method": ("edgetrain.search.methods",),
     "report section": ("edgetrain.report.sections",),

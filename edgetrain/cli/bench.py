@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.table import Table
@@ -15,6 +16,7 @@ from edgetrain.errors import ConfigError
 
 if TYPE_CHECKING:
     from edgetrain.compress.benchmark import BenchmarkResult
+    from edgetrain.compress.runtime import Runtime
 
 __all__ = ["bench_command"]
 
@@ -65,9 +67,38 @@ def _table(result: BenchmarkResult) -> Table:
     return table
 
 
+def _compare_table(results: list[BenchmarkResult]) -> Table:
+    first = results[0]
+    table = Table(title=f"one model on {len(results)} runtimes (ms at batch {first.batch})")
+    tput = f"samples/s @{first.throughput_batch}" if first.throughput_batch else "samples/s"
+    for h in ("runtime", "file", "latency", "spread", "compute", tput, "KiB", "x first"):
+        table.add_column(h, justify="left" if h in ("runtime", "file") else "right")
+    for r in results:
+        low, high = r.spread_ms
+        table.add_row(
+            r.runtime,
+            r.path.name,
+            _ms(r.latency_ms),
+            f"{low:.3f}..{high:.3f}",
+            _ms(r.compute_ms),
+            "-" if r.throughput is None else f"{r.throughput:,.0f}",
+            f"{r.file_bytes / 1024:,.1f}",
+            f"{r.latency_ms / first.latency_ms:.2f}",
+        )
+    return table
+
+
+def _is_model_file(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() != ".pt"
+
+
 @handle_errors
 def bench_command(
-    model: Path = typer.Argument(..., help="Model file (.onnx for onnxruntime)."),
+    model: Path = typer.Argument(
+        ...,
+        help="Model file (.onnx, OpenVINO .xml, ExecuTorch .pte), or a run directory or "
+        "checkpoint, exported for each runtime first.",
+    ),
     threads: int = typer.Option(1, min=1, help="Intra-op threads (1: one edge core)."),
     runs: int = typer.Option(100, min=1, help="Timed runs per repeat."),
     repeats: int = typer.Option(3, min=1, help="Whole benchmarks run one after another."),
@@ -77,11 +108,16 @@ def bench_command(
     ),
     runtime: str = typer.Option(
         None,
-        help="A registered runtime (onnxruntime, command); default onnxruntime, or command "
-        "when --command is given.",
+        help="A registered runtime (onnxruntime, openvino, executorch, command) or 'all' "
+        "(every installed one that can run the model, side by side); default onnxruntime, "
+        "or command when --command is given.",
     ),
     option: list[str] = typer.Option(
-        None, "--option", "-o", help="A runtime option key=value (repeatable)."
+        None,
+        "--option",
+        "-o",
+        help="A runtime option key=value (repeatable), e.g. -o precision=fp16 (openvino), "
+        "-o provider=cuda (onnxruntime).",
     ),
     command: str = typer.Option(
         None,
@@ -91,18 +127,21 @@ def bench_command(
     timeout: float = typer.Option(
         None, min=1.0, help="Seconds one command call may take (-o timeout_s=...; 600)."
     ),
-    profile: bool = typer.Option(True, help="Measure compute latency with ORT's profiler."),
+    profile: bool = typer.Option(
+        True, help="Measure compute latency with the runtime's profiler (ORT, OpenVINO)."
+    ),
     json_out: Path = typer.Option(None, "--json", help="Also write the results to this file."),
     ops: bool = typer.Option(
-        False, "--ops", help="Also show kernel time per operator type (ONNX Runtime's profiler)."
+        False, "--ops", help="Also show kernel time per operator type (the runtime's profiler)."
     ),
 ) -> None:
     """Benchmark a model: latency at batch 1 (median, mean, p90, min, stdev), compute
-    latency (ORT profiler kernel time), throughput and file size; 3 repeats in one process.
+    latency (profiler kernel time), throughput and file size; 3 repeats in one process.
+    With --runtime all, the same model on every installed runtime, side by side.
 
-    Example: edgetrain bench model.onnx --threads 1 --runs 100 --json bench.json
+    Example: edgetrain bench model.onnx --runtime all --threads 1 --json bench.json
     """
-    from edgetrain.compress.benchmark import benchmark
+    from edgetrain.compress.benchmark import runtimes_for
     from edgetrain.compress.runtime import RUNTIMES
 
     runtime = runtime or ("command" if command else "onnxruntime")
@@ -113,32 +152,94 @@ def bench_command(
         options["command"] = _parse_command(command)
     if timeout is not None:
         options["timeout_s"] = timeout
-    rt = RUNTIMES.create(runtime, **options)  # unknown options name the valid ones
-    if ops and not rt.times_ops:
-        rt.op_times(model)  # the one-line refusal, before any benchmarking
-    result = benchmark(
-        model,
-        runtime=rt,
-        threads=threads,
-        warmup=warmup,
-        runs=runs,
-        repeats=repeats,
-        throughput_batch=batch or None,
-        profile=profile,
-    )
+    if runtime == "all":
+        if options:
+            raise ConfigError(
+                "--runtime all runs each runtime with its defaults; give runtime options "
+                "with one --runtime NAME"
+            )
+        if ops:
+            raise ConfigError("--ops shows one runtime's operators; use it with one --runtime")
+        if _is_model_file(model):
+            names, skipped = runtimes_for(model)
+            names.sort(key=lambda n: n != "onnxruntime")
+        else:
+            names = [e.name for e in RUNTIMES if e.name != "command" and e.fn.missing() is None]
+            names.sort(key=lambda n: n != "onnxruntime")  # the default runtime first
+            skipped = [
+                f"{e.name}: not installed; {e.fn.missing()}"
+                for e in RUNTIMES
+                if e.name != "command" and e.fn.missing() is not None
+            ]
+        if not names:
+            raise ConfigError(f"no installed runtime can run '{model}': {'; '.join(skipped)}")
+        runtimes = [RUNTIMES.create(n) for n in names]
+    else:
+        runtimes = [RUNTIMES.create(runtime, **options)]  # unknown options name the valid ones
+        skipped = []
+    settings = {
+        "threads": threads,
+        "warmup": warmup,
+        "runs": runs,
+        "repeats": repeats,
+        "throughput_batch": batch or None,
+        "profile": profile,
+    }
+    with tempfile.TemporaryDirectory(prefix="edgetrain-bench-") as tmp:
+        files = _model_files(model, runtimes, Path(tmp))
+        if ops and not runtimes[0].times_ops:
+            runtimes[0].op_times(files[0])  # the one-line refusal, before any benchmarking
+        results = [_bench_one(f, rt, settings) for f, rt in zip(files, runtimes, strict=True)]
+        if ops:
+            _print_ops(runtimes[0], files[0], threads, warmup, runs)
+    if len(results) > 1:
+        console.print(_compare_table(results))
+    for line in skipped:
+        console.print(f"skipped {line}", highlight=False, soft_wrap=True)
+    if json_out is not None:
+        data = [r.to_dict() for r in results]
+        with atomic_writer(json_out, "w") as f:
+            f.write(json.dumps(data if runtime == "all" else data[0], indent=2) + "\n")
+
+
+def _model_files(model: Path, runtimes: list[Runtime], tmp: Path) -> list[Path]:
+    """The file each runtime measures: ``model`` itself, or the trained model (a run
+    directory or checkpoint) exported in each runtime's format into ``tmp``."""
+    if _is_model_file(model) or not model.exists():
+        return [model] * len(runtimes)  # a missing file is refused by the benchmark
+    from edgetrain.compress.formats import EXPORT_FORMATS, export_model
+    from edgetrain.runs import load_trained_model
+
+    net = load_trained_model(model)
+    written: dict[str, Path] = {}
+    files = []
+    for rt in runtimes:
+        fmt = rt.export_format
+        if fmt not in written:
+            out = tmp / f"model{EXPORT_FORMATS.entry(fmt).meta['suffix']}"
+            written[fmt] = export_model(net, out, fmt).path
+            console.print(f"exported {model} for {rt.name}: {out.name}", highlight=False)
+        files.append(written[fmt])
+    return files
+
+
+def _bench_one(path: Path, rt: Runtime, settings: dict[str, Any]) -> BenchmarkResult:
+    from edgetrain.compress.benchmark import benchmark
+
+    result = benchmark(path, runtime=rt, **settings)
     console.print(_table(result))
     console.print(result.summary(), highlight=False, soft_wrap=True)
     for note in result.notes:
         console.print(f"note: {note}", highlight=False, soft_wrap=True)
-    if ops:
-        times = rt.op_times(model, threads=threads, warmup=warmup, runs=runs)
-        total = sum(times.values()) or 1.0
-        table = Table(title="kernel time per operator type (batch 1)")
-        for h in ("operator", "ms per run", "share"):
-            table.add_column(h, justify="left" if h == "operator" else "right")
-        for op, ms in times.items():
-            table.add_row(op, f"{ms:.4f}", f"{100 * ms / total:.1f}%")
-        console.print(table)
-    if json_out is not None:
-        with atomic_writer(json_out, "w") as f:
-            f.write(json.dumps(result.to_dict(), indent=2) + "\n")
+    return result
+
+
+def _print_ops(rt: Runtime, path: Path, threads: int, warmup: int, runs: int) -> None:
+    times = rt.op_times(path, threads=threads, warmup=warmup, runs=runs)
+    total = sum(times.values()) or 1.0
+    table = Table(title=f"kernel time per operator type on {rt.name} (batch 1)")
+    for h in ("operator", "ms per run", "share"):
+        table.add_column(h, justify="left" if h == "operator" else "right")
+    for op, ms in times.items():
+        table.add_row(op, f"{ms:.4f}", f"{100 * ms / total:.1f}%")
+    console.print(table)

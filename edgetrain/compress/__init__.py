@@ -18,13 +18,13 @@ from edgetrain.compress.apply import CompressReport, PrunerReport, apply, is_rui
 from edgetrain.compress.benchmark import BenchmarkResult, RepeatStats, benchmark
 from edgetrain.compress.deploy import DeployedFile, deploy, evaluate_onnx, measure
 from edgetrain.compress.export import ExportResult, check_onnx, export_onnx
-from edgetrain.compress.formats import EXPORT_FORMATS, ExportedFile, export_model
 from edgetrain.compress.finetune import (
     FinetuneResult,
     finetune,
     finetune_config,
     save_compressed,
 )
+from edgetrain.compress.formats import EXPORT_FORMATS, ExportedFile, export_model
 from edgetrain.compress.l1 import filters_to_remove, l1_filter
 from edgetrain.compress.number_formats import NUMBER_FORMATS
 from edgetrain.compress.pipeline import Compression, CompressionResult, run

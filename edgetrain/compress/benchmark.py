@@ -20,7 +20,7 @@ import numpy as np
 from edgetrain.compress.runtime import RUNTIMES, Measurement, Runtime
 from edgetrain.errors import EdgetrainError
 
-__all__ = ["BenchmarkResult", "RepeatStats", "benchmark"]
+__all__ = ["BenchmarkResult", "RepeatStats", "benchmark", "runtimes_for"]
 
 
 @dataclass(frozen=True)
@@ -240,3 +240,29 @@ def benchmark(
         repeats=stats,
         notes=notes,
     )
+
+
+def runtimes_for(path: str | Path) -> tuple[list[str], list[str]]:
+    """The installed in-process runtimes that read ``path``, and one line per other
+    runtime saying why it is left out (not installed: its install line; another file
+    format: the export that writes it). The ``command`` runtime needs a command and is
+    never chosen here.
+    """
+    path = Path(path)
+    usable: list[str] = []
+    skipped: list[str] = []
+    for entry in RUNTIMES:
+        cls = entry.fn
+        if entry.name == "command":
+            continue
+        missing = cls.missing()
+        if missing is not None:
+            skipped.append(f"{entry.name}: not installed; {missing}")
+        elif cls.suffixes and not str(path).lower().endswith(cls.suffixes):
+            skipped.append(
+                f"{entry.name}: reads {' or '.join(cls.suffixes)}, not {path.suffix or path.name}; "
+                f"bench the run directory, or export with --format {cls.export_format}"
+            )
+        else:
+            usable.append(entry.name)
+    return usable, skipped

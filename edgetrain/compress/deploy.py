@@ -1,10 +1,12 @@
 """From a compressed PyTorch model to measured deployment files.
 
 :func:`deploy` exports the model to ONNX as the recipe's ``export`` section says, adds
-the int8 model when the recipe has a ``quantize`` section, and evaluates each file with
-ONNX Runtime on the test set (accuracy of what would really run, not of the PyTorch
-model it came from). :func:`measure` benchmarks each file on a runtime. The compression
-command, the search and the compression benchmark all go through these two functions.
+the int8 (or fp16) model when the recipe has a ``quantize`` section, and evaluates each
+file on the test set with the runtime that will run it (accuracy of what would really
+run, not of the PyTorch model it came from): ONNX Runtime, OpenVINO, or, for a runtime
+that reads another format (ExecuTorch's ``.pte``), the file written in that format.
+:func:`measure` benchmarks each file on a runtime. The compression command, the search
+and the compression benchmark all go through these two functions.
 
 Example:
     >>> files = deploy(net, recipe, "out", run.test_data(), run.train_data())  # doctest: +SKIP
@@ -29,8 +31,9 @@ from edgetrain.compress.benchmark import BenchmarkResult, benchmark
 from edgetrain.compress.export import export_onnx
 from edgetrain.compress.quantize import quantize_onnx
 from edgetrain.compress.recipe import ExportSpec, Recipe
-from edgetrain.compress.runtime import onnx_session
+from edgetrain.compress.runtime import RUNTIMES, Runtime
 from edgetrain.engine.evaluate import evaluate
+from edgetrain.errors import EdgetrainError
 
 __all__ = ["DeployedFile", "deploy", "evaluate_onnx", "measure"]
 
@@ -42,10 +45,11 @@ class DeployedFile:
     """One deployable file with its accuracy and (after :func:`measure`) its latency.
 
     Attributes:
-        name: ``fp32`` or the quantization method (``int8_static``, ``int8_dynamic``).
-        path: the ``.onnx`` file.
+        name: ``fp32`` or the quantization method (``int8_static``, ``int8_dynamic``,
+            ``fp16``).
+        path: the model file (``.onnx``, or the runtime's own format).
         size_bytes: file size.
-        metrics: test ``loss``, ``top1``, ``top5`` (percent) from ONNX Runtime.
+        metrics: test ``loss``, ``top1``, ``top5`` (percent) on the evaluating runtime.
         bench: the benchmark result, set by :func:`measure`.
     """
 
@@ -73,28 +77,34 @@ class DeployedFile:
         }
 
 
-class _OnnxModule(nn.Module):
-    """An ONNX Runtime session behind the ``nn.Module`` call, so the engine's
-    :func:`~edgetrain.engine.evaluate.evaluate` scores it like any model."""
+class _PredictorModule(nn.Module):
+    """A runtime's predictor behind the ``nn.Module`` call, so the engine's
+    :func:`~edgetrain.engine.evaluate.evaluate` scores a deployed file like any model."""
 
-    def __init__(self, session: Any) -> None:
+    def __init__(self, predict: Any) -> None:
         super().__init__()
-        self.session = session
-        self.input_name = session.get_inputs()[0].name
+        self.predict = predict
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        feeds = {self.input_name: x.detach().cpu().numpy().astype(np.float32, copy=False)}
-        return torch.from_numpy(self.session.run(None, feeds)[0])
+        array = x.detach().cpu().numpy().astype(np.float32, copy=False)
+        return torch.from_numpy(np.asarray(self.predict(array), dtype=np.float32))
 
 
 def evaluate_onnx(
-    path: str | Path, dataset: Dataset[Any], batch_size: int = 256, threads: int = 1
+    path: str | Path,
+    dataset: Dataset[Any],
+    batch_size: int = 256,
+    threads: int = 1,
+    runtime: str | Runtime = "onnxruntime",
 ) -> dict[str, float]:
-    """Test loss, top-1 and top-5 (percent) of an ONNX model run by ONNX Runtime.
+    """Test loss, top-1 and top-5 (percent) of a model file run by a runtime (ONNX
+    Runtime by default; any runtime that hands outputs back).
 
-    The model needs a symbolic batch dimension (``export_onnx`` writes one by default).
+    An ONNX model needs a symbolic batch dimension (``export_onnx`` writes one by
+    default); an ExecuTorch program runs its fixed batch, chunk by chunk.
     """
-    module = _OnnxModule(onnx_session(path, threads=threads))
+    rt = RUNTIMES.create(runtime) if isinstance(runtime, str) else runtime
+    module = _PredictorModule(rt.predictor(Path(path), threads=threads))
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
     info = getattr(dataset, "info", None)
     return evaluate(
@@ -120,8 +130,10 @@ def deploy(
     *,
     calibration_batch_size: int = 32,
     threads: int = 1,
+    runtime: str = "onnxruntime",
+    runtime_options: Mapping[str, Any] | None = None,
 ) -> list[DeployedFile]:
-    """Export ``model`` (and its int8 version when the recipe quantizes) into ``out``.
+    """Export ``model`` (and its int8/fp16 version when the recipe quantizes) into ``out``.
 
     Args:
         model: the compressed (and fine-tuned) network.
@@ -132,13 +144,21 @@ def deploy(
         calibration_data: inputs for ``int8_static`` calibration (the training split,
             without augmentation); the recipe's ``calibration_batches`` batches are used.
         calibration_batch_size: batch size of the calibration batches.
-        threads: ONNX Runtime threads of the evaluation sessions.
+        threads: threads of the evaluating runtime.
+        runtime: the runtime the files are for (and are evaluated on, when it hands
+            outputs back; else ONNX Runtime). A runtime reading another format than ONNX
+            gets the model in that format, unquantized.
+        runtime_options: its options.
 
     Returns:
         The FP32 file first, then the quantized one.
     """
     out = Path(out)
     spec = recipe.export or ExportSpec()
+    rt = RUNTIMES.create(runtime, **dict(runtime_options or {}))
+    evaluator: Runtime = rt if rt.gives_outputs else RUNTIMES.create("onnxruntime")
+    if rt.export_format not in ("onnx", "openvino"):  # OpenVINO reads the ONNX file
+        return _deploy_other(model, recipe, out, rt, test_data, threads)
     exported = export_onnx(model, out / FP32_FILE, opset=spec.opset)
     files = [DeployedFile("fp32", exported.path, exported.file_bytes)]
     q = recipe.quantize
@@ -157,7 +177,31 @@ def deploy(
         files.append(DeployedFile(q.method, result.path, result.int8_bytes))
     if test_data is not None:
         for f in files:
-            f.metrics = evaluate_onnx(f.path, test_data, threads=threads)
+            f.metrics = evaluate_onnx(f.path, test_data, threads=threads, runtime=evaluator)
+    return files
+
+
+def _deploy_other(
+    model: nn.Module,
+    recipe: Recipe,
+    out: Path,
+    rt: Runtime,
+    test_data: Dataset[Any] | None,
+    threads: int,
+) -> list[DeployedFile]:
+    """The model in ``rt``'s own format (no quantization there), evaluated on ``rt``."""
+    from edgetrain.compress.formats import EXPORT_FORMATS, export_model
+
+    if recipe.quantize is not None:
+        raise EdgetrainError(
+            f"runtime '{rt.name}' runs {rt.export_format} files, which edgetrain does not "
+            f"quantize; drop the recipe's quantize section or measure on onnxruntime/openvino"
+        )
+    suffix = EXPORT_FORMATS.entry(rt.export_format).meta["suffix"]
+    exported = export_model(model, out / f"model{suffix}", rt.export_format, threads=threads)
+    files = [DeployedFile("fp32", exported.path, exported.file_bytes)]
+    if test_data is not None and rt.gives_outputs:
+        files[0].metrics = evaluate_onnx(exported.path, test_data, threads=threads, runtime=rt)
     return files
 
 

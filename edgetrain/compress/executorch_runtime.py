@@ -18,6 +18,7 @@ not export dynamic programs.)
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import sys
 import time
@@ -67,6 +68,8 @@ def quiet_native() -> Iterator[None]:
             os.dup2(null.fileno(), 2)
             yield
     finally:
+        with contextlib.suppress(OSError, AttributeError):  # C stdio buffers, into null
+            ctypes.CDLL(None).fflush(None)
         os.dup2(saved[0], 1)
         os.dup2(saved[1], 2)
         for fd in saved:
@@ -94,13 +97,16 @@ class ExecuTorchRuntime(Runtime):
     def missing(cls) -> str | None:
         return _missing_module("executorch", "executorch")
 
-    def _method(self, path: Path) -> Any:
+    def _method(self, path: Path, threads: int | None = None) -> Any:
         """The program's ``forward`` method, which keeps its program alive (a method
-        whose program was freed crashes the process when it runs)."""
+        whose program was freed crashes the process when it runs), loaded after the
+        XNNPACK thread pool is sized to ``threads`` (None: as it is)."""
         self.check_file(path)
         if not path.is_file():
             raise EdgetrainError(f"model file '{path}' not found; check the path")
         rt = _runtime_module()
+        if threads is not None:
+            _set_threads(threads)
         try:
             with quiet_native():
                 program = rt.Runtime.get().load_program(path)
@@ -147,28 +153,27 @@ class ExecuTorchRuntime(Runtime):
     def measure(
         self, path: Path, *, batch: int, warmup: int, runs: int, threads: int, profile: bool
     ) -> Measurement:
-        method = self._method(path)
+        method = self._method(path, threads)
         feeds = self._feeds(method, batch)
-        with _threads(threads):
-            try:
-                method.execute(feeds)
-            except Exception as exc:
-                raise EdgetrainError(
-                    f"ExecuTorch cannot run '{path}' at batch {batch}: {one_line(exc)}"
-                ) from None
-            for _ in range(warmup):
-                method.execute(feeds)
-            latencies = []
-            for _ in range(runs):
-                start = time.perf_counter_ns()
-                method.execute(feeds)
-                latencies.append((time.perf_counter_ns() - start) / 1e6)
+        try:
+            method.execute(feeds)
+        except Exception as exc:
+            raise EdgetrainError(
+                f"ExecuTorch cannot run '{path}' at batch {batch}: {one_line(exc)}"
+            ) from None
+        for _ in range(warmup):
+            method.execute(feeds)
+        latencies = []
+        for _ in range(runs):
+            start = time.perf_counter_ns()
+            method.execute(feeds)
+            latencies.append((time.perf_counter_ns() - start) / 1e6)
         return Measurement(latencies, None)
 
     def predictor(self, path: Path, *, threads: int = 1) -> Any:
         import torch
 
-        method = self._method(path)
+        method = self._method(path, threads)
         first = self._inputs(method)[0].shape
         size = int(first[0]) if first else 1
 
@@ -176,26 +181,24 @@ class ExecuTorchRuntime(Runtime):
             # The program runs its exported batch: split the input into chunks of it,
             # padding the last one with zeros whose outputs are dropped.
             outputs = []
-            with _threads(threads):
-                for start in range(0, len(x), size):
-                    chunk = np.ascontiguousarray(x[start : start + size], dtype=np.float32)
-                    n = len(chunk)
-                    if n < size:
-                        pad = np.zeros((size - n, *chunk.shape[1:]), dtype=chunk.dtype)
-                        chunk = np.concatenate([chunk, pad])
-                    out = method.execute([torch.from_numpy(chunk)])
-                    outputs.append(out[0].detach().numpy()[:n].copy())
+            for start in range(0, len(x), size):
+                chunk = np.ascontiguousarray(x[start : start + size], dtype=np.float32)
+                n = len(chunk)
+                if n < size:
+                    pad = np.zeros((size - n, *chunk.shape[1:]), dtype=chunk.dtype)
+                    chunk = np.concatenate([chunk, pad])
+                out = method.execute([torch.from_numpy(chunk)])
+                outputs.append(out[0].detach().numpy()[:n].copy())
             return np.concatenate(outputs)
 
         return predict
 
 
-@contextlib.contextmanager
-def _threads(threads: int) -> Iterator[None]:
-    """The XNNPACK thread pool at ``threads`` threads for the block. The pool is the
-    process's; it is resized only when the count changes, and left at that size."""
+def _set_threads(threads: int) -> None:
+    """Size the process's XNNPACK thread pool to ``threads``. Resizing it under a loaded
+    method breaks that method (wrong outputs, then a crash), so this runs before a
+    method is loaded, and a method is never kept across calls that change the count."""
     lib = require("executorch.extension.pybindings.portable_lib", "executorch", "executorch")
     if int(lib._threadpool_get_thread_count()) != threads:
         with quiet_native():  # it logs every resize
             lib._unsafe_reset_threadpool(threads)
-    yield

@@ -106,9 +106,16 @@ class Compression:
 
     def deploy(self, out: str | Path, bench: Mapping[str, Any] | None = None) -> list[DeployedFile]:
         """Export (and quantize, when the recipe says so) into ``out``, evaluate each file
-        on ONNX Runtime, and benchmark them with ``bench`` settings (None: no timing)."""
+        on the runtime of ``bench`` (ONNX Runtime when None or when it reports latency
+        only), and benchmark them with ``bench`` settings (None: no timing)."""
         self.files = deploy(
-            self.model, self.recipe, out, self.source.test_data(), self.source.train_data()
+            self.model,
+            self.recipe,
+            out,
+            self.source.test_data(),
+            self.source.train_data(),
+            runtime=(bench or {}).get("runtime") or "onnxruntime",
+            runtime_options=(bench or {}).get("runtime_options"),
         )
         if bench is not None:
             measure(self.files, **bench)

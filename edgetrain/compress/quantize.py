@@ -1,10 +1,14 @@
-"""Int8 quantization of an exported ONNX model with ONNX Runtime's quantization tools.
+"""Int8 quantization (and fp16 conversion) of an exported ONNX model with ONNX Runtime's
+tools.
 
 ``int8_static`` writes a QDQ model (QuantizeLinear/DequantizeLinear pairs around each
 quantized operator, int8 weights per output channel) whose activation ranges come from
 running a few calibration batches; ``int8_dynamic`` quantizes weights ahead of time and
 activations on the fly, needing no calibration data. The model is pre-processed first
-(shape inference and graph optimisation), as ONNX Runtime recommends.
+(shape inference and graph optimisation), as ONNX Runtime recommends. ``fp16`` converts
+weights and activations to float16 with ONNX Runtime's converter, keeping float32 inputs
+and outputs (half the file; fast where the runtime has fp16 kernels, e.g. OpenVINO on
+CPUs with AVX512-FP16 or AMX, GPUs); its accuracy is measured like int8's.
 
 Int8 is fast only where the CPU has int8 dot-product instructions (x86 VNNI/AMX, Arm
 dotprod/i8mm); elsewhere :func:`int8_speed_note` says so and quantizing warns once.
@@ -28,7 +32,13 @@ from edgetrain.compress.runtime import onnx_session
 from edgetrain.errors import EdgetrainError, one_line
 from edgetrain.registry import Registry
 
-__all__ = ["QUANTIZE_METHODS", "QuantizeResult", "int8_speed_note", "quantize_onnx"]
+__all__ = [
+    "QUANTIZE_METHODS",
+    "QuantizeResult",
+    "fp16_onnx_bytes",
+    "int8_speed_note",
+    "quantize_onnx",
+]
 
 QUANTIZE_METHODS: Registry[int | None] = Registry("quantization method")
 """ONNX Runtime quantization methods by name (``quantize: {method: ...}`` in recipes).
@@ -36,7 +46,9 @@ QUANTIZE_METHODS: Registry[int | None] = Registry("quantization method")
 Each entry is called as ``fn(q, source, target, *, session, calibration_data,
 calibration_batches, per_channel)`` with ``q`` the ``onnxruntime.quantization`` module,
 writes ``target`` and returns the number of calibration batches used (None: none).
-``calibrated=True`` in its metadata: it needs calibration data."""
+``calibrated=True`` in its metadata: it needs calibration data; ``int8=True``: it is
+fast only with int8 dot-product instructions; ``preprocess=False``: the model goes to it
+as exported."""
 
 _X86_INT8 = ("avx512_vnni", "avx_vnni", "amx_int8")
 _ARM_INT8 = ("asimddp", "i8mm")
@@ -104,7 +116,7 @@ def quantize_onnx(
     q = require("onnxruntime.quantization", "compress", package="onnxruntime")
     fp32_path, out_path = Path(fp32_path), Path(out_path)
     session = onnx_session(fp32_path)  # checks that the file exists and loads
-    note = int8_speed_note()
+    note = int8_speed_note() if entry.meta.get("int8", True) else None
     if note is not None and note not in _warned:
         _warned.add(note)
         warnings.warn(note, RuntimeWarning, stacklevel=2)
@@ -114,7 +126,10 @@ def quantize_onnx(
     with tempfile.TemporaryDirectory(prefix=f".{out_path.name}.", dir=out_path.parent) as tmp:
         source = Path(tmp) / "preprocessed.onnx"
         try:
-            q.quant_pre_process(str(fp32_path), str(source))
+            if not entry.meta.get("preprocess", True):
+                source = fp32_path
+            else:
+                q.quant_pre_process(str(fp32_path), str(source))
         except Exception as exc:  # pre-processing helps accuracy but is optional
             notes.append(f"pre-processing skipped: {one_line(exc)}")
             source = fp32_path
@@ -148,7 +163,7 @@ def quantize_onnx(
     )
 
 
-@QUANTIZE_METHODS.register("int8_static", calibrated=True)
+@QUANTIZE_METHODS.register("int8_static", calibrated=True, int8=True)
 def _int8_static(
     q: Any,
     source: str,
@@ -173,7 +188,7 @@ def _int8_static(
     return reader.used
 
 
-@QUANTIZE_METHODS.register("int8_dynamic", calibrated=False)
+@QUANTIZE_METHODS.register("int8_dynamic", calibrated=False, int8=True)
 def _int8_dynamic(
     q: Any,
     source: str,
@@ -187,6 +202,37 @@ def _int8_dynamic(
     """Dynamic int8: weights quantized ahead, activations at run time (no calibration)."""
     q.quantize_dynamic(source, target, per_channel=per_channel, weight_type=q.QuantType.QInt8)
     return None
+
+
+@QUANTIZE_METHODS.register("fp16", calibrated=False, int8=False, preprocess=False)
+def _fp16(
+    q: Any,
+    source: str,
+    target: str,
+    *,
+    session: Any,
+    calibration_data: Iterable[Any],
+    calibration_batches: int,
+    per_channel: bool,
+) -> None:
+    """Float16 weights and activations, float32 inputs and outputs (no calibration)."""
+    Path(target).write_bytes(fp16_onnx_bytes(source))
+    return None
+
+
+def fp16_onnx_bytes(fp32_path: str | Path) -> bytes:
+    """An FP32 ONNX model converted to float16 inside (inputs and outputs stay float32),
+    with ONNX Runtime's converter, serialized."""
+    onnx = require("onnx", "compress")
+    converter = require("onnxruntime.transformers.float16", "compress", package="onnxruntime")
+    try:
+        proto = converter.convert_float_to_float16(onnx.load(str(fp32_path)), keep_io_types=True)
+    except Exception as exc:
+        raise EdgetrainError(
+            f"ONNX Runtime's float16 converter failed on '{fp32_path}': {one_line(exc)}"
+        ) from None
+    data: bytes = proto.SerializeToString()
+    return data
 
 
 def int8_speed_note(cpuinfo: str | None = None, machine: str | None = None) -> str | None:

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import bisect
 import json
-import math
 import os
 import shlex
 import subprocess
@@ -44,6 +43,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from edgetrain._optional import require
+from edgetrain.compress.command_outputs import OUTPUT_ADAPTERS, shorten
 from edgetrain.errors import EdgetrainError, one_line
 from edgetrain.registry import Registry
 
@@ -62,7 +62,7 @@ __all__ = [
 ]
 
 #: Whole-value placeholders of a command template, each replaced inside its argument.
-PLACEHOLDERS = ("{model}", "{batch}", "{runs}", "{warmup}", "{threads}")
+PLACEHOLDERS = ("{model}", "{batch}", "{runs}", "{warmup}", "{threads}", "{report_dir}")
 
 _DTYPES = {
     "tensor(float)": np.float32,
@@ -136,6 +136,11 @@ class Runtime(ABC):
         self, path: Path, *, batch: int, warmup: int, runs: int, threads: int, profile: bool
     ) -> Measurement:
         """Warm up, then time ``runs`` inferences of a random batch of ``batch`` samples."""
+
+    @property
+    def gives_outputs(self) -> bool:
+        """Whether :meth:`predictor` computes outputs on this runtime."""
+        return type(self).predictor is not Runtime.predictor
 
     @property
     def times_ops(self) -> bool:
@@ -277,7 +282,9 @@ def _onnx_inputs(session: Any) -> list[InputSpec]:
     for meta in session.get_inputs():
         dtype = _DTYPES.get(meta.type)
         if dtype is None:
-            raise EdgetrainError(f"input '{meta.name}' has type {meta.type}, which bench cannot feed")
+            raise EdgetrainError(
+                f"input '{meta.name}' has type {meta.type}, which bench cannot feed"
+            )
         shape = tuple(d if isinstance(d, int) else None for d in meta.shape)
         specs.append(InputSpec(meta.name, shape, dtype))
     return specs
@@ -361,22 +368,25 @@ def _missing_module(module: str, extra: str, package: str | None = None) -> str 
 @RUNTIMES.register("command")
 @dataclass
 class CommandRuntime(Runtime):
-    """A program that runs the model and prints ``{"latency_ms": ...}`` as JSON.
+    """A program that runs the model and reports its latency (a JSON line by default).
 
     Args:
         command: the argument list, e.g. ``["adb", "shell", "bench", "{model}"]``. It runs
             without a shell; ``{model}`` (required), ``{batch}``, ``{runs}``,
-            ``{warmup}`` and ``{threads}`` are replaced inside their argument, which stays
-            one argument whatever the value holds.
+            ``{warmup}``, ``{threads}`` and ``{report_dir}`` (a fresh folder per call)
+            are replaced inside their argument, which stays one argument whatever the
+            value holds.
         timeout_s: seconds one call may take.
-
-    The program prints one JSON object (on stdout, alone or as its last line) with
-    ``latency_ms``: a number or a list of per-run latencies; ``compute_ms`` (same forms)
-    is optional.
+        output: how to read the result, a key of
+            :data:`~edgetrain.compress.command_outputs.OUTPUT_ADAPTERS`: ``json`` (one
+            JSON object on stdout, alone or as its last line, with ``latency_ms``: a
+            number or a list of per-run latencies; ``compute_ms`` optional) or
+            ``benchmark_app`` (OpenVINO benchmark_app's report in ``{report_dir}``).
     """
 
     command: list[str] = field(default_factory=list)
     timeout_s: float = 600.0
+    output: str = "json"
     name: ClassVar[str] = "command"
 
     def __post_init__(self) -> None:
@@ -394,6 +404,12 @@ class CommandRuntime(Runtime):
             )
         if self.timeout_s <= 0:
             raise EdgetrainError(f"timeout_s={self.timeout_s} must be positive")
+        adapter = OUTPUT_ADAPTERS.entry(self.output)  # an unknown name lists the choices
+        if adapter.meta["report_dir"] and not any("{report_dir}" in a for a in self.command):
+            raise EdgetrainError(
+                f"output '{self.output}' reads a report the program writes; put "
+                "'{report_dir}' in the command where its report folder goes"
+            )
         program = os.path.basename(self.command[0]).lower().removesuffix(".exe")
         script = self._shell_script()
         if script is None and program in _OTHER_SHELLS and _has_placeholder(self.command[1:]):
@@ -419,19 +435,29 @@ class CommandRuntime(Runtime):
     def measure(
         self, path: Path, *, batch: int, warmup: int, runs: int, threads: int, profile: bool
     ) -> Measurement:
-        values = {
-            "{model}": str(path),
-            "{batch}": str(batch),
-            "{runs}": str(runs),
-            "{warmup}": str(warmup),
-            "{threads}": str(threads),
-        }
+        with tempfile.TemporaryDirectory(prefix="edgetrain-command-") as report_dir:
+            values = {
+                "{model}": str(path),
+                "{batch}": str(batch),
+                "{runs}": str(runs),
+                "{warmup}": str(warmup),
+                "{threads}": str(threads),
+                "{report_dir}": report_dir,
+            }
+            shown, stdout = self._call(values)
+            latencies, compute = OUTPUT_ADAPTERS.entry(self.output).fn(
+                stdout, Path(report_dir), shown
+            )
+        return Measurement(latencies, compute)
+
+    def _call(self, values: dict[str, str]) -> tuple[str, str]:
+        """Run the command with ``values`` substituted: (the command shown, its stdout)."""
         script = self._shell_script()
         quoted = {k: shlex.quote(v) for k, v in values.items()}  # a path is data, not code
         args = [
             _substitute(a, quoted if i == script else values) for i, a in enumerate(self.command)
         ]
-        shown = _shorten(shlex.join(args))
+        shown = shorten(shlex.join(args))
         try:
             done = subprocess.run(
                 args,
@@ -454,11 +480,11 @@ class CommandRuntime(Runtime):
             ) from None
         if done.returncode != 0:
             tail = (done.stderr or done.stdout).strip().splitlines()
-            why = f": {_shorten(tail[-1])}" if tail else ""
+            why = f": {shorten(tail[-1])}" if tail else ""
             raise EdgetrainError(
                 f"command runtime: '{shown}' exited with status {done.returncode}{why}"
             )
-        return _parse_output(done.stdout, shown)
+        return shown, done.stdout
 
 
 _POSIX_SHELLS = frozenset({"sh", "bash", "dash", "zsh", "ksh", "ash", "busybox"})
@@ -473,50 +499,6 @@ def _substitute(arg: str, values: dict[str, str]) -> str:
     for key, value in values.items():
         arg = arg.replace(key, value)
     return arg
-
-
-def _shorten(text: str, limit: int = 120) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _parse_output(stdout: str, shown: str) -> Measurement:
-    """The Measurement in a command's stdout: a JSON object, alone or on the last line."""
-    text = stdout.strip()
-    lines = text.splitlines()
-    obj: Any = None
-    for candidate in (text, lines[-1] if lines else ""):
-        try:
-            obj = json.loads(candidate)
-            break
-        except json.JSONDecodeError:
-            continue
-    example = 'e.g. {"latency_ms": 1.5} or {"latency_ms": [1.5, 1.6]}'
-    if not isinstance(obj, dict) or "latency_ms" not in obj:
-        got = f"last line: {_shorten(lines[-1], 60)!r}" if lines else "it printed nothing"
-        raise EdgetrainError(
-            f"command runtime: '{shown}' printed no JSON object with 'latency_ms' ({got}); "
-            f"make it print {example}"
-        )
-    latencies = _milliseconds(obj["latency_ms"], "latency_ms", shown, example)
-    compute = obj.get("compute_ms")
-    return Measurement(
-        latencies, None if compute is None else _milliseconds(compute, "compute_ms", shown, example)
-    )
-
-
-def _milliseconds(value: Any, key: str, shown: str, example: str) -> list[float]:
-    values = value if isinstance(value, list) else [value]
-    ok = bool(values) and all(
-        isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) and v > 0
-        for v in values
-    )
-    if not ok:
-        raise EdgetrainError(
-            f"command runtime: '{shown}' printed {key}={_shorten(json.dumps(value), 60)}; "
-            f"it must be a positive number or a non-empty list of them, {example}"
-        )
-    return [float(v) for v in values]
 
 
 def _run(session: Any, feeds: dict[str, np.ndarray], path: Path) -> None:

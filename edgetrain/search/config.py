@@ -29,7 +29,7 @@ from pydantic import ConfigDict, Field, field_validator, model_validator
 from edgetrain.compress.recipe import Recipe, load_recipe
 from edgetrain.compress.runtime import RUNTIMES
 from edgetrain.configs import StrictConfig, load_validated, read_mapping
-from edgetrain.errors import ConfigError
+from edgetrain.errors import ConfigError, EdgetrainError
 from edgetrain.search.methods import SAMPLERS
 
 __all__ = [
@@ -188,6 +188,16 @@ class RuntimeSpec(_Strict):
     def _runtime(cls, v: str) -> str:
         RUNTIMES.entry(v)
         return v
+
+    @model_validator(mode="after")
+    def _options(self) -> RuntimeSpec:
+        # Build the runtime once: unknown options, a missing package (with its install
+        # line), an unavailable device or provider are refused before any trial runs.
+        try:
+            RUNTIMES.create(self.name, **self.options)
+        except EdgetrainError as exc:
+            raise ValueError(str(exc)) from None
+        return self
 
     def settings(self) -> dict[str, Any]:
         """Keyword arguments of :func:`edgetrain.compress.measure`."""

@@ -49,10 +49,49 @@ def test_export_then_bench_a_trained_run(cli, tiny_recipe, tmp_path):
     assert "throughput skipped" in out
 
 
+def _installed(name: str) -> bool:
+    from edgetrain.compress.runtime import RUNTIMES
+
+    return RUNTIMES.entry(name).fn.missing() is None
+
+
+def test_export_every_format_and_bench_on_all_runtimes(cli, tiny_recipe, tmp_path):
+    cli("train", str(tiny_recipe), "--epochs", "1", "--no-progress", "--no-report")
+    run = tmp_path / "runs" / "tiny"
+    out = cli("export", str(run), "--precision", "fp16").output
+    assert "model.fp16.onnx" in out and "onnx fp16" in out
+    assert (run / "model.fp16.onnx").is_file()
+    if _installed("openvino"):
+        out = cli("export", str(run), "-f", "openvino", "--precision", "fp16").output
+        assert "model.fp16.xml + model.fp16.bin" in out and "openvino vs PyTorch" in out
+    if _installed("executorch"):
+        out = cli("export", str(run), "-f", "executorch", "--out", "m.pte").output
+        assert "wrote m.pte" in out and "input 1x1x8x8" in out
+        assert "opset" not in out
+    cli("export", str(run), "-f", "executorch", "--precision", "fp16", code=2)
+
+    out = cli(
+        "bench", str(run), "--runtime", "all", "--runs", "3", "--repeats", "1",
+        "--warmup", "1", "--batch", "4", "--json", "all.json",
+    ).output  # fmt: skip
+    results = json.loads((tmp_path / "all.json").read_text())
+    names = [r["runtime"] for r in results]
+    assert names[0] == "onnxruntime" and "command" not in names
+    for name in ("openvino", "executorch"):
+        assert (name in names) == _installed(name)
+    if len(names) > 1:
+        assert f"one model on {len(names)} runtimes" in out and "x first" in out
+    assert all(r["latency_ms"] > 0 for r in results)
+
+    cli("bench", str(run), "--runtime", "all", "-o", "precision=fp16", code=2)
+    cli("bench", str(run), "--runtime", "all", "--ops", code=2)
+
+
 @pytest.mark.parametrize(
     ("args", "needle"),
     [
         (["export", "runs/none"], "does not exist"),
+        (["export", ".", "--format", "tflite"], "unknown export format 'tflite'"),
         (["export", ".", "--checkpoint", "first"], "must be best or last"),
         (["bench", "none.onnx"], "not found"),
         (["bench", "bad.onnx", "--runs", "1", "--repeats", "1"], "ONNX Runtime cannot load"),
@@ -63,7 +102,7 @@ def test_export_then_bench_a_trained_run(cli, tiny_recipe, tmp_path):
         (["bench", "bad.onnx", "--command", '["prog"]'], "no '{model}' argument"),
         (
             ["bench", "bad.onnx", "--command", '["p", "{model}"]', "--ops"],
-            "runtime 'command' cannot time single operators; use one that can (onnxruntime)",
+            "runtime 'command' cannot time single operators; use one that can",
         ),
         (
             ["bench", "bad.onnx", "--runtime", "onnxruntime", "--command", '["p", "{model}"]'],

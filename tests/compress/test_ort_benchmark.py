@@ -95,7 +95,10 @@ def test_fixed_batch_skips_throughput_with_a_note_and_refuses_other_batches(tiny
         ({"repeats": 0}, "repeats=0"),
         ({"threads": 0}, "threads=0"),
         ({"throughput_batch": 0}, "throughput_batch=0"),
-        ({"runtime": "tflite"}, "unknown runtime 'tflite'; choose one of: command, onnxruntime"),
+        (
+            {"runtime": "tflite"},
+            "unknown runtime 'tflite'; choose one of: command, executorch, onnxruntime, openvino",
+        ),
         ({"runtime": "onnxruntime", "runtime_options": {"threads": 2}}, "has no option"),
     ],
 )
