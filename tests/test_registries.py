@@ -3,8 +3,9 @@ registries are: a new entry without a case here fails ``test_every_entry_has_a_c
 
 Callbacks and LR controllers train through a checkpoint and must resume with the same
 state; pruners keep the model's function on the channels they keep; runtimes time a
-model; quantization methods write a model ONNX Runtime runs; search methods give an
-Optuna sampler that proposes values inside the sweep's space.
+model; quantization methods write a model ONNX Runtime runs; export formats write a
+file their runtime runs with PyTorch's outputs; command output adapters read a result;
+search methods give an Optuna sampler that proposes values inside the sweep's space.
 """
 
 from __future__ import annotations
@@ -17,7 +18,16 @@ import pytest
 import torch
 
 from edgetrain import models
-from edgetrain.compress import PRUNERS, QUANTIZE_METHODS, RUNTIMES, benchmark, export_onnx
+from edgetrain.compress import (
+    EXPORT_FORMATS,
+    PRUNERS,
+    QUANTIZE_METHODS,
+    RUNTIMES,
+    benchmark,
+    export_model,
+    export_onnx,
+)
+from edgetrain.compress.command_outputs import OUTPUT_ADAPTERS
 from edgetrain.compress.quantize import quantize_onnx
 from edgetrain.engine import CALLBACKS, LR_CONTROLLERS, Callback, Trainer
 from edgetrain.registry import Registry
@@ -36,8 +46,13 @@ CALLBACK_CASES: dict[str, dict[str, Any]] = {
 }
 LR_CONTROLLER_CASES: dict[str, dict[str, Any]] = {"actcool": {"t_start": 3.17}}
 PRUNER_CASES: dict[str, dict[str, Any]] = {"l1_filter": {"sparsity": 0.5}}
-RUNTIME_CASES = {"onnxruntime", "command"}
-QUANTIZE_CASES = {"int8_static", "int8_dynamic"}
+RUNTIME_CASES = {"onnxruntime", "openvino", "executorch", "command"}
+QUANTIZE_CASES = {"int8_static", "int8_dynamic", "fp16"}
+EXPORT_CASES = {"onnx", "openvino", "executorch"}
+OUTPUT_CASES = {
+    "json": ('{"latency_ms": [1.0, 2.0]}', None, [1.0, 2.0]),
+    "benchmark_app": ("", '{"execution_results": {"latency (ms)": "0.25"}}', [0.25]),
+}
 SAMPLER_CASES: dict[str, dict[str, Any]] = {
     "grid": {"values": [0.2, 0.4]},
     "random": {"min": 0.1, "max": 0.5},
@@ -55,6 +70,8 @@ SAMPLER_CASES: dict[str, dict[str, Any]] = {
         (PRUNERS, PRUNER_CASES),
         (RUNTIMES, RUNTIME_CASES),
         (QUANTIZE_METHODS, QUANTIZE_CASES),
+        (EXPORT_FORMATS, EXPORT_CASES),
+        (OUTPUT_ADAPTERS, OUTPUT_CASES),
         (SAMPLERS, SAMPLER_CASES),
     ],
     ids=lambda x: x.kind if isinstance(x, Registry) else "",
@@ -162,11 +179,20 @@ print(json.dumps({"latency_ms": [1.0, 2.0, 3.0]}))
 """
 
 
+def _skip_missing(name: str) -> None:
+    missing = RUNTIMES.entry(name).fn.missing()
+    if missing is not None:
+        pytest.skip(f"runtime {name} is not installed ({missing})")
+
+
 @pytest.mark.parametrize("name", sorted(RUNTIME_CASES))
 def test_a_runtime_times_a_model(name: str, onnx_model: Path, tmp_path: Path) -> None:
     import sys
 
+    _skip_missing(name)
     options: dict[str, Any] = {}
+    if RUNTIMES.entry(name).fn.export_format == "executorch":
+        onnx_model = export_model(_resnet(), tmp_path / "m.pte", "executorch").path
     if name == "command":
         script = tmp_path / "bench.py"
         script.write_text(FAKE_RUNTIME)
@@ -202,6 +228,28 @@ def test_a_quantization_method_writes_a_model_the_runtime_runs(
     assert result.calibration_batches == (2 if calibrated else None)
     timed = benchmark(result.path, runs=2, repeats=1, warmup=0, throughput_batch=None)
     assert timed.latency_ms is not None
+
+
+# ---------------------------------------------------------------- export formats
+@pytest.mark.parametrize("name", sorted(EXPORT_CASES))
+def test_an_export_format_writes_a_file_its_runtime_runs(name: str, tmp_path: Path) -> None:
+    meta = EXPORT_FORMATS.entry(name).meta
+    _skip_missing(meta["runtime"])
+    result = export_model(_resnet(), tmp_path / f"m{meta['suffix']}", name)
+    assert result.format == name and all(p.is_file() for p in result.files)
+    assert result.max_rel_error < 1e-4  # checked on its runtime against PyTorch
+    timed = benchmark(result.path, meta["runtime"], runs=2, repeats=1, warmup=0, profile=False)
+    assert timed.latency_ms > 0
+
+
+# -------------------------------------------------------- command output adapters
+@pytest.mark.parametrize(("name", "case"), OUTPUT_CASES.items())
+def test_an_output_adapter_reads_a_result(name: str, case: Any, tmp_path: Path) -> None:
+    stdout, report, want = case
+    if report is not None:
+        (tmp_path / "benchmark_report.json").write_text(report)
+    latencies, compute = OUTPUT_ADAPTERS.entry(name).fn(stdout, tmp_path, "prog")
+    assert latencies == want and compute is None
 
 
 # ---------------------------------------------------------------- search methods

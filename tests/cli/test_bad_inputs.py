@@ -305,7 +305,8 @@ def bad_files(tmp_path):
         (["report", "notrun"], "'notrun' is not a run directory (no config.yaml)"),
         (["export", "notrun"], "no checkpoint in 'notrun' (looked for checkpoints/best.pt"),
         (["compress", "notrun", "--recipe", "vgg-small-l1"], "no checkpoint in 'notrun'"),
-        (["bench", "garbage.pt"], "ONNX Runtime cannot load 'garbage.pt'"),
+        (["bench", "garbage.pt"], "checkpoint 'garbage.pt' is corrupted or truncated"),
+        (["bench", "garbage.pt", "--runtime", "onnxruntime"], "is corrupted or truncated"),
         # user data
         (
             [
