@@ -37,7 +37,7 @@ app = typer.Typer(
 )
 
 FORMATS = ("table", "json", "csv")
-MEMORY = ("allocator", "layerwise")  # edgetrain.cost.analysis.MEMORY_METHODS
+MEMORY = ("allocator", "tensors", "layerwise")  # edgetrain.cost.analysis.MEMORY_METHODS
 MACS = ("border", "dense")  # edgetrain.cost.analysis.MAC_CONVENTIONS
 
 
@@ -179,7 +179,13 @@ def analyze_command(
         "-p",
         help="Layers updated in one step, comma-separated (repeat for a cycle of steps).",
     ),
-    profile: str = typer.Option("reference", help="Built-in profile name or profile file."),
+    profile: str = typer.Option(
+        "reference",
+        "--profile",
+        "--device",
+        help="Built-in profile name or profile file. A device profile with SRAM and flash "
+        "sizes (stm32f303k8, stm32f746) also says whether inference and each step fit.",
+    ),
     optimizer: str = typer.Option("sgd", help="Optimizer state to count: sgd, momentum, adam."),
     batch_size: int = typer.Option(1, min=1, help="Batch size of the step."),
     option: list[str] = typer.Option(
@@ -188,9 +194,12 @@ def analyze_command(
     fmt: str = typer.Option("table", "--format", help="table, json or csv."),
     strict: bool = typer.Option(False, help="Fail on ops the cost model does not cover."),
     memory: str = typer.Option(
-        "allocator",
+        None,
         help="Step memory: 'allocator' (every tensor of the step followed on fake tensors, "
-        "as measured) or 'layerwise' (the spec's per-layer formula).",
+        "PyTorch's kernel scratch included: as measured on this host; the default), "
+        "'tensors' (the same without kernel scratch: a microcontroller runtime; the "
+        "default with a device that has SRAM and flash sizes) or 'layerwise' (the "
+        "spec's per-layer formula).",
     ),
     plot: Path = typer.Option(
         None, help="Write the memory timeline of each step (PNG) to this file."
@@ -202,19 +211,25 @@ def analyze_command(
         "FlopCounterMode's count).",
     ),
 ) -> None:
-    """Per-layer MACs (forward and backward), memory and energy of a model.
+    """Per-layer MACs (forward and backward), memory and energy of a model, and whether
+    it fits a device's SRAM and flash.
 
     Example: edgetrain cost vgg_small --input 3x32x32 --plan conv5,conv6,fc --plan fc
+
+    Example: edgetrain cost ds_cnn --device stm32f746 --trainable last:2
     """
     from edgetrain import models as zoo
-    from edgetrain.cost import analyze, load_profile
+    from edgetrain.cost import analyze, load_profile, memory_fit
 
     if fmt not in FORMATS:
         raise ConfigError(f"unknown --format '{fmt}'; choose one of: {', '.join(FORMATS)}")
     if trainable and plan:
         raise ConfigError("give either --trainable or --plan, not both")
-    if memory not in MEMORY:
+    if memory is not None and memory not in MEMORY:
         raise ConfigError(f"unknown --memory '{memory}'; choose one of: {', '.join(MEMORY)}")
+    device = load_profile(profile)
+    has_memory = device.sram_bytes is not None or device.flash_bytes is not None
+    memory = memory or ("tensors" if has_memory else "allocator")
     if macs not in MACS:
         raise ConfigError(f"unknown --macs '{macs}'; choose one of: {', '.join(MACS)}")
     if plot is not None:
@@ -228,7 +243,7 @@ def analyze_command(
         net,
         shape,
         plans=plans,
-        profile=load_profile(profile),
+        profile=device,
         optimizer=optimizer,
         batch_size=batch_size,
         strict=strict,
@@ -236,9 +251,17 @@ def analyze_command(
         macs=macs,
     )
     if plot is not None:
-        _plot_timelines(report, net, shape, plans, load_profile(profile), plot)
+        _plot_timelines(report, net, shape, plans, device, plot)
+    fits = memory_fit(report) if has_memory else []
     if fmt == "json":
-        typer.echo(report.to_json())
+        if not fits:
+            typer.echo(report.to_json())
+            return
+        import json
+
+        data = json.loads(report.to_json())
+        data["fit"] = [f.to_dict() for f in fits]
+        typer.echo(json.dumps(data, indent=2))
         return
     if fmt == "csv":
         typer.echo(report.to_csv(), nl=False)
@@ -246,6 +269,33 @@ def analyze_command(
     console.print(_layer_table(report))
     console.print(_steps_table(report))
     console.print(report.summary(), highlight=False)
+    if fits:
+        console.print(_fit_table(fits, memory))
+
+
+def _fit_table(fits: list, memory: str) -> Table:
+    """Needed vs available SRAM and flash per step, with the margins."""
+    first = fits[0]
+    table = Table(
+        title=f"fit on {first.device} (weights in flash unless trained; memory: {memory})"
+    )
+    for h in ("step", "SRAM KiB", "of", "margin", "flash KiB", "of", "margin", "fits"):
+        table.add_column(h, justify="left" if h == "step" else "right")
+
+    def cells(need: int, have: int | None, margin: int | None) -> list[str]:
+        if have is None:
+            return [kib(need), "-", "-"]
+        style = "green" if margin is not None and margin >= 0 else "red"
+        return [kib(need), kib(have), f"[{style}]{(margin or 0) / 1024:+,.1f}[/]"]
+
+    for f in fits:
+        table.add_row(
+            f.what,
+            *cells(f.sram_needed, f.sram_bytes, f.sram_margin),
+            *cells(f.flash_needed, f.flash_bytes, f.flash_margin),
+            "[green]yes[/]" if f.fits else "[red]no[/]",
+        )
+    return table
 
 
 def _plot_timelines(

@@ -45,7 +45,7 @@ def _parse(text: str) -> Schedule:
         raise ConfigError(str(exc)) from None
 
 
-MEMORY = ("allocator", "layerwise")  # edgetrain.cost.analysis.MEMORY_METHODS
+MEMORY = ("allocator", "tensors", "layerwise")  # edgetrain.cost.analysis.MEMORY_METHODS
 
 
 def _check_memory(memory: str) -> None:

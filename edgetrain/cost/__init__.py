@@ -17,6 +17,7 @@ Example:
 from __future__ import annotations
 
 from edgetrain.cost.analysis import OPTIMIZER_STATE, analyze, timed_analyze
+from edgetrain.cost.fit import MemoryFit, memory_fit, step_fit
 from edgetrain.cost.handles import HANDLES, KINDS, OpCounts
 from edgetrain.cost.plans import ALL, all_trainable, resolve_plan
 from edgetrain.cost.profile import TERMS, DeviceProfile, list_profiles, load_profile
@@ -26,6 +27,9 @@ from edgetrain.cost.taps import conv_output_length, kernel_taps, taps_1d
 from edgetrain.cost.tracer import OpRecord, Trace, trace
 
 __all__ = [
+    "MemoryFit",
+    "memory_fit",
+    "step_fit",
     "ShiftAddCost",
     "shift_add_costs",
     "shift_add_ops",

@@ -47,7 +47,7 @@ __all__ = [
 # Optimizer state per updated parameter, in parameter copies.
 OPTIMIZER_STATE = {"sgd": 0, "momentum": 1, "adam": 2, "adamw": 2}
 
-MEMORY_METHODS = ("allocator", "layerwise")
+MEMORY_METHODS = ("allocator", "tensors", "layerwise")
 
 # How MACs are counted: ``border`` (the spec: only the kernel taps inside the input, and
 # activations, pooling, normalisation and element-wise ops counted too) or ``dense``
@@ -79,8 +79,11 @@ def analyze(
         batch_size: the batch the counts are for.
         strict: raise instead of listing ops that no handle covers, or a step whose
             memory cannot be followed on the meta device.
-        memory: ``allocator`` (every tensor over the whole step, as measured) or
-            ``layerwise`` (the spec's per-layer formula; no step is run).
+        memory: ``allocator`` (every tensor over the whole step, PyTorch's kernel
+            scratch included: as measured on this host), ``tensors`` (the same without
+            kernel scratch: what a runtime that convolves in place, CMSIS-NN or
+            hand-written C on a microcontroller, holds) or ``layerwise`` (the spec's
+            per-layer formula; no step is run).
         macs: ``border`` (the spec's count) or ``dense`` (conv/linear products with
             every kernel tap, the peers' convention; the backward scaled alike).
 
@@ -119,7 +122,7 @@ def analyze(
 
     def step(label: str, plan: frozenset[str]) -> tuple[StepCost, list[LayerCost]]:
         cost, layers = ctx.step(label, plan)
-        if memory == "allocator":
+        if memory in ("allocator", "tensors"):
             if plan not in simulated:
                 simulated[plan] = _simulate(
                     model,
@@ -130,6 +133,7 @@ def analyze(
                     prof.bytes_per_element,
                     strict,
                     notes,
+                    workspace=memory == "allocator",
                 )
             found = simulated[plan]
             if found is not None:
@@ -137,7 +141,7 @@ def analyze(
                     cost,
                     memory_bytes=found.allocated_bytes,
                     memory_reuse_bytes=found.peak_bytes,
-                    memory_method="allocator",
+                    memory_method=memory,
                     memory_peak_at=f"{found.peak_phase}/{found.peak_op}",
                 )
         return cost, layers
@@ -180,13 +184,20 @@ def _simulate(
     bytes_per_element: int,
     strict: bool,
     notes: list[str],
+    workspace: bool = True,
 ) -> MemoryTimeline | None:
     """The step's memory timeline, or None (with a note) when it cannot run on meta."""
     if not plan:
         return None  # nothing trains: no step to run, the layerwise rule is exact
     try:
         found = simulate_step(
-            model, tuple(input_shape), batch_size, plan, optimizer, bytes_per_element
+            model,
+            tuple(input_shape),
+            batch_size,
+            plan,
+            optimizer,
+            bytes_per_element,
+            workspace=workspace,
         )
     except EdgetrainError as exc:
         if strict:
@@ -402,6 +413,7 @@ class _Context:
             memory_reuse_bytes=self._bytes(peak),
             weights_bytes=self._bytes(self.weights),
             optimizer_state_bytes=self._bytes(state),
+            trained_weights_bytes=self._bytes(trained_numel),
             estimated_ops=ops,
             estimated_seconds=self._seconds(ops),
             energy_nj=self._energy(macs, self._bytes(naive)),

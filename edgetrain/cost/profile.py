@@ -5,7 +5,10 @@ training step, optional per-op-call offsets, optional per-parameter costs (a ter
 reads the weights or writes their gradient moves every parameter once whatever the
 batch: on a cache-based CPU a large linear layer at batch 1 is bound by that traffic, not
 by its MACs), bytes per element, the energy per MAC (and per byte) and the target's peak
-MAC/s for a time estimate. Built-ins live in
+MAC/s for a time estimate. A microcontroller's profile also holds its SRAM and flash
+sizes, where the weights live and what the firmware reserves, so that
+:func:`~edgetrain.cost.fit.memory_fit` can say whether inference or a training step
+fits. Built-ins live in
 ``edgetrain/cost/profiles/``; ``load_profile`` takes a built-in name or a file path.
 
 Example:
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator
 
@@ -44,6 +48,12 @@ class DeviceProfile(StrictConfig):
     multipliers: dict[str, dict[str, float]] = Field(default_factory=dict)
     per_call: dict[str, dict[str, float]] = Field(default_factory=dict)
     per_param: dict[str, dict[str, float]] = Field(default_factory=dict)
+    # Memory of a device with a fixed budget (a microcontroller); None: not limited.
+    sram_bytes: int | None = Field(None, gt=0)
+    flash_bytes: int | None = Field(None, gt=0)
+    weights_in: Literal["flash", "sram"] = "flash"
+    reserved_sram_bytes: int = Field(0, ge=0)
+    reserved_flash_bytes: int = Field(0, ge=0)
 
     @field_validator("multipliers", "per_call", "per_param")
     @classmethod

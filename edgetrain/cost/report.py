@@ -43,6 +43,8 @@ class StepCost:
     """Cost of one training step (or of inference when nothing is trained).
 
     MACs are for the whole batch; memory is in bytes; energy in nJ per step.
+    ``trained_weights_bytes`` are the weights the step updates (0 for inference): the
+    others can stay in a device's flash (see :mod:`edgetrain.cost.fit`).
     """
 
     plan: str
@@ -60,6 +62,7 @@ class StepCost:
     batch_size: int = 1
     memory_method: str = "layerwise"
     memory_peak_at: str = ""
+    trained_weights_bytes: int = 0
 
     @property
     def backward_macs(self) -> int:
