@@ -179,20 +179,31 @@ def suggest_command(
     max_peak_mem: float = typer.Option(None, help="Budget: peak memory of a step in bytes."),
     cycle: int = typer.Option(4, min=1, max=35, help="Cycle length T."),
     max_rows: int = typer.Option(None, min=1, help="Train at most this many last layers."),
-    profile: str = typer.Option("reference", help="Cost-model profile name or file."),
+    profile: str = typer.Option(
+        "reference",
+        "--profile",
+        "--device",
+        help="Cost-model profile name or file; a device profile with SRAM and flash sizes "
+        "(stm32f303k8, stm32f746) makes its memory the budget of every step.",
+    ),
     top: int = typer.Option(10, min=1, help="How many schedules to list."),
     option: list[str] = typer.Option(None, "--option", "-o", help="Model option key=value."),
     memory: str = typer.Option(
-        "allocator",
-        help="Step memory: 'allocator' (every tensor of a PyTorch step) or 'layerwise' "
-        "(updates applied as each gradient appears, as on-device training code does).",
+        None,
+        help="Step memory: 'allocator' (every tensor of a PyTorch step; the default), "
+        "'tensors' (without PyTorch's kernel scratch; the default with a device that has "
+        "memory sizes) or 'layerwise' (updates applied as each gradient appears, as "
+        "on-device training code does).",
     ),
 ) -> None:
     """Propose schedules that fit the budgets, ranked by layer updates per step.
 
     Example: edgetrain schedule suggest --model vgg_small --max-ops-per-step 15e6 \
     --max-peak-mem 1.26e6
+
+    Example: edgetrain schedule suggest --model ds_cnn --device stm32f746
     """
+    from edgetrain.cost import load_profile, step_fit
     from edgetrain.finetune import suggest_schedules
 
     for flag, budget in (
@@ -201,6 +212,9 @@ def suggest_command(
     ):
         if budget is not None and not budget > 0:  # also NaN
             raise ConfigError(f"{flag} {budget:g} must be a positive budget")
+    device = load_profile(profile)
+    sized = device.sram_bytes is not None or device.flash_bytes is not None
+    memory = memory or ("tensors" if sized else "allocator")
     _check_memory(memory)
     net, shape = _model_and_shape(model, input_shape, option)
     found = suggest_schedules(
@@ -210,29 +224,26 @@ def suggest_command(
         max_peak_mem,
         cycle,
         max_rows,
-        profile=profile,
+        profile=device,
         top=top,
         memory=memory,
     )
     if not found:
+        where = f" and the memory of {device.name}" if sized else ""
         raise EdgetrainError(
-            "no schedule fits these budgets; raise --max-ops-per-step / --max-peak-mem"
+            f"no schedule fits these budgets{where}; raise --max-ops-per-step / "
+            "--max-peak-mem" + (", or pick a larger device" if sized else "")
         )
-    table = Table(title=f"schedules for {model} that fit the budgets")
-    for h in (
-        "schedule",
-        "matrix",
-        "mean rate",
-        "rel. ops",
-        "peak ops",
-        "peak mem KiB",
-        "rel. mem",
-    ):
+    title = f"schedules for {model} that fit the budgets"
+    table = Table(title=title + (f" and {device.name}" if sized else ""))
+    header = ["schedule", "matrix", "mean rate", "rel. ops", "peak ops", "peak mem KiB"]
+    header += ["rel. mem"] + (["SRAM KiB", "SRAM left"] if sized else [])
+    for h in header:
         table.add_column(h, justify="left" if h in ("schedule", "matrix") else "right")
     for c in found:
         s = c.schedule
         mean = sum(s.mean_rates) / s.rows
-        table.add_row(
+        row = [
             str(s),
             "/".join(s.bits()),
             f"{mean:.3f}",
@@ -240,5 +251,12 @@ def suggest_command(
             f"{c.peak_step_macs:,}",
             kib(c.peak_memory_reuse_bytes),
             f"{c.relative_peak_memory_reuse:.3f}",
-        )
+        ]
+        if sized:
+            worst = max((step_fit(st, device) for st in c.steps), key=lambda f: f.sram_needed)
+            row += [
+                kib(worst.sram_needed),
+                "-" if worst.sram_margin is None else kib(worst.sram_margin),
+            ]
+        table.add_row(*row)
     console.print(table)

@@ -70,12 +70,11 @@ class MemoryFit:
             ("flash", self.flash_needed, self.flash_bytes, self.flash_margin),
         ):
             if have is None:
-                parts.append(f"{label} {need / 1024:,.1f} KiB (not limited)")
+                parts.append(f"{label} {_size(need)} (not limited)")
             else:
                 word = "left" if margin is not None and margin >= 0 else "over"
                 parts.append(
-                    f"{label} {need / 1024:,.1f} of {have / 1024:,.1f} KiB "
-                    f"({abs(margin or 0) / 1024:,.1f} KiB {word})"
+                    f"{label} {_size(need)} of {_size(have)} ({_size(abs(margin or 0))} {word})"
                 )
         verdict = "fits" if self.fits else "does not fit"
         return f"{self.what} {verdict} on {self.device}: " + ", ".join(parts)
@@ -87,6 +86,10 @@ class MemoryFit:
             "flash_margin": self.flash_margin,
             "fits": self.fits,
         }
+
+
+def _size(n: int) -> str:
+    return f"{n:,} B" if n < 1024 else f"{n / 1024:,.1f} KiB"
 
 
 def step_fit(step: StepCost, profile: DeviceProfile) -> MemoryFit:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from torch import nn
 
-from edgetrain.cost import DeviceProfile, StepCost, analyze
+from edgetrain.cost import DeviceProfile, StepCost, analyze, load_profile, step_fit
 from edgetrain.finetune.schedule import DIGITS, Schedule, even_placement
 from edgetrain.models import parameter_layers
 
@@ -225,11 +225,16 @@ def suggest_schedules(
     Candidates update layers near the output at least as often as those below them
     (non-increasing counts) and spread the partial rows across steps (``_m``
     placement). Budgets: ``max_ops_per_step`` (MACs of the most expensive step) and
-    ``max_peak_mem`` (bytes: the step's peak under the ``memory`` accounting).
+    ``max_peak_mem`` (bytes: the step's peak under the ``memory`` accounting). A device
+    profile with SRAM and flash sizes is a budget too: every step of the cycle must fit
+    the device (:func:`~edgetrain.cost.step_fit`: frozen weights stay in flash, trained
+    ones and everything the step creates take SRAM).
     """
     layers = len(parameter_layers(model))
     rows = min(max_rows or layers, layers)
-    table = _PlanCosts(model, input_shape, profile, optimizer, batch_size, memory)
+    device = load_profile(profile)
+    sized = device.sram_bytes is not None or device.flash_bytes is not None
+    table = _PlanCosts(model, input_shape, device, optimizer, batch_size, memory)
     fits = []
     for n in range(1, rows + 1):
         for tail in itertools.combinations_with_replacement(range(cycle, 0, -1), n - 1):
@@ -239,6 +244,8 @@ def suggest_schedules(
             if max_ops_per_step is not None and c.peak_step_macs > max_ops_per_step:
                 continue
             if max_peak_mem is not None and c.peak_memory_reuse_bytes > max_peak_mem:
+                continue
+            if sized and not all(step_fit(st, device).fits for st in c.steps):
                 continue
             fits.append(c)
 

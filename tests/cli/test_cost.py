@@ -137,3 +137,24 @@ def test_calibrate_anchored_on_a_model(cli, tmp_path):
 def test_calibrate_anchoring_errors_are_one_line(cli, args, needle):
     result = cli("cost", "calibrate", "--quick", *args, code=2)
     assert needle in result.output
+
+
+def test_cost_on_a_microcontroller_says_what_fits(cli):
+    out = cli("cost", "ds_cnn", "--device", "stm32f746", "--trainable", "last:2").output
+    assert "fit on stm32f746" in out and "memory: tensors" in out
+    assert "inference" in out and "last:2" in out and "yes" in out
+    data = json.loads(
+        cli("cost", "ds_cnn", "--device", "stm32f303k8", "--format", "json").output
+    )
+    assert [f["fits"] for f in data["fit"]] == [False, False]  # inference, all
+    assert data["fit"][0]["flash_needed"] == data["inference"]["weights_bytes"]
+    assert data["fit"][0]["flash_margin"] < 0
+    out = cli("cost", "ds_cnn", "--profile", "reference").output
+    assert "fit on" not in out  # a profile without memory sizes says nothing of fitting
+
+
+def test_schedule_suggest_takes_the_device_memory_as_budget(cli):
+    out = cli("schedule", "suggest", "--model", "ds_cnn", "--device", "stm32f746").output
+    assert "and stm32f746" in out and "SRAM left" in out
+    result = cli("schedule", "suggest", "--model", "fcn1d", "--device", "stm32f303k8", code=2)
+    assert "no schedule fits these budgets and the memory of stm32f303k8" in result.output
