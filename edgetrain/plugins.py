@@ -63,6 +63,7 @@ PLUGINS: dict[str, tuple[str, ...]] = {
     "command output adapter": ("edgetrain.compress.command_outputs",),
     "quantization method": ("edgetrain.compress.quantize",),
     "search method": ("edgetrain.search.methods",),
+    "trial pruner": ("edgetrain.search.pruners",),
     "report section": ("edgetrain.report.sections",),
 }
 """Registry kind -> the modules whose import registers its entries."""

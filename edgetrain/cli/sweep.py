@@ -38,6 +38,10 @@ _STORAGE_HELP = (
 
 def _trial_line(trial: Any, objectives: list[str]) -> str:
     attrs = trial.user_attrs
+    if trial.state.name == "PRUNED":
+        top1 = attrs.get("top1_at_pruning")
+        shown = "" if top1 is None else f", top-1 {top1:.4g} then"
+        return f"trial {trial.number}: pruned after epoch {attrs.get('pruned_at_epoch')}{shown}"
     if trial.state.name != "COMPLETE":
         return f"trial {trial.number}: failed ({attrs.get('fail_reason', 'unknown')})"
     shown = ", ".join(
@@ -105,7 +109,8 @@ def _work(
             raise typer.Exit(EXIT_INTERRUPTED) from None
     console.print(
         f"this process: {summary.completed} trials measured ({summary.duplicates} reused a "
-        f"duplicate's result), {summary.failed} failed; stopped by {summary.stopped_by}"
+        f"duplicate's result), {summary.pruned} pruned early, {summary.failed} failed; "
+        f"stopped by {summary.stopped_by}"
     )
     return config
 
@@ -183,7 +188,8 @@ def _report(name: str, storage: str, out: Path) -> None:
     r = latency_macs_correlation(data)
     beat = len(data.beats_reference()) if data.reference else None
     console.print(
-        f"{len(data.complete)} measured, {len(data.failed)} failed, ruined rate "
+        f"{len(data.complete)} measured, {len(data.pruned)} pruned early, "
+        f"{len(data.failed)} failed, ruined rate "
         f"{100 * data.ruined_rate:.0f}%"
         + ("" if beat is None else f", {beat} beat the reference on latency and top-1")
         + ("" if r is None or math.isnan(r) else f", latency-MACs correlation {r:.2f}"),

@@ -12,6 +12,7 @@ the fine-tuning run directory is a normal one: it resumes with ``edgetrain train
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from typing import Any
 from torch import nn
 
 from edgetrain.compress.recipe import FinetuneSpec
+from edgetrain.engine.callback import Callback
 from edgetrain.engine.checkpoint import FORMAT, atomic_save
 from edgetrain.engine.rundir import RunDirectory
 from edgetrain.errors import ConfigError
@@ -99,6 +101,7 @@ def finetune(
     run_dir: str | Path | None = None,
     name: str | None = None,
     progress: bool = False,
+    callbacks: Sequence[Callback] = (),
 ) -> FinetuneResult:
     """Fine-tune a compressed ``model`` with the engine's Trainer.
 
@@ -113,6 +116,7 @@ def finetune(
             model before fine-tuning); None trains without writing anything.
         name: the run's name (default ``<config.name>-compressed``).
         progress: show a progress bar.
+        callbacks: more callbacks for the Trainer (a sweep's trial reporter).
 
     Example:
         >>> result = finetune(net, recipe.finetune, run.config, run_dir="runs/c")  # doctest: +SKIP
@@ -124,6 +128,7 @@ def finetune(
         save_compressed(model, ckpt, arch)
         cfg = finetune_config(config, settings, ckpt, name)
         trainer = build_trainer(cfg, None, progress)
+    trainer.callbacks.extend(callbacks)
     if folder is not None and trainer.is_main:
         trainer.attach_run_dir(folder)
         folder.write_config(cfg.to_dict())

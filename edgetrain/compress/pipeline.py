@@ -19,7 +19,7 @@ from __future__ import annotations
 import copy
 import json
 import shutil
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,7 @@ from edgetrain.compress.finetune import (
 )
 from edgetrain.compress.recipe import Recipe, load_recipe
 from edgetrain.compress.source import evaluate_model
+from edgetrain.engine.callback import Callback
 from edgetrain.engine.rundir import atomic_write_text
 from edgetrain.errors import ConfigError
 from edgetrain.runs import TrainedRun
@@ -82,9 +83,15 @@ class Compression:
         self.report.mark_ruined(self.after["top1"], test.info.num_classes)
         return self.after
 
-    def finetune(self, run_dir: str | Path | None = None, progress: bool = False) -> bool:
+    def finetune(
+        self,
+        run_dir: str | Path | None = None,
+        progress: bool = False,
+        callbacks: Sequence[Callback] = (),
+    ) -> bool:
         """Fine-tune as the recipe's ``finetune`` section says (a run directory in
-        ``run_dir``, resumable with ``edgetrain train --resume``; None: in memory).
+        ``run_dir``, resumable with ``edgetrain train --resume``; None: in memory);
+        ``callbacks`` join the fine-tuning Trainer's (a sweep's trial reporter).
 
         Returns:
             Whether anything was trained (False without a section or with 0 epochs).
@@ -100,6 +107,7 @@ class Compression:
             run_dir=run_dir,
             name=None if run_dir is None else Path(run_dir).name,
             progress=progress,
+            callbacks=callbacks,
         )
         self.model = self.tuned.model
         return True

@@ -262,6 +262,7 @@ def build_sweep_report(data: SweepData, folder: str | Path) -> Path:
     facts = [
         ["trials measured", len(data.complete)],
         ["failed", len(data.failed)],
+        ["pruned early (fine-tuning stopped)", len(data.pruned)],
         ["duplicates (result reused)", sum(t.duplicate_of is not None for t in data.complete)],
         ["feasible", sum(t.feasible for t in data.complete)],
         ["ruined after pruning", f"{100 * data.ruined_rate:.1f} %"],
@@ -296,6 +297,23 @@ def build_sweep_report(data: SweepData, folder: str | Path) -> Path:
         )
     parts.append("<h2>Plots</h2>")
     parts += [image_html(p) for p in images]
+    if data.pruned:
+        parts.append("<h2>Pruned trials</h2>")
+        parts.append(
+            table_html(
+                ["trial", "stopped after epoch", "top-1 then", "MACs", *params],
+                [
+                    [
+                        t.number,
+                        t.metrics.get("pruned_at_epoch", "-"),
+                        t.metrics.get("top1_at_pruning", "-"),
+                        t.metrics.get("macs", "-"),
+                        *[t.params.get(p, "-") for p in params],
+                    ]
+                    for t in data.pruned
+                ],
+            )
+        )
     if data.failed:
         parts.append("<h2>Failed trials</h2>")
         parts.append(

@@ -76,6 +76,12 @@ class SweepData:
         return [t for t in self.trials if t.state == "FAIL"]
 
     @property
+    def pruned(self) -> list[TrialRow]:
+        """Trials the trial pruner stopped during fine-tuning (their last figures are in
+        ``metrics``: ``pruned_at_epoch``, ``top1_at_pruning``)."""
+        return [t for t in self.trials if t.state == "PRUNED"]
+
+    @property
     def params(self) -> list[str]:
         return list(dict.fromkeys(p for t in self.trials for p in t.params))
 

@@ -16,6 +16,7 @@ line naming the key and the fix::
     model: runs/digits-resnet20    # run directory (or a checkpoint inside one)
     reference: resnet20-l1         # optional hand-made recipe, marked in the report
     runtime: {name: onnxruntime, threads: 1, runs: 100, repeats: 3}
+    trial_pruner: {name: median}   # stop clearly worse fine-tunings early (optional)
 """
 
 from __future__ import annotations
@@ -30,7 +31,9 @@ from edgetrain.compress.recipe import Recipe, load_recipe
 from edgetrain.compress.runtime import RUNTIMES
 from edgetrain.configs import StrictConfig, load_validated, read_mapping
 from edgetrain.errors import ConfigError, EdgetrainError
+from edgetrain.registry import check_kwargs
 from edgetrain.search.methods import SAMPLERS
+from edgetrain.search.pruners import TRIAL_PRUNERS
 
 __all__ = [
     "METRICS",
@@ -212,6 +215,24 @@ class RuntimeSpec(_Strict):
         }
 
 
+class TrialPrunerSpec(_Strict):
+    """Early stopping of trials: a key of
+    :data:`~edgetrain.search.pruners.TRIAL_PRUNERS` and its options."""
+
+    name: str = "median"
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _known(self) -> TrialPrunerSpec:
+        entry = TRIAL_PRUNERS.entry(self.name)  # an unknown name lists the choices
+        check_kwargs(entry.fn, dict(self.options), f"trial_pruner '{self.name}'", ("max_resource",))
+        return self
+
+    def make(self, max_resource: int) -> Any:
+        """The Optuna pruner (None for ``none``)."""
+        return TRIAL_PRUNERS.create(self.name, max_resource=max_resource, **self.options)
+
+
 class SweepConfig(_Strict):
     """A validated sweep; build it with :func:`load_sweep`."""
 
@@ -226,6 +247,7 @@ class SweepConfig(_Strict):
     data: str | None = None
     reference: str | None = None
     runtime: RuntimeSpec = Field(default_factory=RuntimeSpec)
+    trial_pruner: TrialPrunerSpec | None = None
     seed: int = 0
     heartbeat_s: int = Field(60, ge=1)
     keep_models: bool = False
@@ -273,6 +295,11 @@ class SweepConfig(_Strict):
         if n < least:
             raise ValueError(
                 f"method {self.method} is multi-objective: give a list of {least} or more metrics"
+            )
+        if n > 1 and self.trial_pruner is not None and self.trial_pruner.name != "none":
+            raise ValueError(
+                "trial_pruner: Optuna cannot prune multi-objective studies; drop the "
+                "trial_pruner section or optimise one metric"
             )
         if meta.get("enumerates"):
             ranged = [k for k, p in self.parameters.items() if p.min is not None]

@@ -31,8 +31,16 @@ from edgetrain.compress.recipe import Recipe, load_recipe
 from edgetrain.errors import ConfigError, EdgetrainError
 from edgetrain.runs import TrainedRun, load_trained_run
 from edgetrain.search.config import SweepConfig
+from edgetrain.search.pruners import TrialReporter
 
-__all__ = ["Candidate", "SweepContext", "TrialFailed", "config_key", "evaluate_candidate"]
+__all__ = [
+    "Candidate",
+    "CandidatePruned",
+    "SweepContext",
+    "TrialFailed",
+    "config_key",
+    "evaluate_candidate",
+]
 
 
 class TrialFailed(EdgetrainError):
@@ -107,6 +115,15 @@ def config_key(report: CompressReport, recipe: Recipe) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
+class CandidatePruned(Exception):
+    """The sweep's trial pruner stopped the candidate's fine-tuning; ``metrics`` holds
+    its last figures (recorded on the pruned trial)."""
+
+    def __init__(self, metrics: dict[str, Any]) -> None:
+        super().__init__(f"pruned after epoch {metrics.get('pruned_at_epoch')}")
+        self.metrics = metrics
+
+
 def _finite(value: float | None, what: str) -> None:
     if value is None or not math.isfinite(value):
         raise TrialFailed(f"{what} is {value}: training diverged; lower finetune.lr")
@@ -120,6 +137,7 @@ def evaluate_candidate(
     baseline: dict[str, Any] | None = None,
     cached: Callable[[str], tuple[int, dict[str, Any]] | None] | None = None,
     finetune_: bool = True,
+    reporter: TrialReporter | None = None,
 ) -> Candidate:
     """Compress, fine-tune, export, quantize, evaluate and benchmark one recipe.
 
@@ -132,9 +150,13 @@ def evaluate_candidate(
         cached: looks a :func:`config_key` up among finished trials and returns
             ``(trial number, metrics)`` to reuse, or None.
         finetune_: run the recipe's fine-tuning (False for the baseline).
+        reporter: reports each fine-tuning epoch to the Optuna trial and stops the
+            fine-tuning when the sweep's trial pruner says so.
 
     Raises:
         TrialFailed: fine-tuning diverged.
+        CandidatePruned: the trial pruner stopped the fine-tuning (the candidate is
+            not exported or measured; its last figures are in the exception).
     """
     out = Path(out)
     job = Compression(ctx.run, recipe)
@@ -160,11 +182,20 @@ def evaluate_candidate(
         "filters_kept": {k: list(v) for k, v in report.filters_kept.items()},
         "finetune_epochs": 0,
     }
-    if finetune_ and job.finetune():
+    callbacks = [] if reporter is None else [reporter]
+    if finetune_ and job.finetune(callbacks=callbacks):
         assert job.tuned is not None and recipe.finetune is not None
+        metrics["finetune_epochs"] = len(job.tuned.history)
+        if reporter is not None and reporter.pruned_at is not None:  # diverged or not
+            metrics.update(
+                pruned_at_epoch=reporter.pruned_at,
+                top1_at_pruning=reporter.last.get("top1"),
+                loss_at_pruning=reporter.last.get("loss"),
+            )
+            _write_record(out, recipe, metrics)
+            raise CandidatePruned(metrics)
         last = job.tuned.history[-1] if job.tuned.history else {}
         _finite(last.get("train_loss"), "the fine-tuning loss")
-        metrics["finetune_epochs"] = recipe.finetune.epochs
     _write_record(out, recipe, None)
     files = job.deploy(out, ctx.config.runtime_settings())
     for f in files:

@@ -45,10 +45,12 @@ from edgetrain.errors import ConfigError, EdgetrainError, one_line
 from edgetrain.search.config import SweepConfig
 from edgetrain.search.methods import grid_points, make_sampler
 from edgetrain.search.objective import (
+    CandidatePruned,
     SweepContext,
     TrialFailed,
     evaluate_candidate,
 )
+from edgetrain.search.pruners import TrialReporter
 from edgetrain.search.space import constraint_label, constraint_values, suggest
 
 __all__ = [
@@ -163,6 +165,7 @@ class WorkSummary:
 
     completed: int = 0
     failed: int = 0
+    pruned: int = 0
     duplicates: int = 0
     trials: list[int] = field(default_factory=list)
     stopped_by: str = "budget"
@@ -209,6 +212,20 @@ def _top_up(study: Any, config: SweepConfig, budget: int) -> None:
         study.set_user_attr("slots", budget)
 
 
+def _trial_pruner(config: SweepConfig, ctx: SweepContext) -> Any:
+    """The sweep's Optuna pruner over its longest fine-tuning (Optuna's NopPruner when
+    there is none)."""
+    optuna = require("optuna", "search")
+    spec = config.trial_pruner
+    if spec is None:
+        return optuna.pruners.NopPruner()
+    epochs = [ctx.recipe.finetune.epochs if ctx.recipe.finetune else 0]
+    searched = config.parameters.get("finetune.epochs")
+    if searched is not None:
+        epochs += [v for v in (searched.values or [searched.max]) if isinstance(v, int | float)]
+    return spec.make(max(1, int(max(epochs)))) or optuna.pruners.NopPruner()
+
+
 def open_study(
     config: SweepConfig,
     storage: Any,
@@ -229,18 +246,22 @@ def open_study(
     """
     optuna = require("optuna", "search")
     sampler = make_sampler(config, seed)
+    pruner = _trial_pruner(config, ctx)
     try:
         study = optuna.create_study(
             storage=storage,
             study_name=config.name,
             directions=config.directions,
             sampler=sampler,
+            pruner=pruner,
         )
         study.set_user_attr("config", config.to_dict())
         study.set_metric_names([m.name for m in config.metrics])  # shown by optuna-dashboard
         coordinator = True
     except optuna.exceptions.DuplicatedStudyError:
-        study = optuna.load_study(study_name=config.name, storage=storage, sampler=sampler)
+        study = optuna.load_study(
+            study_name=config.name, storage=storage, sampler=sampler, pruner=pruner
+        )
         _check_same(config, study)
         # A resumed sampler seeded as before would propose the trials it already drew
         # again: go on from a seed that counts them.
@@ -425,7 +446,12 @@ def _measure_trial(
     recipe = ctx.recipe.with_params(params)
     folder = ctx.folder / "trials" / f"{trial.number:04d}"
     started = time.perf_counter()
-    candidate = evaluate_candidate(ctx, recipe, folder, baseline=baseline, cached=cache)
+    reporter = None
+    if config.trial_pruner is not None and config.trial_pruner.name != "none":
+        reporter = TrialReporter(trial, maximize=config.directions[0] == "maximize")
+    candidate = evaluate_candidate(
+        ctx, recipe, folder, baseline=baseline, cached=cache, reporter=reporter
+    )
     attrs = dict(candidate.metrics)
     attrs.update(
         config_key=candidate.key,
@@ -532,6 +558,12 @@ def _run(
         try:
             with _Heartbeat(store, trial_id, config.heartbeat_s):
                 values, attrs = _measure_trial(trial, ctx, baseline, cache)
+        except CandidatePruned as pruned:
+            for key, value in pruned.metrics.items():
+                trial.set_user_attr(key, value)
+            frozen = study.tell(trial, state=state.PRUNED)
+            summary.pruned += 1
+            log(f"trial {trial.number} pruned after epoch {pruned.metrics['pruned_at_epoch']}")
         except KeyboardInterrupt:
             trial.set_user_attr("fail_reason", "interrupted; queued again")
             frozen = study.tell(trial, state=state.FAIL)

@@ -143,9 +143,7 @@ def test_cost_on_a_microcontroller_says_what_fits(cli):
     out = cli("cost", "ds_cnn", "--device", "stm32f746", "--trainable", "last:2").output
     assert "fit on stm32f746" in out and "memory: tensors" in out
     assert "inference" in out and "last:2" in out and "yes" in out
-    data = json.loads(
-        cli("cost", "ds_cnn", "--device", "stm32f303k8", "--format", "json").output
-    )
+    data = json.loads(cli("cost", "ds_cnn", "--device", "stm32f303k8", "--format", "json").output)
     assert [f["fits"] for f in data["fit"]] == [False, False]  # inference, all
     assert data["fit"][0]["flash_needed"] == data["inference"]["weights_bytes"]
     assert data["fit"][0]["flash_margin"] < 0

@@ -18,7 +18,7 @@ import pytest
 from edgetrain.compress.recipe import load_recipe
 from edgetrain.search import load_sweep, open_storage, run
 from edgetrain.search import study as study_mod
-from edgetrain.search.objective import Candidate, SweepContext
+from edgetrain.search.objective import Candidate, CandidatePruned, SweepContext
 
 RECIPE = load_recipe(
     {"version": 1, "pruners": {"s1": {"method": "l1_filter", "sparsity": 0.5, "layers": ["a"]}}}
@@ -46,12 +46,12 @@ def _config(name="s", trials=6, **extra):
 def fake(monkeypatch, tmp_path):
     """Measure a candidate as latency = 1 - sparsity/2, top1 = 90 - 40*sparsity."""
     calls = []
-    knobs = SimpleNamespace(calls=calls, fail_at=None, error=RuntimeError("boom"))
+    knobs = SimpleNamespace(calls=calls, fail_at=None, error=RuntimeError("boom"), reported=[])
 
     def prepare(config, base, folder):
         return SweepContext(config, RECIPE, None, folder)
 
-    def evaluate(ctx, recipe, out, *, baseline=None, cached=None, finetune_=True):
+    def evaluate(ctx, recipe, out, *, baseline=None, cached=None, finetune_=True, reporter=None):
         s = recipe.pruners["s1"].sparsity if recipe.pruners else 0.0
         key = f"{s:.2f}"
         if cached is not None and (hit := cached(key)) is not None:
@@ -59,6 +59,16 @@ def fake(monkeypatch, tmp_path):
         calls.append(s)
         if knobs.fail_at is not None and s == knobs.fail_at:
             raise knobs.error
+        if reporter is not None:  # three fine-tuning epochs, top-1 falling with sparsity
+            knobs.reported.append(s)
+            for epoch in (1, 2, 3):
+                record = {"epoch": epoch, "val_top1": 90.0 - 40 * s + epoch, "val_loss": s}
+                trainer = SimpleNamespace(state=SimpleNamespace(last_record=record))
+                reporter.on_epoch_end(trainer, None)
+                if reporter.pruned_at is not None:
+                    raise CandidatePruned(
+                        {"pruned_at_epoch": epoch, "top1_at_pruning": record["val_top1"]}
+                    )
         metrics = {"latency_ms": 1.0 - s / 2, "top1": 90.0 - 40 * s, "macs": 100 * (1 - s)}
         if baseline is not None:
             metrics["top1_drop"] = baseline["top1"] - metrics["top1"]
@@ -263,3 +273,50 @@ def test_a_storage_password_never_reaches_a_message(tmp_path):
     blocked.write_text("")
     with pytest.raises(ConfigError, match="cannot create the folder"):
         open_storage(f"sqlite:///{blocked}/sub/study.db")
+
+
+def test_a_trial_pruner_stops_worse_trials_and_records_them_as_pruned(fake):
+    config = _config(
+        trials=8,
+        method="grid",
+        parameters={"s1.sparsity": {"values": [0.0, 0.25, 0.5, 0.75]}},
+        trial_pruner={"name": "median", "options": {"n_startup_trials": 1}},
+    )
+    summary = run(config)
+    study = _study(config)
+    pruned = study.get_trials(states=(STATE.PRUNED,))
+    complete = study.get_trials(states=(STATE.COMPLETE,))
+    assert summary.pruned == len(pruned) >= 1 and summary.failed == 0
+    assert len(pruned) + len(complete) == 4  # the grid's four points, each once
+    assert study.trials[0].state == STATE.COMPLETE  # nothing to compare the first with
+    for t in pruned:
+        # Its last figures are kept; a minimised objective reports the top-1 error.
+        assert t.user_attrs["pruned_at_epoch"] == 1  # worse than the median at epoch 1
+        assert t.intermediate_values == {1: pytest.approx(100 - t.user_attrs["top1_at_pruning"])}
+        assert t.params["s1.sparsity"] > study.trials[0].params["s1.sparsity"]
+    assert fake.reported  # the reporter reached the candidate
+
+
+@pytest.mark.parametrize(
+    ("pruner", "needle"),
+    [
+        ({"name": "median", "options": {"patience": 2}}, "has no option 'patience'"),
+        ({"name": "asha"}, "unknown trial pruner 'asha'"),
+    ],
+)
+def test_bad_trial_pruners_are_refused_at_load(pruner, needle):
+    from edgetrain.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=needle):
+        _config(trial_pruner=pruner)
+
+
+def test_a_multi_objective_sweep_cannot_prune():
+    from edgetrain.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="cannot prune multi-objective studies"):
+        _config(
+            method="nsga2",
+            metric=[{"name": "latency_ms"}, {"name": "top1", "goal": "maximize"}],
+            trial_pruner={"name": "hyperband"},
+        )

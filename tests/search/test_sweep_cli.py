@@ -64,7 +64,7 @@ def test_sweep_run_measures_the_budget_and_writes_the_report(sweep_root, monkeyp
     assert status[0].startswith("200") and b'"cli"' in body and b"latency_ms" in body
 
     out = _cli("sweep", "report", "runs/cli")
-    assert "4 measured, 0 failed" in out
+    assert "4 measured, 0 pruned early, 0 failed" in out
     assert "budget" in _cli("sweep", "run", "sweep.yaml", "--no-progress", "--no-report")
 
 
@@ -133,3 +133,30 @@ def test_a_throughput_sweep_measures_throughput_without_a_batch_given(sweep_root
     (trial,) = optuna.load_study(study_name="tput", storage=storage).trials
     assert trial.state == optuna.trial.TrialState.COMPLETE, trial.user_attrs
     assert trial.values[0] == trial.user_attrs["throughput"] > 0
+
+
+def test_fine_tuning_reports_every_epoch_to_the_trial_pruner(sweep_root, monkeypatch):
+    monkeypatch.chdir(sweep_root)
+    text = sweep_yaml("pruned", 3, extra="trial_pruner: {name: median}").replace(
+        "finetune.epochs: {values: [0]}", "finetune.epochs: {values: [2]}"
+    )
+    (sweep_root / "pruned.yaml").write_text(text)
+    out = _cli("sweep", "run", "pruned.yaml", "--no-progress")
+    assert "pruned early" in out
+    storage = open_storage(f"sqlite:///{sweep_root / 'runs' / 'pruned' / 'study.db'}")
+    study = optuna.load_study(study_name="pruned", storage=storage)
+    state = optuna.trial.TrialState
+    assert len(study.trials) == 3
+    for t in study.trials:
+        assert t.state in (state.COMPLETE, state.PRUNED), t.user_attrs.get("fail_reason")
+        # the top-1 error (the objective is minimised) after each epoch trained
+        assert set(t.intermediate_values) == (
+            {1, 2} if t.state == state.COMPLETE else {t.user_attrs["pruned_at_epoch"]}
+        )
+        for epoch, value in t.intermediate_values.items():
+            assert 0 <= value <= 100, epoch
+        if t.state == state.COMPLETE:
+            assert t.user_attrs["finetune_epochs"] == 2
+            assert t.intermediate_values[2] == pytest.approx(100 - t.user_attrs["top1"], abs=1e-6)
+    page = (sweep_root / "runs" / "pruned" / "report" / "report.html").read_text()
+    assert "pruned early (fine-tuning stopped)" in page
