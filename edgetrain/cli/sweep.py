@@ -15,6 +15,7 @@ from edgetrain.cli._common import (
     console,
     err_console,
     handle_errors,
+    parse_options,
     sigterm_as_interrupt,
 )
 from edgetrain.errors import ConfigError
@@ -164,6 +165,67 @@ def worker_command(
     Example: edgetrain sweep worker sweep.yaml --storage postgresql://edge@db-host/sweeps
     """
     _work(config, storage, root, False, None, max_trials, progress)
+
+
+@app.command("bench-worker")
+@handle_errors
+def bench_worker_command(
+    config: Path = typer.Argument(..., help="Sweep config (YAML), the same as the workers'."),
+    storage: str = typer.Option(None, help=_STORAGE_HELP),
+    runtime: str = typer.Option(
+        None, help="Runtime on this device (default: the config's runtime.name)."
+    ),
+    option: list[str] = typer.Option(
+        None, "--option", "-o", help="Runtime option key=value (with --runtime; repeatable)."
+    ),
+    idle_exit: float = typer.Option(
+        None, min=1.0, help="Also stop after this many seconds without a request."
+    ),
+    root: Path = typer.Option(Path("runs"), help="Folder of sweep folders (default storage)."),
+) -> None:
+    """Measure every latency of a sweep on this device, one at a time.
+
+    With 'runtime: {..., bench_worker: true}' in the sweep config, training workers
+    queue each candidate's files in the sweep's database and wait; this process takes
+    them oldest first, benchmarks them with its runtime and writes the results back,
+    so every latency of the sweep comes from this one device. It stops when the sweep's
+    budget is spent. Start it before or after the workers; run one per sweep.
+
+    Example: edgetrain sweep bench-worker sweep.yaml --storage postgresql://edge@db/sweeps
+    """
+    from edgetrain.search import bench_worker, load_sweep
+
+    cfg, _ = load_sweep(config)
+    if not cfg.runtime.bench_worker:
+        raise ConfigError(
+            f"'{config}' measures on each worker (runtime.bench_worker is false); set "
+            "runtime: {..., bench_worker: true} so that workers queue their measurements"
+        )
+    options = parse_options(option, "--option")
+    if options and runtime is None:
+        raise ConfigError("--option needs --runtime (the config's options apply otherwise)")
+
+    def log(text: str) -> None:
+        console.print(text, highlight=False)
+
+    try:
+        with sigterm_as_interrupt():
+            served = bench_worker(
+                cfg,
+                storage=storage,
+                root=root,
+                runtime=runtime,
+                options=options,
+                idle_exit_s=idle_exit,
+                log=log,
+            )
+    except KeyboardInterrupt:
+        err_console.print(
+            "[yellow]interrupted[/]: the request being measured is queued again when a "
+            "bench worker starts"
+        )
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    console.print(f"measured {served} request(s); the sweep's budget is spent")
 
 
 def _report(name: str, storage: str, out: Path) -> None:

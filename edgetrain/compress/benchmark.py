@@ -68,6 +68,7 @@ class BenchmarkResult:
     file_bytes: int
     repeats: list[RepeatStats]
     notes: list[str] = field(default_factory=list)
+    measured_by: str | None = None  # the process that measured it, when not this one
 
     def _median(self, key: str) -> float | None:
         values = [getattr(r, key) for r in self.repeats if getattr(r, key) is not None]
@@ -116,7 +117,25 @@ class BenchmarkResult:
             "throughput": self.throughput,
             "repeats": [vars(r) for r in self.repeats],
             "notes": list(self.notes),
+            **({} if self.measured_by is None else {"measured_by": self.measured_by}),
         }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BenchmarkResult:
+        """The result :meth:`to_dict` wrote (a measurement made by another process)."""
+        return cls(
+            path=Path(data["path"]),
+            runtime=data["runtime"],
+            threads=data["threads"],
+            batch=data["batch"],
+            warmup=data["warmup"],
+            runs=data["runs"],
+            throughput_batch=data.get("throughput_batch"),
+            file_bytes=data["file_bytes"],
+            repeats=[RepeatStats(**r) for r in data["repeats"]],
+            notes=list(data.get("notes", [])),
+            measured_by=data.get("measured_by"),
+        )
 
     def summary(self) -> str:
         """One line: latency (spread), compute latency, throughput, file size."""

@@ -112,10 +112,13 @@ class Compression:
         self.model = self.tuned.model
         return True
 
-    def deploy(self, out: str | Path, bench: Mapping[str, Any] | None = None) -> list[DeployedFile]:
+    def deploy(
+        self, out: str | Path, bench: Mapping[str, Any] | None = None, *, measure_: bool = True
+    ) -> list[DeployedFile]:
         """Export (and quantize, when the recipe says so) into ``out``, evaluate each file
         on the runtime of ``bench`` (ONNX Runtime when None or when it reports latency
-        only), and benchmark them with ``bench`` settings (None: no timing)."""
+        only), and benchmark them with ``bench`` settings (None, or ``measure_=False``:
+        no timing here)."""
         self.files = deploy(
             self.model,
             self.recipe,
@@ -125,7 +128,7 @@ class Compression:
             runtime=(bench or {}).get("runtime") or "onnxruntime",
             runtime_options=(bench or {}).get("runtime_options"),
         )
-        if bench is not None:
+        if bench is not None and measure_:
             measure(self.files, **bench)
         return self.files
 

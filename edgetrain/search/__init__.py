@@ -17,6 +17,7 @@ Example:
 from __future__ import annotations
 
 from edgetrain.search.analysis import SweepData, TrialRow, load_sweep_data
+from edgetrain.search.bench_queue import BenchQueue
 from edgetrain.search.config import METRICS, SweepConfig, load_sweep
 from edgetrain.search.methods import SAMPLERS, make_sampler
 from edgetrain.search.objective import (
@@ -26,8 +27,10 @@ from edgetrain.search.objective import (
     config_key,
     evaluate_candidate,
 )
+from edgetrain.search.pruners import TRIAL_PRUNERS
 from edgetrain.search.study import (
     WorkSummary,
+    bench_worker,
     default_storage,
     open_storage,
     open_study,
@@ -36,6 +39,9 @@ from edgetrain.search.study import (
 )
 
 __all__ = [
+    "TRIAL_PRUNERS",
+    "BenchQueue",
+    "bench_worker",
     "METRICS",
     "SAMPLERS",
     "Candidate",

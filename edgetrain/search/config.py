@@ -16,6 +16,7 @@ line naming the key and the fix::
     model: runs/digits-resnet20    # run directory (or a checkpoint inside one)
     reference: resnet20-l1         # optional hand-made recipe, marked in the report
     runtime: {name: onnxruntime, threads: 1, runs: 100, repeats: 3}
+    # runtime: {name: openvino, bench_worker: true}: one device measures for all workers
     trial_pruner: {name: median}   # stop clearly worse fine-tunings early (optional)
 """
 
@@ -185,6 +186,8 @@ class RuntimeSpec(_Strict):
     repeats: int = Field(3, ge=1)
     throughput_batch: int | None = Field(None, ge=1)
     options: dict[str, Any] = Field(default_factory=dict)
+    bench_worker: bool = False
+    wait_s: float = Field(3600.0, gt=0)
 
     @field_validator("name")
     @classmethod
@@ -196,11 +199,24 @@ class RuntimeSpec(_Strict):
     def _options(self) -> RuntimeSpec:
         # Build the runtime once: unknown options, a missing package (with its install
         # line), an unavailable device or provider are refused before any trial runs.
+        # With a bench worker the runtime is the device's, built by the bench worker.
+        if self.bench_worker:
+            return self
         try:
             RUNTIMES.create(self.name, **self.options)
         except EdgetrainError as exc:
             raise ValueError(str(exc)) from None
         return self
+
+    def benchmark_settings(self) -> dict[str, Any]:
+        """Keyword arguments of :func:`edgetrain.compress.benchmark` besides the runtime."""
+        return {
+            "threads": self.threads,
+            "warmup": self.warmup,
+            "runs": self.runs,
+            "repeats": self.repeats,
+            "throughput_batch": self.throughput_batch,
+        }
 
     def settings(self) -> dict[str, Any]:
         """Keyword arguments of :func:`edgetrain.compress.measure`."""

@@ -26,10 +26,14 @@ from typing import Any
 import yaml
 
 from edgetrain.compress.apply import CompressReport
+from edgetrain.compress.benchmark import BenchmarkResult
+from edgetrain.compress.deploy import DeployedFile
 from edgetrain.compress.pipeline import Compression
 from edgetrain.compress.recipe import Recipe, load_recipe
+from edgetrain.compress.runtime import RUNTIMES, Runtime
 from edgetrain.errors import ConfigError, EdgetrainError
 from edgetrain.runs import TrainedRun, load_trained_run
+from edgetrain.search.bench_queue import BenchQueue
 from edgetrain.search.config import SweepConfig
 from edgetrain.search.pruners import TrialReporter
 
@@ -57,6 +61,7 @@ class SweepContext:
     run: TrainedRun
     folder: Path
     reference: Recipe | None = None
+    bench: BenchQueue | None = None  # set when a bench worker measures the latencies
 
     @classmethod
     def prepare(cls, config: SweepConfig, base: Path | None, folder: str | Path) -> SweepContext:
@@ -197,7 +202,7 @@ def evaluate_candidate(
         last = job.tuned.history[-1] if job.tuned.history else {}
         _finite(last.get("train_loss"), "the fine-tuning loss")
     _write_record(out, recipe, None)
-    files = job.deploy(out, ctx.config.runtime_settings())
+    files = _deploy_and_measure(ctx, job, out)
     for f in files:
         tag = "fp32" if f.name == "fp32" else "int8"
         assert f.bench is not None
@@ -227,6 +232,9 @@ def evaluate_candidate(
                     "size_bytes": f.size_bytes,
                 }
             )
+    if ctx.bench is not None:
+        by = {str(f.bench.measured_by) for f in files if f.bench is not None}
+        metrics["measured_by"] = ", ".join(sorted(by))
     if baseline is not None:
         metrics["top1_drop"] = baseline["top1"] - metrics["top1"]
         metrics["latency_ratio"] = metrics["latency_ms"] / baseline["latency_ms"]
@@ -237,6 +245,31 @@ def evaluate_candidate(
             f.path.unlink(missing_ok=True)
     _write_record(out, recipe, metrics)
     return Candidate(metrics, report, key)
+
+
+def _deploy_and_measure(ctx: SweepContext, job: Compression, out: Path) -> list[DeployedFile]:
+    """Deploy the candidate and time its files: here, or through the bench worker's
+    queue (the files are evaluated here, on the sweep's runtime when it is installed
+    here and runs in-process, else on ONNX Runtime)."""
+    settings = ctx.config.runtime_settings()
+    if ctx.bench is None:
+        return job.deploy(out, settings)
+    spec = ctx.config.runtime
+    local = RUNTIMES.entry(spec.name).fn
+    here = local.missing() is None and local.predictor is not Runtime.predictor
+    evaluation = (
+        {"runtime": spec.name, "runtime_options": spec.options or None}
+        if here
+        else {"runtime": "onnxruntime"}
+    )
+    files = job.deploy(out, evaluation, measure_=False)
+    wanted = {k: settings[k] for k in ("threads", "warmup", "runs", "repeats")}
+    wanted["throughput_batch"] = settings["throughput_batch"]
+    for f in files:
+        request = ctx.bench.submit(f"{out.name}/{f.path.name}", [f.path], wanted)
+        data = ctx.bench.wait(request, spec.wait_s)
+        f.bench = BenchmarkResult.from_dict({**data, "path": str(f.path)})
+    return files
 
 
 def _write_record(out: Path, recipe: Recipe, metrics: dict[str, Any] | None) -> None:

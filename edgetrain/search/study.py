@@ -42,6 +42,7 @@ from typing import Any
 from edgetrain._optional import require
 from edgetrain.compress.recipe import load_recipe
 from edgetrain.errors import ConfigError, EdgetrainError, one_line
+from edgetrain.search.bench_queue import BenchQueue, serve
 from edgetrain.search.config import SweepConfig
 from edgetrain.search.methods import grid_points, make_sampler
 from edgetrain.search.objective import (
@@ -56,6 +57,7 @@ from edgetrain.search.space import constraint_label, constraint_values, suggest
 __all__ = [
     "BOOKKEEPING_ATTRS",
     "WorkSummary",
+    "bench_worker",
     "quiet_optuna",
     "default_storage",
     "fail_dead_trials",
@@ -280,7 +282,7 @@ def open_study(
             raise EdgetrainError(
                 f"sweep '{config.name}' was never set up; start it with 'edgetrain sweep run'"
             )
-        time.sleep(1.0)
+        time.sleep(0.25)
     return study
 
 
@@ -519,6 +521,9 @@ def _run(
     ctx = SweepContext.prepare(config, base, folder)
     url = storage or default_storage(config, root)
     store = open_storage(url, config.heartbeat_s)
+    if config.runtime.bench_worker:
+        ctx.bench = BenchQueue(store, config.name)
+        log("latencies are measured by the sweep's bench worker")
     seed = config.seed if coordinator else config.seed + os.getpid()
     study = open_study(
         config, store, ctx, coordinator=coordinator, trials=trials, seed=seed, log=log
@@ -587,3 +592,59 @@ def _run(
         if on_trial is not None:
             on_trial(frozen)
     return summary
+
+
+def bench_worker(
+    config: SweepConfig,
+    *,
+    storage: str | None = None,
+    root: str | Path = "runs",
+    runtime: str | None = None,
+    options: dict[str, Any] | None = None,
+    idle_exit_s: float | None = None,
+    log: Callable[[str], None] = lambda _: None,
+) -> int:
+    """Serve the sweep's latency measurements on this machine until the sweep is over.
+
+    Args:
+        config: the sweep (its runtime section says how to measure; ``runtime`` and
+            ``options`` replace its name and options, for a device whose runtime
+            differs from the config's default).
+        storage: the sweep's database (default :func:`default_storage`).
+        root: folder of sweep folders (for the default storage).
+        idle_exit_s: also stop after this many seconds without a request.
+        log: receives one line per measurement.
+
+    Returns:
+        How many measurements this process made.
+
+    Raises:
+        EdgetrainError: the runtime cannot be built here (a missing package names its
+            install line), or the database cannot be reached.
+    """
+    from edgetrain.compress.runtime import RUNTIMES
+
+    optuna = require("optuna", "search")
+    name = runtime or config.runtime.name
+    rt = RUNTIMES.create(name, **(config.runtime.options if runtime is None else options or {}))
+    url = storage or default_storage(config, root)
+    store = open_storage(url, config.heartbeat_s)
+    queue = BenchQueue(store, config.name)
+    state = optuna.trial.TrialState
+
+    def finished() -> bool:
+        counts = queue.counts()
+        if counts["queued"] or counts["running"]:
+            return False
+        try:
+            with quiet_optuna():
+                study = optuna.load_study(study_name=config.name, storage=store)
+        except KeyError:
+            return False  # the coordinator has not created the study yet
+        if not study.user_attrs.get("ready"):
+            return False
+        return not study.get_trials(deepcopy=False, states=(state.WAITING, state.RUNNING))
+
+    log(f"bench worker for sweep '{config.name}' on runtime {rt.name}")
+    with quiet_optuna():
+        return serve(queue, rt, finished=finished, log=log, idle_exit_s=idle_exit_s)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+from pathlib import Path
+
 import pytest
 
 pytest.importorskip("optuna")
@@ -47,3 +50,22 @@ def sweep_root(tmp_path_factory, copy_tiny_resnet_run):
     (root / "recipe.yaml").write_text(RECIPE)
     (root / "reference.yaml").write_text(REFERENCE)
     return root
+
+
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "postgres.sh"
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """A throw-away PostgreSQL server on loopback (scripts/postgres.sh); skips the test
+    when it cannot be installed or started here."""
+    proc = subprocess.run(
+        ["bash", str(SCRIPT), "start"], capture_output=True, text=True, timeout=900
+    )
+    if proc.returncode != 0:
+        reason = (proc.stderr.strip().splitlines() or ["no message"])[-1]
+        print(f"PostgreSQL unavailable: {reason}")
+        pytest.skip(f"PostgreSQL cannot be installed or started here: {reason}")
+    url, folder = proc.stdout.split()[-2:]
+    yield url
+    subprocess.run(["bash", str(SCRIPT), "stop", folder], capture_output=True, timeout=120)

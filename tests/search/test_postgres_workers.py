@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import optuna
 import pytest
@@ -15,22 +14,6 @@ from conftest import sweep_yaml
 from edgetrain.search import open_storage
 
 pytestmark = pytest.mark.postgres
-
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "postgres.sh"
-
-
-@pytest.fixture(scope="module")
-def postgres_url():
-    proc = subprocess.run(
-        ["bash", str(SCRIPT), "start"], capture_output=True, text=True, timeout=900
-    )
-    if proc.returncode != 0:
-        reason = (proc.stderr.strip().splitlines() or ["no message"])[-1]
-        print(f"PostgreSQL unavailable: {reason}")
-        pytest.skip(f"PostgreSQL cannot be installed or started here: {reason}")
-    url, folder = proc.stdout.split()[-2:]
-    yield url
-    subprocess.run(["bash", str(SCRIPT), "stop", folder], capture_output=True, timeout=120)
 
 
 def test_two_workers_share_one_study_without_losing_or_repeating_a_trial(sweep_root, postgres_url):
