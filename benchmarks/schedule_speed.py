@@ -33,7 +33,10 @@ back to the kernel and faulted in again by the next backward, which costs more p
 than a schedule saves.
 
 Usage: python benchmarks/schedule_speed.py [--models 5] [--epochs 3] [--steps 256]
-       [--threads N] [--scenario kws_cnn] [--schedule 4442 ...]
+       [--threads N] [--scenario kws_cnn] [--schedule 4442 ...] [--device cuda]
+With ``--device cuda`` the steps run on the GPU (each step's clock synchronises the
+device at both ends) and only the raw-count prediction is compared: the calibrated
+profiles time this machine's CPU, not the GPU.
 The last column compares the same in time saved per step, measured and as the host
 profile predicts it (its predicted step time times its predicted saving): where the
 profile misses part of a step's time that no schedule removes, the relative saving is
@@ -63,13 +66,15 @@ from edgetrain.models import create
 
 SCENARIOS = {"1 vgg_small": ("vgg_small", {"in_channels": 1}), "2 kws_cnn": ("kws_cnn", {})}
 SCHEDULES = ["4442", "4432", "4422", "4422_m", "4421", "4211_m"]
+ANCHOR_ROWS = ("host", "anchored", "fitted")  # predictions of profiles timed on this CPU
 
 
 class ColumnClock(Callback):
     """Training-step seconds by schedule column, per epoch (data loading left out)."""
 
-    def __init__(self, schedule: LayerSchedule) -> None:
+    def __init__(self, schedule: LayerSchedule, sync: bool = False) -> None:
         self.schedule = schedule
+        self.sync = sync  # a GPU step ends when its kernels have run, not when queued
         self.epochs: list[dict[int, list[float]]] = []
         self._start = 0.0
         self._column = 0
@@ -79,11 +84,15 @@ class ColumnClock(Callback):
 
     def on_batch_start(self, trainer: Trainer, model: nn.Module, batch: Any, index: int) -> None:
         self._column = self.schedule.column
+        if self.sync:
+            torch.cuda.synchronize()
         self._start = time.perf_counter()
 
     def on_batch_end(
         self, trainer: Trainer, model: nn.Module, outputs: torch.Tensor, loss: torch.Tensor
     ) -> None:
+        if self.sync:
+            torch.cuda.synchronize()
         seconds = time.perf_counter() - self._start
         self.epochs[-1].setdefault(self._column, []).append(seconds)
 
@@ -96,20 +105,26 @@ def interleaved(schedule: Schedule) -> Schedule:
 
 
 def cycle_seconds(
-    name: str, options: dict, schedule: Schedule, data: ArrayDataset, epochs: int, seed: int
+    name: str,
+    options: dict,
+    schedule: Schedule,
+    data: ArrayDataset,
+    epochs: int,
+    seed: int,
+    device: str = "cpu",
 ) -> list[tuple[float, float]]:
     """Per timed epoch of one fresh model: (conventional, schedule) seconds per cycle, each
     the sum of its columns' median step times."""
     torch.manual_seed(seed)
     model = create(name, **options)
     scheduler = LayerSchedule(interleaved(schedule), optimise_m=False)
-    clock = ColumnClock(scheduler)
+    clock = ColumnClock(scheduler, sync=device.startswith("cuda"))
     trainer = Trainer(
         model,
         data,
         batch_size=1,
         progress=False,
-        device="cpu",
+        device=device,
         optimizer=lambda p: torch.optim.SGD(p, lr=1e-4),
         callbacks=[scheduler, clock],
     )
@@ -132,7 +147,9 @@ def main() -> None:
         "--scenario", action="append", help="run only scenarios whose name contains this"
     )
     parser.add_argument("--schedule", action="append", choices=SCHEDULES)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     args = parser.parse_args()
+    gpu = args.device.startswith("cuda")
     if args.threads:
         torch.set_num_threads(args.threads)
     steady_heap = keep_freed_memory()
@@ -142,7 +159,8 @@ def main() -> None:
         if not args.scenario or any(part in k for part in args.scenario)
     }
     schedules = args.schedule or SCHEDULES
-    host = calibrate()
+    host = None if gpu else calibrate()
+    nan = float("nan")
     rows, records = [], []
     for scenario, (name, options) in scenarios.items():
         model = create(name, **options)
@@ -164,7 +182,7 @@ def main() -> None:
             if schedule.memory_optimised:
                 schedule = optimise_placement(schedule, model, shape)
             layers = tuple(schedule_layers(model, schedule))
-            if layers not in anchored:  # steps of these rows that end early, timed
+            if host is not None and layers not in anchored:  # steps of these rows, timed
                 anchored[layers] = {
                     mode: anchor_profile(host, model, shape, plan=list(layers), anchor=mode)
                     for mode in ANCHORS
@@ -172,25 +190,32 @@ def main() -> None:
             pairs = [
                 pair
                 for seed in range(args.models)
-                for pair in cycle_seconds(name, options, schedule, data, args.epochs, seed)
+                for pair in cycle_seconds(
+                    name, options, schedule, data, args.epochs, seed, args.device
+                )
             ]
             t = schedule.cycle_length
             savings = [1 - ours / conv for conv, ours in pairs]
             measured = statistics.median(savings)
             q1, _, q3 = statistics.quantiles(savings, n=4) if len(savings) > 1 else [measured] * 3
             ref = schedule_cost(model, shape, schedule)
-            cal = schedule_cost(model, shape, schedule, profile=host)
-            anc = schedule_cost(model, shape, schedule, profile=anchored[layers]["offset"])
-            fit = schedule_cost(model, shape, schedule, profile=anchored[layers]["scale"])
-            predicted = {
-                "reference": 1 - ref.relative_ops,
-                "host": 1 - cal.relative_estimated_ops,
-                "anchored": 1 - anc.relative_estimated_ops,
-                "fitted": 1 - fit.relative_estimated_ops,
-            }
-            realised = {k: measured / v if v > 0 else float("nan") for k, v in predicted.items()}
+            predicted = {"reference": 1 - ref.relative_ops, **dict.fromkeys(ANCHOR_ROWS, nan)}
             conv_step = statistics.median(c for c, _ in pairs) / t
-            conv_est = cal.conventional.estimated_ops / host.peak_macs_per_s
+            conv_est = conv_anc = conv_fit = nan
+            if host is not None:
+                cal = schedule_cost(model, shape, schedule, profile=host)
+                anc = schedule_cost(model, shape, schedule, profile=anchored[layers]["offset"])
+                fit = schedule_cost(model, shape, schedule, profile=anchored[layers]["scale"])
+                predicted.update(
+                    host=1 - cal.relative_estimated_ops,
+                    anchored=1 - anc.relative_estimated_ops,
+                    fitted=1 - fit.relative_estimated_ops,
+                )
+                assert host.peak_macs_per_s is not None
+                conv_est = cal.conventional.estimated_ops / host.peak_macs_per_s
+                conv_anc = anc.conventional.estimated_ops / host.peak_macs_per_s
+                conv_fit = fit.conventional.estimated_ops / host.peak_macs_per_s
+            realised = {k: measured / v if v > 0 else nan for k, v in predicted.items()}
             # the same comparison in time saved per step
             saved = statistics.median((c - o) / t for c, o in pairs)
             saved_est = conv_est * predicted["host"]
@@ -205,10 +230,8 @@ def main() -> None:
                     "realised": realised,
                     "conventional_step_seconds": conv_step,
                     "conventional_step_seconds_host": conv_est,
-                    "conventional_step_seconds_anchored": anc.conventional.estimated_ops
-                    / host.peak_macs_per_s,
-                    "conventional_step_seconds_fitted": fit.conventional.estimated_ops
-                    / host.peak_macs_per_s,
+                    "conventional_step_seconds_anchored": conv_anc,
+                    "conventional_step_seconds_fitted": conv_fit,
                     "saved_seconds_per_step": saved,
                     "saved_seconds_per_step_host": saved_est,
                     "savings": savings,
@@ -234,8 +257,8 @@ def main() -> None:
                 ]
             )
     print_table(
-        f"schedule saving per cycle, batch 1, {args.steps} steps, {args.models} models x "
-        f"{args.epochs} epochs, cycles interleaved",
+        f"schedule saving per cycle on {args.device}, batch 1, {args.steps} steps, "
+        f"{args.models} models x {args.epochs} epochs, cycles interleaved",
         [
             "scenario",
             "schedule",
@@ -255,9 +278,11 @@ def main() -> None:
         rows,
     )
     subset = len(scenarios) < len(SCENARIOS) or len(schedules) < len(SCHEDULES)
+    stem = "schedule_speed_subset" if subset else "schedule_speed"
     path = write_result(
-        "schedule_speed_subset" if subset else "schedule_speed",
+        f"{stem}-cuda" if gpu else stem,
         {
+            "device": args.device,
             "steps": args.steps,
             "models": args.models,
             "epochs": args.epochs,

@@ -134,6 +134,11 @@ def bench_command(
     ops: bool = typer.Option(
         False, "--ops", help="Also show kernel time per operator type (the runtime's profiler)."
     ),
+    layers: bool = typer.Option(
+        False,
+        "--layers",
+        help="With --ops: per layer (each executed node, with its type) instead of per type.",
+    ),
 ) -> None:
     """Benchmark a model: latency at batch 1 (median, mean, p90, min, stdev), compute
     latency (profiler kernel time), throughput and file size; 3 repeats in one process.
@@ -152,6 +157,8 @@ def bench_command(
         options["command"] = _parse_command(command)
     if timeout is not None:
         options["timeout_s"] = timeout
+    if layers and not ops:
+        raise ConfigError("--layers goes with --ops (kernel time per layer)")
     if runtime == "all":
         if options:
             raise ConfigError(
@@ -191,7 +198,7 @@ def bench_command(
             runtimes[0].op_times(files[0])  # the one-line refusal, before any benchmarking
         results = [_bench_one(f, rt, settings) for f, rt in zip(files, runtimes, strict=True)]
         if ops:
-            _print_ops(runtimes[0], files[0], threads, warmup, runs)
+            _print_ops(runtimes[0], files[0], threads, warmup, runs, "layer" if layers else "type")
     if len(results) > 1:
         console.print(_compare_table(results))
     for line in skipped:
@@ -234,12 +241,15 @@ def _bench_one(path: Path, rt: Runtime, settings: dict[str, Any]) -> BenchmarkRe
     return result
 
 
-def _print_ops(rt: Runtime, path: Path, threads: int, warmup: int, runs: int) -> None:
-    times = rt.op_times(path, threads=threads, warmup=warmup, runs=runs)
+def _print_ops(
+    rt: Runtime, path: Path, threads: int, warmup: int, runs: int, by: str = "type"
+) -> None:
+    times = rt.op_times(path, threads=threads, warmup=warmup, runs=runs, by=by)
     total = sum(times.values()) or 1.0
-    table = Table(title=f"kernel time per operator type on {rt.name} (batch 1)")
-    for h in ("operator", "ms per run", "share"):
-        table.add_column(h, justify="left" if h == "operator" else "right")
+    what = "operator type" if by == "type" else "layer"
+    table = Table(title=f"kernel time per {what} on {rt.name} (batch 1)")
+    for h in (what, "ms per run", "share"):
+        table.add_column(h, justify="left" if h == what else "right")
     for op, ms in times.items():
         table.add_row(op, f"{ms:.4f}", f"{100 * ms / total:.1f}%")
     console.print(table)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from edgetrain._optional import require
 from edgetrain.compress.runtime import onnx_session
 from edgetrain.errors import EdgetrainError, one_line
 
-__all__ = ["ExportResult", "check_onnx", "export_onnx"]
+__all__ = ["ExportResult", "check_onnx", "compare_outputs", "export_onnx"]
 
 INPUT_NAME = "input"
 
@@ -198,30 +199,63 @@ def _compare(
     atol: float,
     rtol: float,
 ) -> tuple[float, float]:
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(batch, *shape, generator=g)
+    session = onnx_session(data)
+    return compare_outputs(
+        model,
+        lambda x: session.run(None, {INPUT_NAME: x}),
+        shape,
+        batch,
+        atol,
+        rtol,
+        "ONNX Runtime",
+    )
+
+
+def compare_outputs(
+    model: nn.Module,
+    predict: Callable[[np.ndarray], Any],
+    shape: tuple[int, ...],
+    batch: int,
+    atol: float,
+    rtol: float,
+    what: str,
+    relative_atol: bool = False,
+) -> tuple[float, float]:
+    """Largest absolute and relative (to the output scale) difference between PyTorch's
+    outputs and ``predict``'s (one array, or a list in the model's output order) on a
+    seeded random batch.
+
+    Raises:
+        EdgetrainError: a shape mismatch or a difference above ``atol + rtol * |want|``
+            (``atol`` times the largest PyTorch output when ``relative_atol``).
+    """
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    x = torch.randn(batch, *shape, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         expected = model(x.to(device))
-    expected_list = list(expected) if isinstance(expected, tuple | list) else [expected]
-    session = onnx_session(data)
-    got = session.run(None, {INPUT_NAME: x.numpy()})
+    wanted = list(expected) if isinstance(expected, tuple | list) else [expected]
+    got = predict(x.numpy())
+    got_list = list(got) if isinstance(got, tuple | list) else [got]
     max_abs = max_rel = 0.0
-    for want_t, have in zip(expected_list, got, strict=True):
+    for want_t, have_raw in zip(wanted, got_list, strict=False):
         want = want_t.detach().float().cpu().numpy()
+        have = np.asarray(have_raw, dtype=np.float32)
         if want.shape != have.shape:
             raise EdgetrainError(
-                f"ONNX Runtime returned shape {have.shape}, PyTorch {want.shape}; the model "
-                "does not export faithfully (shape-dependent Python code?)"
+                f"{what} returned shape {have.shape}, PyTorch {want.shape}; the model does "
+                "not export faithfully (shape-dependent Python code?)"
             )
         diff = np.abs(want - have)
         scale = float(np.abs(want).max()) or 1.0
         max_abs = max(max_abs, float(diff.max(initial=0.0)))
         max_rel = max(max_rel, float(diff.max(initial=0.0)) / scale)
-        if not np.all(diff <= atol + rtol * np.abs(want)):
+        limit = atol * scale if relative_atol else atol
+        if not np.all(diff <= limit + rtol * np.abs(want)):
             raise EdgetrainError(
-                f"ONNX Runtime's outputs differ from PyTorch's (max abs error {max_abs:.3g}, "
-                f"relative {max_rel:.3g}) beyond atol={atol:g}, rtol={rtol:g}; the model "
-                "has code the exporter cannot capture (data-dependent Python?) or pass a "
-                "larger tolerance"
+                f"{what}'s outputs differ from PyTorch's (max abs error {max_abs:.3g}, "
+                f"relative {max_rel:.3g}) beyond atol={atol:g}"
+                f"{' of the output scale' if relative_atol else ''}, rtol={rtol:g}; the "
+                "model has code the exporter cannot capture (data-dependent Python?) or "
+                "an op the format computes differently; pass a larger tolerance to accept it"
             )
     return max_abs, max_rel

@@ -22,25 +22,23 @@ from __future__ import annotations
 import os
 import tempfile
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from edgetrain._atomic import atomic_writer
 from edgetrain._modules import eval_mode
 from edgetrain._optional import require
-from edgetrain.compress.export import _input_shape, export_onnx
+from edgetrain.compress.export import _input_shape, compare_outputs, export_onnx
 from edgetrain.compress.quantize import fp16_onnx_bytes
 from edgetrain.compress.runtime import RUNTIMES
 from edgetrain.errors import EdgetrainError, one_line
 from edgetrain.registry import Registry
 
-__all__ = ["EXPORT_FORMATS", "PRECISIONS", "ExportedFile", "compare_outputs", "export_model"]
+__all__ = ["EXPORT_FORMATS", "PRECISIONS", "ExportedFile", "export_model"]
 
 EXPORT_FORMATS: Registry[Any] = Registry("export format")
 """Export writers by name, each called as ``fn(model, path, *, shape, precision, opset,
@@ -164,7 +162,8 @@ def export_model(
                 check_batch,
                 default_atol if atol is None else atol,
                 rtol,
-                what=f"{runtime.name} running '{path.name}'",
+                f"{runtime.name} running '{path.name}'",
+                relative_atol=True,
             )
         except EdgetrainError as exc:
             error = str(exc)
@@ -176,47 +175,6 @@ def export_model(
     return ExportedFile(
         path, format, precision, shape, batch if fixed else None, files, max_abs, max_rel
     )
-
-
-def compare_outputs(
-    model: nn.Module,
-    predict: Callable[[np.ndarray], np.ndarray],
-    shape: tuple[int, ...],
-    batch: int,
-    atol: float,
-    rtol: float,
-    what: str,
-) -> tuple[float, float]:
-    """Largest absolute and relative (to the output scale) difference between PyTorch's
-    first output and ``predict``'s on a seeded random batch.
-
-    Raises:
-        EdgetrainError: a shape mismatch or a difference above ``atol + rtol * |want|``
-            (``atol`` is relative to the output scale).
-    """
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    x = torch.randn(batch, *shape, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        out = model(x.to(device))
-    want = (out[0] if isinstance(out, tuple | list) else out).detach().float().cpu().numpy()
-    have = np.asarray(predict(x.numpy()), dtype=np.float32)
-    if want.shape != have.shape:
-        raise EdgetrainError(
-            f"{what} returned shape {have.shape}, PyTorch {want.shape}; the model does not "
-            "export faithfully (shape-dependent Python code?)"
-        )
-    diff = np.abs(want - have)
-    scale = float(np.abs(want).max()) or 1.0
-    max_abs = float(diff.max(initial=0.0))
-    max_rel = max_abs / scale
-    if not np.all(diff <= atol * scale + rtol * np.abs(want)):
-        raise EdgetrainError(
-            f"{what} gives outputs that differ from PyTorch's (max abs error {max_abs:.3g}, "
-            f"relative {max_rel:.3g}) beyond tolerance; the model has code the exporter "
-            "cannot capture (data-dependent Python?) or an op the format computes "
-            "differently (a larger atol accepts it)"
-        )
-    return max_abs, max_rel
 
 
 @EXPORT_FORMATS.register(

@@ -34,6 +34,7 @@ from edgetrain.compress.runtime import (
     Measurement,
     Runtime,
     _missing_module,
+    check_grouping,
     fixed_batch_note,
     random_inputs,
 )
@@ -194,10 +195,11 @@ class OpenVinoRuntime(Runtime):
         return Measurement(latencies, compute)
 
     def _counters(
-        self, path: Path, batch: int, threads: int, warmup: int, runs: int
+        self, path: Path, batch: int, threads: int, warmup: int, runs: int, by: str = "type"
     ) -> list[list[tuple[str, float]]]:
-        """Per timed run: (node type, ms) of every executed node, from the performance
-        counters of a profiled compiled model (warm-up runs dropped)."""
+        """Per timed run: (node type, or ``node (type, kernel)`` by layer, ms) of every
+        executed node, from the performance counters of a profiled compiled model
+        (warm-up runs dropped)."""
         request, feeds = self._request(path, batch, threads, profile=True)
         executed = _ov().ProfilingInfo.Status.EXECUTED
         for _ in range(warmup):
@@ -207,7 +209,12 @@ class OpenVinoRuntime(Runtime):
             request.infer(feeds, share_inputs=True, share_outputs=True)
             per_run.append(
                 [
-                    (info.node_type, info.real_time.total_seconds() * 1e3)
+                    (
+                        info.node_type
+                        if by == "type"
+                        else f"{info.node_name} ({info.node_type}, {info.exec_type})",
+                        info.real_time.total_seconds() * 1e3,
+                    )
                     for info in request.profiling_info
                     if info.status == executed
                 ]
@@ -215,10 +222,17 @@ class OpenVinoRuntime(Runtime):
         return per_run
 
     def op_times(
-        self, path: Path, *, threads: int = 1, warmup: int = 10, runs: int = 50
+        self,
+        path: Path,
+        *,
+        threads: int = 1,
+        warmup: int = 10,
+        runs: int = 50,
+        by: str = "type",
     ) -> dict[str, float]:
+        check_grouping(by)
         totals: dict[str, float] = {}
-        for counters in self._counters(path, 1, threads, warmup, runs):
+        for counters in self._counters(path, 1, threads, warmup, runs, by):
             for node_type, ms in counters:
                 totals[node_type] = totals.get(node_type, 0.0) + ms / runs
         return dict(sorted(totals.items(), key=lambda kv: -kv[1]))

@@ -148,9 +148,16 @@ class Runtime(ABC):
         return type(self).op_times is not Runtime.op_times
 
     def op_times(
-        self, path: Path, *, threads: int = 1, warmup: int = 10, runs: int = 50
+        self,
+        path: Path,
+        *,
+        threads: int = 1,
+        warmup: int = 10,
+        runs: int = 50,
+        by: str = "type",
     ) -> dict[str, float]:
-        """Kernel time per operator type in ms per run at batch 1, largest first.
+        """Kernel time per operator type (``by="type"``) or per layer, one executed node
+        named with its type (``by="layer"``), in ms per run at batch 1, largest first.
 
         Raises:
             EdgetrainError: the runtime has no per-operator profile.
@@ -350,10 +357,18 @@ class OnnxRuntime(Runtime):
         return predict
 
     def op_times(
-        self, path: Path, *, threads: int = 1, warmup: int = 10, runs: int = 50
+        self,
+        path: Path,
+        *,
+        threads: int = 1,
+        warmup: int = 10,
+        runs: int = 50,
+        by: str = "type",
     ) -> dict[str, float]:
         self.check_file(path)
-        return op_times(path, threads=threads, warmup=warmup, runs=runs, provider=self.provider)
+        return op_times(
+            path, threads=threads, warmup=warmup, runs=runs, provider=self.provider, by=by
+        )
 
 
 def _missing_module(module: str, extra: str, package: str | None = None) -> str | None:
@@ -550,15 +565,18 @@ def op_times(
     runs: int = 50,
     batch: int = 1,
     provider: str = "CPUExecutionProvider",
+    by: str = "type",
 ) -> dict[str, float]:
     """Kernel time per ONNX operator type, in ms per run at ``batch`` (ORT's profiler),
     largest first: where the time goes, e.g. the ``QuantizeLinear``/``DequantizeLinear``
-    of an int8 model against its ``Conv`` time.
+    of an int8 model against its ``Conv`` time. ``by="layer"``: per node instead, named
+    ``node (OpType)``.
 
     Example:
         >>> op_times("model.int8.onnx")  # doctest: +SKIP
         {'Conv': 0.61, 'QuantizeLinear': 0.12, ...}
     """
+    check_grouping(by)
     path = Path(path)
     feeds = _random_feeds(onnx_session(path, threads, provider), batch)
     events = _profile_events(path, feeds, warmup + runs, threads, provider)
@@ -572,11 +590,18 @@ def op_times(
     per_node: dict[str, list[dict[str, Any]]] = {}
     for e in timed:
         per_node.setdefault(e["name"], []).append(e)
-    for node_events in per_node.values():
+    for name, node_events in per_node.items():
         for e in sorted(node_events, key=lambda x: x["ts"])[-runs:]:
             op = str(e.get("args", {}).get("op_name", "?"))
-            totals[op] = totals.get(op, 0.0) + e["dur"] / 1e3 / runs
+            key = op if by == "type" else f"{name.removesuffix('_kernel_time')} ({op})"
+            totals[key] = totals.get(key, 0.0) + e["dur"] / 1e3 / runs
     return dict(sorted(totals.items(), key=lambda kv: -kv[1]))
+
+
+def check_grouping(by: str) -> None:
+    """Refuse an ``op_times`` grouping other than ``type`` or ``layer``."""
+    if by not in ("type", "layer"):
+        raise EdgetrainError(f"op_times by '{by}': group by 'type' or 'layer'")
 
 
 def node_time_per_run(events: Sequence[dict[str, Any]]) -> list[float]:

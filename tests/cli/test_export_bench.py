@@ -40,6 +40,9 @@ def test_export_then_bench_a_trained_run(cli, tiny_recipe, tmp_path):
 
     out = cli("bench", "model.onnx", "--runs", "5", "--repeats", "1", "--ops").output
     assert "kernel time per operator type" in out and "Conv" in out and "%" in out
+    out = cli("bench", "model.onnx", "--runs", "5", "--repeats", "1", "--ops", "--layers").output
+    assert "kernel time per layer" in out and "(Conv)" in out
+    cli("bench", "model.onnx", "--layers", code=2)
 
     script = tmp_path / "fake_bench.py"
     script.write_text(FAKE_BENCH)

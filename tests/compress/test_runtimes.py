@@ -16,7 +16,8 @@ import torch
 from edgetrain import models
 from edgetrain.compress import benchmark
 from edgetrain.compress.benchmark import runtimes_for
-from edgetrain.compress.formats import EXPORT_FORMATS, compare_outputs, export_model
+from edgetrain.compress.export import compare_outputs
+from edgetrain.compress.formats import EXPORT_FORMATS, export_model
 from edgetrain.compress.runtime import RUNTIMES
 from edgetrain.errors import EdgetrainError, MissingDependencyError
 
@@ -124,6 +125,11 @@ def test_openvino_runs_ir_fp16_and_reports_counters(tmp_path):
     assert result.throughput is not None
     ops = rt.op_times(fp32.path, runs=3, warmup=1)
     assert "Convolution" in ops and all(v >= 0 for v in ops.values())
+    layers = rt.op_times(fp32.path, runs=3, warmup=1, by="layer")
+    assert len(layers) > len(ops) and any("(Convolution, " in k for k in layers)
+    assert sum(layers.values()) == pytest.approx(sum(ops.values()), rel=0.5)
+    with pytest.raises(EdgetrainError, match="group by 'type' or 'layer'"):
+        rt.op_times(fp32.path, by="node")
 
 
 @_needs("openvino")
@@ -181,7 +187,9 @@ def test_compare_outputs_refuses_a_file_that_computes_something_else():
 
     with pytest.raises(EdgetrainError, match="differ from PyTorch's"):
         compare_outputs(model, off_by_a_little, (3, 8, 8), 2, 1e-4, 1e-3, "a runtime")
-    max_abs, max_rel = compare_outputs(model, off_by_a_little, (3, 8, 8), 2, 2e-2, 0, "it")
+    max_abs, max_rel = compare_outputs(
+        model, off_by_a_little, (3, 8, 8), 2, 2e-2, 0, "it", relative_atol=True
+    )
     assert 0 < max_rel <= 0.0101 and max_abs > 0
 
 
@@ -246,3 +254,35 @@ def test_the_real_benchmark_app_through_the_command_runtime(tmp_path):
     assert 0 < result.latency_ms < 1000
     report = json.loads(json.dumps(result.to_dict()))
     assert report["runtime"] == "command"
+
+
+@_needs("executorch")
+def test_deploy_for_executorch_writes_and_scores_a_program(tmp_path):
+    from edgetrain.compress import deploy, load_recipe
+    from edgetrain.data import create as create_data
+
+    test = create_data("digits", "test")
+    model = models.create("vgg_small", in_channels=1, input_size=8, num_classes=10).eval()
+    recipe = load_recipe({"version": 1, "pruners": {}})
+    on_ort = deploy(model, recipe, tmp_path / "ort", test)
+    (pte,) = deploy(model, recipe, tmp_path / "et", test, runtime="executorch")
+    assert pte.path.name == "model.pte" and pte.path.is_file()
+    # the same network scored by ExecuTorch and by ONNX Runtime
+    assert pte.metrics["top1"] == pytest.approx(on_ort[0].metrics["top1"])
+    assert pte.metrics["loss"] == pytest.approx(on_ort[0].metrics["loss"], rel=1e-4)
+    quantized = load_recipe({"version": 1, "pruners": {}, "quantize": {"method": "fp16"}})
+    with pytest.raises(EdgetrainError, match="which edgetrain does not quantize"):
+        deploy(model, quantized, tmp_path / "q", test, runtime="executorch")
+
+
+def test_deploy_fp16_is_scored_like_int8(tmp_path):
+    from edgetrain.compress import deploy, load_recipe
+    from edgetrain.data import create as create_data
+
+    test = create_data("digits", "test")
+    model = models.create("vgg_small", in_channels=1, input_size=8, num_classes=10).eval()
+    recipe = load_recipe({"version": 1, "pruners": {}, "quantize": {"method": "fp16"}})
+    fp32, fp16 = deploy(model, recipe, tmp_path, test)
+    assert fp16.name == "fp16" and fp16.path.name == "model.fp16.onnx"
+    assert fp16.size_bytes < 0.6 * fp32.size_bytes
+    assert abs(fp16.metrics["top1"] - fp32.metrics["top1"]) <= 1.0  # within a point
