@@ -10,6 +10,7 @@ import typer
 from rich.table import Table
 
 from edgetrain.cli._common import console, handle_errors
+from edgetrain.cli.schedule import SCHEDULE_HELP
 from edgetrain.errors import ConfigError
 
 # What the options' help shows, without importing the library (the help starts at once);
@@ -29,7 +30,7 @@ app = typer.Typer(
 @handle_errors
 def run_command(
     config: str = typer.Option(..., help="Recipe (path or shipped name) to fine-tune with."),
-    schedule: str = typer.Option(..., help="Schedule notation, e.g. 4421, 4422_m, 4421_rdo."),
+    schedule: str = typer.Option(..., help=SCHEDULE_HELP),
     mode: str = typer.Option(
         None, help=f"Derive this mode from the schedule's counts: {', '.join(MODES)}."
     ),
@@ -45,20 +46,27 @@ def run_command(
     """Fine-tune a recipe with a layer schedule (mode from the notation, or --mode).
 
     Example: edgetrain finetune run --config digits-finetune --schedule 4421 --mode pllr
+
+    Example: edgetrain finetune run --config digits-finetune --schedule 1111/1010/0101
     """
+    from edgetrain.cli.schedule import parse_schedule
     from edgetrain.cli.train import run_and_report
-    from edgetrain.finetune import Schedule
     from edgetrain.runs import load_config
 
+    parsed = parse_schedule(schedule)
+    if mode is not None and "/" in str(parsed):
+        raise ConfigError(
+            "--mode derives a schedule from update counts and would drop the explicit "
+            "matrix's placement; give the matrix of that mode instead"
+        )
     try:
-        parsed = Schedule.parse(schedule)
         if mode is not None:
             parsed = parsed.in_mode(mode)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     base = load_config(config, list(set_ or []), epochs=epochs)
     tree = base.to_dict()
-    tree["name"] = name or f"{base.name}-{parsed}"
+    tree["name"] = name or f"{base.name}-{parsed.slug}"
     tree["callbacks"] = [
         *tree["callbacks"],
         {"name": "layer-schedule", "schedule": str(parsed), "fold_bn": fold_bn},
@@ -142,7 +150,9 @@ def grid_command(
     config: str = typer.Option(..., help="Recipe (path or shipped name) to tune."),
     upper: float = typer.Option(..., help="Highest learning rate of the coarse descent."),
     lower: float = typer.Option(..., help="Lowest learning rate of the coarse descent."),
-    schedule: str = typer.Option(None, help="Layer schedule to tune the rate for."),
+    schedule: str = typer.Option(
+        None, help="Layer schedule to tune the rate for (notation, matrix rows or a file)."
+    ),
     mode: str = typer.Option(None, help=f"Derive this mode from the schedule: {', '.join(MODES)}."),
     tolerance: float = typer.Option(1.0, help="Accuracy points below the best in the LR range."),
     abort_epoch: int = typer.Option(20, min=1, help="Abort a trial still below --abort-below"),
@@ -157,18 +167,18 @@ def grid_command(
 
     Example: edgetrain finetune grid --config digits-finetune --upper 0.1 --lower 0.005
     """
-    from edgetrain.finetune import Schedule
+    from edgetrain.cli.schedule import parse_schedule
     from edgetrain.runs import load_config, lr_grid
 
     base = load_config(config, list(set_ or []), epochs=epochs)
     tree = base.to_dict()
     if schedule:
+        parsed = parse_schedule(schedule)
         try:
-            parsed = Schedule.parse(schedule)
             parsed = parsed.in_mode(mode) if mode else parsed
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
-        tree["name"] = f"{base.name}-{parsed}"
+        tree["name"] = f"{base.name}-{parsed.slug}"
         tree["callbacks"] = [
             *tree["callbacks"],
             {"name": "layer-schedule", "schedule": str(parsed)},
@@ -219,7 +229,9 @@ def grid_command(
 def compare_command(
     config: str = typer.Option(..., help="Recipe (path or shipped name) of the scenario."),
     schedules: str = typer.Option(
-        "4442,4432,4422,4422_m,4421,4211_m", help="Comma-separated schedules (same rows)."
+        "4442,4432,4422,4422_m,4421,4211_m",
+        help="Comma-separated schedules (same rows); an explicit bit matrix "
+        "(1111/1010/0101) is compared as written.",
     ),
     modes: str = typer.Option("bpls,pllr,upscaled,rdo", help="Modes to derive per schedule."),
     upper: float = typer.Option(..., help="Highest learning rate of each grid."),

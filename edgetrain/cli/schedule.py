@@ -3,6 +3,8 @@ that fit compute and memory budgets."""
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
@@ -36,13 +38,67 @@ def _model_and_shape(model: str, input_shape: str | None, option: list[str] | No
     return net, shape
 
 
-def _parse(text: str) -> Schedule:
+SCHEDULE_HELP = (
+    "Schedule notation (4421, 4422_m, 4421_rdo), an explicit matrix with rows output "
+    "layer first separated by '/' (1111/1010/0101; per-step rates as 1,0.5,1,0.5), or a "
+    "file holding the rows (one per line, or a YAML list)."
+)
+
+
+def parse_schedule(text: str) -> Schedule:
+    """A schedule from the command line: notation, matrix rows, or a file of rows.
+
+    Raises:
+        ConfigError: one line naming what is wrong.
+    """
     from edgetrain.finetune import Schedule
 
+    source = Path(text)
+    if source.is_file():
+        text = _matrix_file(source)
     try:
         return Schedule.parse(text)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+
+
+def _matrix_file(path: Path) -> str:
+    """The rows of a matrix file, written as ``row/row/...``: one row per line (``#``
+    comments allowed), or a YAML list of quoted bit strings or of rate lists."""
+    import yaml
+
+    try:
+        content = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"schedule file '{path}' cannot be read: {exc.strerror}") from None
+    lines = [ln.split("#", 1)[0].strip() for ln in content.splitlines()]
+    lines = [ln for ln in lines if ln]
+    if lines and all(re.fullmatch(r"[01]+|[0-9.]+(\s*,\s*[0-9.]+)*", ln) for ln in lines):
+        return "/".join(ln.replace(" ", "") for ln in lines)
+    try:
+        rows = yaml.safe_load(content)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"schedule file '{path}' is not YAML: {exc}") from None
+    if not isinstance(rows, list) or not rows:
+        raise ConfigError(
+            f"schedule file '{path}' must hold the matrix rows, output layer first: one per "
+            "line (1111), or a YAML list (['1111', '1010'] or [[1, 0.5], [0, 1]])"
+        )
+    written = []
+    for row in rows:
+        if isinstance(row, str):
+            written.append(row)
+        elif isinstance(row, list) and all(isinstance(c, int | float) for c in row):
+            written.append(",".join(f"{c:g}" for c in row))
+        else:
+            raise ConfigError(
+                f"schedule file '{path}': row {row!r} must be a quoted bit string ('0101': "
+                "YAML reads 0101 as a number) or a list of rates"
+            )
+    return "/".join(written)
+
+
+_parse = parse_schedule
 
 
 MEMORY = ("allocator", "tensors", "layerwise")  # edgetrain.cost.analysis.MEMORY_METHODS
@@ -56,7 +112,7 @@ def _check_memory(memory: str) -> None:
 @app.command("show")
 @handle_errors
 def show_command(
-    schedule: str = typer.Argument(..., help="Schedule notation, e.g. 4421, 4422_m, 4421_rdo."),
+    schedule: str = typer.Argument(..., help=SCHEDULE_HELP),
     model: str = typer.Option(..., help=MODEL_HELP),
     input_shape: str = typer.Option(None, "--input", help=INPUT_HELP),
     profile: str = typer.Option("reference", help="Cost-model profile name or file."),
@@ -71,6 +127,8 @@ def show_command(
     """Print a schedule's matrix and the cost of each step of its cycle.
 
     Example: edgetrain schedule show 4422_m --model vgg_small --input 3x32x32
+
+    Example: edgetrain schedule show 1111/1111/1010/0101 --model vgg_small
     """
     from edgetrain.finetune import optimise_placement, schedule_cost, schedule_layers
 

@@ -14,6 +14,7 @@ the sample seen at a given position meets every column of the cycle within T epo
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -47,9 +48,12 @@ class LayerSchedule(Callback):
     """
 
     def __init__(
-        self, schedule: Schedule | str, fold_bn: bool = True, optimise_m: bool = True
+        self,
+        schedule: Schedule | str | Sequence[str | Sequence[float]],
+        fold_bn: bool = True,
+        optimise_m: bool = True,
     ) -> None:
-        self.schedule = Schedule.parse(schedule) if isinstance(schedule, str) else schedule
+        self.schedule = Schedule.coerce(schedule)
         self.fold_bn, self.optimise_m = fold_bn, optimise_m
         self.layers: list[str] = []
         self.params: list[list[nn.Parameter]] = []
@@ -173,8 +177,11 @@ class LayerSchedule(Callback):
 
 
 @CALLBACKS.register("layer-schedule")
-def layer_schedule(schedule: str, fold_bn: bool = True, optimise_m: bool = True) -> LayerSchedule:
-    """Layer-scheduled fine-tuning (BPLS, pllr, upscaled, rdo) from schedule notation."""
+def layer_schedule(
+    schedule: str | list[str] | list[list[float]], fold_bn: bool = True, optimise_m: bool = True
+) -> LayerSchedule:
+    """Layer-scheduled fine-tuning (BPLS, pllr, upscaled, rdo) from schedule notation or an
+    explicit matrix (``1111/1010/0101``, or a list of rows)."""
     try:
         return LayerSchedule(schedule, fold_bn, optimise_m)
     except ValueError as exc:

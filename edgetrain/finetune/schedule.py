@@ -4,7 +4,10 @@ A schedule is a matrix with one row per unfrozen parameter layer (output layer f
 and one column per step of a cycle of length T; a cell is a relative learning rate
 (1 = base) or 0 (skip). Step t of training uses column ``t mod T``. The string notation
 (``4421``, ``4422_m``, ``4444_lr4421``, ``4421_lr4444``, ``4421_rdo``, ``4440``) is
-parsed exactly as specs/layer-scheduling.md defines it.
+parsed exactly as specs/layer-scheduling.md defines it. An explicit matrix is written
+row by row, output layer first, rows separated by ``/``: bit rows (``1111/1010/0101``)
+or, for per-step rates, comma-separated numbers (``1,1,1,1/0.5,0,0.5,0``); YAML may give
+the rows as a list (:meth:`Schedule.coerce`).
 
 Example:
     >>> s = Schedule.parse("4422_m")
@@ -100,13 +103,42 @@ class Schedule:
 
     # ------------------------------------------------------------------ parsing
     @classmethod
+    def coerce(cls, value: Schedule | str | Sequence[str | Sequence[float]]) -> Schedule:
+        """A schedule from notation or matrix text (:meth:`parse`), or from a list of
+        rows (:meth:`from_matrix`), as YAML recipes and the CLI give them."""
+        if isinstance(value, Schedule):
+            return value
+        if isinstance(value, str):
+            return cls.parse(value)
+        return cls.from_matrix(list(value))
+
+    @classmethod
     def parse(cls, text: str) -> Schedule:
-        """Parse the string notation (see the module docstring).
+        """Parse the string notation, or an explicit matrix written row by row with ``/``
+        between rows (see the module docstring).
 
         Raises:
             ValueError: naming the problem (unknown character, s > T, empty, a bad suffix).
         """
         text = text.strip()
+        if "/" in text:
+            rows: list[str | list[float]] = []
+            for i, row in enumerate(text.split("/")):
+                row = row.strip()
+                if "," not in row:
+                    rows.append(row)
+                    continue
+                try:
+                    rows.append([float(c) for c in row.split(",")])
+                except ValueError:
+                    raise ValueError(
+                        f"schedule '{text}': row {i + 1} '{row}' must be numbers separated "
+                        "by commas, or a bit string such as 1010"
+                    ) from None
+            try:
+                return cls.from_matrix(rows)
+            except ValueError as exc:
+                raise ValueError(f"schedule '{text}': {exc}") from None
         for ch in text.split("_", 1)[0]:
             _digit(ch, text)  # names an unknown character before the generic message
         match = _NOTATION.match(text)
@@ -175,9 +207,21 @@ class Schedule:
                 raise ValueError(f"row {i + 1}: one rate per row (got {sorted(set(active))})")
             pattern.append(tuple(1 if c > 0 else 0 for c in cells))
             rates.append(active[0] if active else 0.0)
+        if len({len(row) for row in pattern}) != 1:
+            raise ValueError(
+                f"every row of an explicit schedule needs the same number of steps "
+                f"(got {', '.join(str(len(row)) for row in pattern)})"
+            )
         full = all(all(row) or not any(row) for row in pattern) and all(r in (0, 1) for r in rates)
         mode = "conventional" if full else "bpls"
-        label = name or "/".join("".join(map(str, r)) for r in pattern)
+        if all(r in (0, 1) for r in rates):
+            written = ["".join(map(str, row)) for row in pattern]
+        else:  # rates: the comma form, which :meth:`parse` reads back
+            written = [
+                ",".join(f"{rate * cell:g}" for cell in row)
+                for row, rate in zip(pattern, rates, strict=True)
+            ]
+        label = name or "/".join(written)
         return cls(tuple(pattern), tuple(rates), mode, (), label, tuple(sum(r) for r in pattern))
 
     # --------------------------------------------------------------- properties
@@ -262,6 +306,12 @@ class Schedule:
 
     def __str__(self) -> str:
         return self.name or "/".join(self.bits())
+
+    @property
+    def slug(self) -> str:
+        """The schedule as a run or file name: ``/`` between matrix rows becomes ``-``
+        and ``,`` between rates ``_`` (``1111/1010`` -> ``1111-1010``)."""
+        return str(self).replace("/", "-").replace(",", "_")
 
 
 def _staggered(counts: Sequence[int], cycle: int) -> list[list[int]]:

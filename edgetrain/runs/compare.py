@@ -70,7 +70,9 @@ class ScenarioRow:
 
 def scenario_cases(schedules: Sequence[str], modes: Sequence[str]) -> list[Schedule]:
     """Conventional, conventional with one more layer frozen, then every schedule in every
-    mode (duplicates dropped), all with as many rows as the first schedule."""
+    mode (duplicates dropped), all with as many rows as the first schedule. An explicit
+    matrix (``1111/1010/0101``) is one case as written: a mode derived from its update
+    counts would lose its placement."""
     parsed = [Schedule.parse(s) for s in schedules]
     rows = parsed[0].rows
     if any(p.rows != rows for p in parsed):
@@ -78,6 +80,9 @@ def scenario_cases(schedules: Sequence[str], modes: Sequence[str]) -> list[Sched
     t = parsed[0].cycle_length
     cases = [Schedule.parse(DIGITS[t] * rows), Schedule.parse(DIGITS[t] * (rows - 1) + "0")]
     for p in parsed:
+        if "/" in str(p):  # an explicit matrix: compared as written, no mode derived
+            cases.append(p)
+            continue
         for mode in modes:
             cases.append(p.in_mode(mode))
     unique: dict[str, Schedule] = {}
@@ -109,7 +114,7 @@ def compare_schedules(
     rows = []
     for case in cases:
         tree = config.to_dict()
-        tree["name"] = f"{config.name}-{case}"
+        tree["name"] = f"{config.name}-{case.slug}"
         tree["callbacks"] = [*tree["callbacks"], {"name": "layer-schedule", "schedule": str(case)}]
         grid = lr_grid(
             load_config(tree),

@@ -333,3 +333,39 @@ def test_compare_adds_a_top5_column_with_more_than_10_classes(cli, tmp_path):
     assert [r["schedule"] for r in rows] == ["22", "20", "21"]
     for r in rows:
         assert float(r["best_accuracy"]) <= float(r["best_top5"]) <= 100.0
+
+
+def test_explicit_matrices_from_the_command_line_and_files(cli, tmp_path):
+    out = cli("schedule", "show", "1111/1111/1010/0101", "--model", "vgg_small").output
+    assert "schedule 1111/1111/1010/0101 (bpls, T=4)" in out
+    (tmp_path / "m.txt").write_text("# output layer first\n1111\n1111\n1010\n0101\n")
+    out = cli("schedule", "show", "m.txt", "--model", "vgg_small").output
+    assert "schedule 1111/1111/1010/0101 (bpls, T=4)" in out
+    (tmp_path / "m.yaml").write_text("- [1, 1, 1, 1]\n- [0.5, 0, 0.5, 0]\n")
+    out = cli("schedule", "show", "m.yaml", "--model", "vgg_small").output
+    assert "1,1,1,1/0.5,0,0.5,0" in out
+    (tmp_path / "octal.yaml").write_text("- 1111\n- 0101\n")
+    result = cli("schedule", "show", "octal.yaml", "--model", "vgg_small", code=2)
+    assert "must be a quoted bit string" in one_line(result.output)
+    result = cli("schedule", "show", "1111/10", "--model", "vgg_small", code=2)
+    assert "same number of steps" in one_line(result.output)
+
+
+def test_finetune_run_with_a_matrix_and_a_yaml_list(cli, tmp_path):
+    (tmp_path / "tiny.yaml").write_text(RECIPE)
+    cli("finetune", "run", "--config", "tiny.yaml", "--schedule", "11/10/01", "--epochs", "1",
+        "--no-progress", "--no-report")  # fmt: skip
+    run = tmp_path / "runs" / "tiny-11-10-01"
+    config = safe_load((run / "config.yaml").read_text())
+    assert config["callbacks"][-1]["schedule"] == "11/10/01"
+    result = cli("finetune", "run", "--config", "tiny.yaml", "--schedule", "11/10/01",
+                 "--mode", "pllr", code=2)  # fmt: skip
+    assert "would drop the explicit matrix's placement" in one_line(result.output)
+    # a recipe may give the matrix as a YAML list of rows
+    listed = RECIPE.replace("name: tiny", "name: listed") + (
+        "callbacks: [{name: layer-schedule, schedule: ['11', '10', '01']}]\n"
+    )
+    (tmp_path / "listed.yaml").write_text(listed)
+    cli("train", "listed.yaml", "--epochs", "1", "--no-progress", "--no-report")
+    summary = json.loads((tmp_path / "runs" / "listed" / "summary.json").read_text())
+    assert summary["status"] == "completed"

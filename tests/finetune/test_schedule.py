@@ -3,6 +3,8 @@ defines them ("Schedule", "String notation", "Modes")."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from edgetrain.finetune import MODES, Schedule, even_placement
@@ -218,3 +220,32 @@ def test_in_mode_of_a_pllr_schedule_keeps_its_update_counts():
 def test_in_mode_round_trip_through_upscaled_keeps_m():
     memory = Schedule.parse("4422_m")
     assert str(memory.in_mode("upscaled").in_mode("bpls")) == "4422_m"
+
+
+def test_explicit_matrices_are_written_row_by_row():
+    s = Schedule.parse("1111/1010/0101")
+    assert s.bits() == ["1111", "1010", "0101"] and s.mode == "bpls"
+    assert str(s) == "1111/1010/0101" and s.slug == "1111-1010-0101"
+    rates = Schedule.parse("1,1,1,1/0.5,0,0.5,0/0,0,0,0")
+    assert rates.matrix == [[1.0] * 4, [0.5, 0.0, 0.5, 0.0], [0.0] * 4]
+    assert Schedule.parse(str(rates)).matrix == rates.matrix  # the text reads back
+    assert rates.slug == "1_1_1_1-0.5_0_0.5_0-0_0_0_0"
+    # YAML gives lists; notation and Schedules pass through
+    assert Schedule.coerce(["1111", "1010"]).bits() == ["1111", "1010"]
+    assert Schedule.coerce([[1, 0], [0, 2]]).matrix == [[1.0, 0.0], [0.0, 2.0]]
+    assert str(Schedule.coerce("4421")) == "4421"
+    assert Schedule.coerce(s) is s
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("1111/10", "schedule '1111/10': every row of an explicit schedule needs the same"),
+        ("11x1/1010", "row 1 '11x1': bit strings hold only 0 and 1"),
+        ("1,a/1,1", "row 1 '1,a' must be numbers separated by commas"),
+        ("1,2/1,1", "one rate per row"),
+    ],
+)
+def test_bad_matrices_name_the_row(text, needle):
+    with pytest.raises(ValueError, match=re.escape(needle)):
+        Schedule.parse(text)
