@@ -88,6 +88,19 @@ def _compare_table(results: list[BenchmarkResult]) -> Table:
     return table
 
 
+def _runtime_for(model: Path) -> str:
+    """The runtime that reads this file: OpenVINO for an IR, ExecuTorch for a program,
+    ONNX Runtime otherwise."""
+    from edgetrain.compress.runtime import RUNTIMES
+
+    suffix = model.suffix.lower()
+    for entry in RUNTIMES:
+        reads = entry.fn.suffixes
+        if suffix in reads and ".onnx" not in reads:  # a format only this runtime reads
+            return entry.name
+    return "onnxruntime"
+
+
 def _is_model_file(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() != ".pt"
 
@@ -109,7 +122,8 @@ def bench_command(
     runtime: str = typer.Option(
         None,
         help="A registered runtime (onnxruntime, openvino, executorch, command) or 'all' "
-        "(every installed one that can run the model, side by side); default onnxruntime, "
+        "(every installed one that can run the model, side by side); default: the one "
+        "that reads the file (openvino for .xml, executorch for .pte, else onnxruntime), "
         "or command when --command is given.",
     ),
     option: list[str] = typer.Option(
@@ -149,7 +163,7 @@ def bench_command(
     from edgetrain.compress.benchmark import runtimes_for
     from edgetrain.compress.runtime import RUNTIMES
 
-    runtime = runtime or ("command" if command else "onnxruntime")
+    runtime = runtime or ("command" if command else _runtime_for(model))
     if json_out is not None:  # before the measurement, not after it
         writable_folder(json_out.parent, "the folder of --json")
     options = parse_options(option, "--option")

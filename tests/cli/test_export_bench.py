@@ -71,6 +71,8 @@ def test_export_every_format_and_bench_on_all_runtimes(cli, tiny_recipe, tmp_pat
         out = cli("export", str(run), "-f", "executorch", "--out", "m.pte").output
         assert "wrote m.pte" in out and "input 1x1x8x8" in out
         assert "opset" not in out
+        out = cli("bench", "m.pte", "--runs", "3", "--repeats", "1", "--batch", "0").output
+        assert "on executorch" in out  # the runtime that reads the file
     cli("export", str(run), "-f", "executorch", "--precision", "fp16", code=2)
 
     out = cli(
