@@ -242,15 +242,23 @@ def compare_command(
     epochs: int = typer.Option(None, min=1, help="Epochs per trial."),
     runs_dir: Path = typer.Option(Path("runs"), help="Folder holding run directories."),
     progress: bool = typer.Option(True, help="Show progress bars."),
+    seeds: int = typer.Option(
+        1, min=1, help="Runs per LR point (seeds): mean ± sd and a paired test vs conventional."
+    ),
 ) -> None:
     """A scenario's full comparison in one command: conventional, one more layer frozen,
     and each schedule in each mode, each with its LR grid; the scenario table as CSV.
-    With more than 10 classes a top-5 column (at the best top-1 epoch) is added.
+    With more than 10 classes a top-5 column (at the best top-1 epoch) is added. Each
+    row says whether, and with how many total training operations, it reached
+    conventional fine-tuning's best top-1; a verdict line per schedule states it.
 
     Example: edgetrain finetune compare --config digits-finetune --upper 0.05 --lower 0.01
+
+    Example: edgetrain finetune compare --config digits-finetune --upper 0.05 --lower 0.01 \
+    --seeds 3
     """
     from edgetrain.runs import compare_schedules, load_config
-    from edgetrain.runs.compare import scenario_table
+    from edgetrain.runs.compare import scenario_table, verdicts
 
     base = load_config(config, list(set_ or []), epochs=epochs)
     try:
@@ -264,6 +272,7 @@ def compare_command(
             runs_root=runs_dir,
             progress=progress,
             profile=profile,
+            seeds=seeds,
         )
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
@@ -279,4 +288,6 @@ def compare_command(
     for row in cells:
         table.add_row(*row)
     console.print(table)
+    for line in verdicts(rows):
+        console.print(line, highlight=False, soft_wrap=True)
     console.print(f"[green]table:[/] {out}")

@@ -369,3 +369,55 @@ def test_finetune_run_with_a_matrix_and_a_yaml_list(cli, tmp_path):
     cli("train", "listed.yaml", "--epochs", "1", "--no-progress", "--no-report")
     summary = json.loads((tmp_path / "runs" / "listed" / "summary.json").read_text())
     assert summary["status"] == "completed"
+
+
+def test_compare_with_seeds_reports_spread_significance_and_ops_to_target(cli, recipe, tmp_path):
+    import csv
+
+    out = cli(
+        "finetune", "compare", "--config", str(recipe), "--schedules", "4421",
+        "--modes", "bpls", "--upper", "0.02", "--lower", "0.02", "--epochs", "2",
+        "--seeds", "2", "--no-progress",
+    ).output  # fmt: skip
+    assert "mean ± sd, 2 seeds" in out and "p vs conv." in out and "reached conv. best" in out
+    with (tmp_path / "runs" / "tiny-compare.csv").open() as f:
+        rows = {r["schedule"]: r for r in csv.DictReader(f)}
+    conv, bpls = rows["4444"], rows["4421"]
+    for seed_run in ("tiny-4421-lr0.02", "tiny-4421-lr0.02-s1"):
+        assert (tmp_path / "runs" / seed_run / "summary.json").is_file()
+    assert int(conv["seeds"]) == 2 and conv["p_value"] == ""  # no test against itself
+    # conventional reaches its own best in every seed, with its own ops by definition
+    assert int(conv["reached"]) == 2 and float(conv["relative_ops_to_target"]) == 1.0
+    summaries = [
+        json.loads((tmp_path / "runs" / name / "summary.json").read_text())
+        for name in ("tiny-4444-lr0.02", "tiny-4444-lr0.02-s1")
+    ]
+    accuracies = [s["best"]["val_top1"] for s in summaries]
+    assert float(conv["best_accuracy"]) == pytest.approx(sum(accuracies) / 2)
+    # ops to target = epochs x samples per epoch x MACs per sample step, mean over seeds
+    steps = [s["global_step"] / s["epochs_finished"] for s in summaries]
+    epochs = []
+    for name, best in zip(("tiny-4444-lr0.02", "tiny-4444-lr0.02-s1"), accuracies, strict=True):
+        lines = (tmp_path / "runs" / name / "metrics.jsonl").read_text().splitlines()
+        records = [json.loads(line) for line in lines]
+        epochs.append(
+            next(r["epoch"] for r in records if "val_top1" in r and r["val_top1"] >= best)
+        )
+    ops = float(conv["average_ops"])
+    want = sum(e * st * 16 * ops for e, st in zip(epochs, steps, strict=True)) / 2
+    assert float(conv["ops_to_target"]) == pytest.approx(want)
+    assert 0 <= int(bpls["reached"]) <= 2
+    if int(bpls["reached"]):
+        assert "operations to reach conventional fine-tuning's best top-1" in out
+    else:
+        assert "did not reach conventional fine-tuning's best top-1" in out
+
+
+def test_paired_p_value():
+    from edgetrain.runs.compare import paired_p_value
+
+    assert paired_p_value([1.0], [2.0]) is None  # one pair: no test
+    assert paired_p_value([80.0, 81.0], [80.0, 81.0]) == 1.0
+    p = paired_p_value([70.0, 71.0, 69.0, 70.5], [80.0, 81.5, 79.0, 80.0])
+    assert p is not None and p < 0.001
+    assert paired_p_value([80.0, 79.0, 81.0], [80.5, 78.5, 81.0]) > 0.5
