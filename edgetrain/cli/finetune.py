@@ -258,7 +258,7 @@ def compare_command(
     --seeds 3
     """
     from edgetrain.runs import compare_schedules, load_config
-    from edgetrain.runs.compare import scenario_table, verdicts
+    from edgetrain.runs.compare import scenario_table, target_table, verdicts
 
     base = load_config(config, list(set_ or []), epochs=epochs)
     try:
@@ -281,13 +281,16 @@ def compare_command(
         writer = csv.DictWriter(f, fieldnames=list(rows[0].to_dict()))
         writer.writeheader()
         writer.writerows(r.to_dict() for r in rows)
-    header, cells = scenario_table(rows)
-    table = Table(title=f"scenario table: {base.name}")
-    for h in header:
-        table.add_column(h, justify="left" if h in ("schedule", "mode") else "right")
-    for row in cells:
-        table.add_row(*row)
-    console.print(table)
+    for title, (header, cells) in (
+        (f"scenario table: {base.name}", scenario_table(rows, targets=False)),
+        ("reaching conventional fine-tuning's best top-1", target_table(rows)),
+    ):
+        table = Table(title=title)
+        for h in header:
+            table.add_column(h, justify="left" if h in ("schedule", "mode") else "right")
+        for row in cells:
+            table.add_row(*row)
+        console.print(table)
     for line in verdicts(rows):
         console.print(line, highlight=False, soft_wrap=True)
     console.print(f"[green]table:[/] {out}")

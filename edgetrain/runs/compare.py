@@ -41,6 +41,7 @@ __all__ = [
     "paired_p_value",
     "scenario_cases",
     "scenario_table",
+    "target_table",
     "verdicts",
 ]
 
@@ -249,10 +250,13 @@ def _top5_at_best(grid: GridResult) -> float:
     return float("nan")
 
 
-def scenario_table(rows: Sequence[ScenarioRow]) -> tuple[list[str], list[list[str]]]:
+def scenario_table(
+    rows: Sequence[ScenarioRow], targets: bool = True
+) -> tuple[list[str], list[list[str]]]:
     """Header and formatted cells of the scenario table (top-5 only when the rows have it;
-    the spread and the paired test only with several seeds), for the CLI and the
-    benchmarks alike."""
+    the spread and the paired test only with several seeds; the columns of reaching
+    conventional fine-tuning's best unless ``targets`` is False: :func:`target_table`
+    gives them apart), for the CLI and the benchmarks alike."""
     top5 = bool(rows) and rows[0].best_top5 is not None
     seeded = bool(rows) and rows[0].seeds > 1
     header = [
@@ -265,9 +269,7 @@ def scenario_table(rows: Sequence[ScenarioRow]) -> tuple[list[str], list[list[st
         "LR range",
         "ops/step",
         "rel. ops",
-        "reached conv. best",
-        "epochs to it",
-        "rel. ops to it",
+        *(TARGET_HEADER if targets else []),
         "peak ops",
         "peak mem KiB",
         "reuse KiB",
@@ -284,9 +286,7 @@ def scenario_table(rows: Sequence[ScenarioRow]) -> tuple[list[str], list[list[st
             f"{r.lr_low:.3g}..{r.lr_high:.3g}",
             f"{r.average_ops:,.0f}",
             f"{r.relative_ops:.3f}",
-            f"{r.reached}/{r.seeds}",
-            "-" if r.epochs_to_target is None else f"{r.epochs_to_target:.1f}",
-            "-" if r.relative_ops_to_target is None else f"{r.relative_ops_to_target:.3f}",
+            *(_target_cells(r) if targets else []),
             f"{r.peak_ops:,}",
             f"{r.peak_memory_bytes / 1024:,.1f}",
             f"{r.peak_memory_reuse_bytes / 1024:,.1f}",
@@ -294,6 +294,26 @@ def scenario_table(rows: Sequence[ScenarioRow]) -> tuple[list[str], list[list[st
         ]
         for r in rows
     ]
+    return header, cells
+
+
+TARGET_HEADER = ["reached conv. best", "epochs to it", "rel. ops to it"]
+
+
+def _target_cells(r: ScenarioRow) -> list[str]:
+    return [
+        f"{r.reached}/{r.seeds}",
+        "-" if r.epochs_to_target is None else f"{r.epochs_to_target:.1f}",
+        "-" if r.relative_ops_to_target is None else f"{r.relative_ops_to_target:.3f}",
+    ]
+
+
+def target_table(rows: Sequence[ScenarioRow]) -> tuple[list[str], list[list[str]]]:
+    """Header and cells of reaching conventional fine-tuning's best top-1: per row, the
+    seeds that reached it, the epochs and the total operations (relative to
+    conventional's to its own best) it took, and the ops per step for comparison."""
+    header = ["schedule", "mode", *TARGET_HEADER, "rel. ops per step"]
+    cells = [[r.schedule, r.mode, *_target_cells(r), f"{r.relative_ops:.3f}"] for r in rows]
     return header, cells
 
 
