@@ -160,3 +160,30 @@ def test_fine_tuning_reports_every_epoch_to_the_trial_pruner(sweep_root, monkeyp
             assert t.intermediate_values[2] == pytest.approx(100 - t.user_attrs["top1"], abs=1e-6)
     page = (sweep_root / "runs" / "pruned" / "report" / "report.html").read_text()
     assert "pruned early (fine-tuning stopped)" in page
+
+
+def test_a_sweep_measures_and_scores_on_openvino(sweep_root, monkeypatch):
+    from edgetrain.compress.runtime import RUNTIMES
+
+    if RUNTIMES.entry("openvino").fn.missing() is not None:
+        pytest.skip("openvino is not installed")
+    monkeypatch.chdir(sweep_root)
+    text = sweep_yaml("ov", 1).replace(
+        "runtime: {runs: 5, repeats: 1, warmup: 1}",
+        "runtime: {name: openvino, runs: 5, repeats: 1, warmup: 1, options: {hint: latency}}",
+    )
+    (sweep_root / "ov.yaml").write_text(text)
+    _cli("sweep", "run", "ov.yaml", "--no-progress", "--no-report")
+    storage = open_storage(f"sqlite:///{sweep_root / 'runs' / 'ov' / 'study.db'}")
+    study = optuna.load_study(study_name="ov", storage=storage)
+    (trial,) = study.trials
+    assert trial.state == optuna.trial.TrialState.COMPLETE, trial.user_attrs
+    assert trial.user_attrs["latency_ms"] > 0 and 0 <= trial.user_attrs["top1"] <= 100
+    assert study.user_attrs["baseline"]["top1"] > 50  # scored by OpenVINO, not garbage
+    bad = sweep_yaml("ov-bad", 1).replace(
+        "runtime: {runs: 5, repeats: 1, warmup: 1}",
+        "runtime: {name: openvino, options: {precision: int4}}",
+    )
+    (sweep_root / "ov-bad.yaml").write_text(bad)
+    out = _cli("sweep", "run", "ov-bad.yaml", "--no-progress", code=2)
+    assert "precision 'int4' is not one of fp32, fp16, bf16" in out
