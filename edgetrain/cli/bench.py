@@ -183,10 +183,8 @@ def bench_command(
             raise ConfigError("--ops shows one runtime's operators; use it with one --runtime")
         if _is_model_file(model):
             names, skipped = runtimes_for(model)
-            names.sort(key=lambda n: n != "onnxruntime")
         else:
             names = [e.name for e in RUNTIMES if e.name != "command" and e.fn.missing() is None]
-            names.sort(key=lambda n: n != "onnxruntime")  # the default runtime first
             skipped = [
                 f"{e.name}: not installed; {e.fn.missing()}"
                 for e in RUNTIMES
@@ -194,6 +192,7 @@ def bench_command(
             ]
         if not names:
             raise ConfigError(f"no installed runtime can run '{model}': {'; '.join(skipped)}")
+        names.sort(key=lambda n: n != "onnxruntime")  # the default runtime first
         runtimes = [RUNTIMES.create(n) for n in names]
     else:
         runtimes = [RUNTIMES.create(runtime, **options)]  # unknown options name the valid ones

@@ -120,7 +120,7 @@ class ExecuTorchRuntime(Runtime):
         return method
 
     @staticmethod
-    def _inputs(method: Any, batch: int | None = None) -> list[InputSpec]:
+    def _inputs(method: Any) -> list[InputSpec]:
         meta = method.metadata
         specs = []
         for i in range(meta.num_inputs()):

@@ -250,16 +250,18 @@ def evaluate_candidate(
 def _deploy_and_measure(ctx: SweepContext, job: Compression, out: Path) -> list[DeployedFile]:
     """Deploy the candidate and time its files: here, or through the bench worker's
     queue (the files are evaluated here, on the sweep's runtime when it is installed
-    here and runs in-process, else on ONNX Runtime)."""
+    here and runs in-process, else on ONNX Runtime; a runtime with a file format of its
+    own, ExecuTorch's, must be installed here to write its files)."""
     settings = ctx.config.runtime_settings()
     if ctx.bench is None:
         return job.deploy(out, settings)
     spec = ctx.config.runtime
     local = RUNTIMES.entry(spec.name).fn
     here = local.missing() is None and local.predictor is not Runtime.predictor
+    own_format = local.export_format not in ("onnx", "openvino")
     evaluation = (
         {"runtime": spec.name, "runtime_options": spec.options or None}
-        if here
+        if here or own_format  # own format: deploy names the missing package
         else {"runtime": "onnxruntime"}
     )
     files = job.deploy(out, evaluation, measure_=False)
