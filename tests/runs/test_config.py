@@ -250,3 +250,24 @@ def test_the_learning_rate_scales_with_the_processes_when_asked(monkeypatch, sca
     if scaling != "none":
         with pytest.raises(ConfigError, match="scales optimizer.lr, which the recipe does not"):
             _scaled_lr(config, {"momentum": 0.9})
+
+
+def test_thesis_protocol_recipes() -> None:
+    """Plain SGD at batch 1 with the LR halved on a plateau; the keyword data at the
+    thesis' sizes (6,400/1,600 pre-training, 480/160 fine-tuning utterances)."""
+    from edgetrain import data
+    from edgetrain.recipes import RECIPES
+
+    for name in ("digits-finetune-thesis", "keywords-finetune-thesis"):
+        config = load_config(RECIPES.path(name))
+        assert config.data.batch_size == 1, name
+        assert config.optimizer.name == "sgd" and not config.optimizer.options, name
+        assert config.scheduler is not None and config.scheduler.name == "plateau", name
+        assert config.scheduler.options["factor"] == 0.5, name
+    pretrain = load_config(RECIPES.path("keywords-pretrain-thesis")).data.options
+    words = 8
+    train = words * round(pretrain["utterances_per_word"] * (1 - pretrain["test_fraction"]))
+    assert (train, words * pretrain["utterances_per_word"] - train) == (6400, 1600)
+    finetune = load_config(RECIPES.path("keywords-finetune-thesis")).data
+    info = data.describe(finetune.name, **finetune.options)
+    assert info.split_sizes == {"train": 480, "test": 160}
