@@ -261,7 +261,7 @@ def test_thesis_protocol_recipes() -> None:
     for name in ("digits-finetune-thesis", "keywords-finetune-thesis"):
         config = load_config(RECIPES.path(name))
         assert config.data.batch_size == 1, name
-        assert config.optimizer.name == "sgd" and not config.optimizer.options, name
+        assert config.optimizer.name == "sgd" and set(config.optimizer.options) == {"lr"}, name
         assert config.scheduler is not None and config.scheduler.name == "plateau", name
         assert config.scheduler.options["factor"] == 0.5, name
     pretrain = load_config(RECIPES.path("keywords-pretrain-thesis")).data.options
