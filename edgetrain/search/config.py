@@ -208,16 +208,6 @@ class RuntimeSpec(_Strict):
             raise ValueError(str(exc)) from None
         return self
 
-    def benchmark_settings(self) -> dict[str, Any]:
-        """Keyword arguments of :func:`edgetrain.compress.benchmark` besides the runtime."""
-        return {
-            "threads": self.threads,
-            "warmup": self.warmup,
-            "runs": self.runs,
-            "repeats": self.repeats,
-            "throughput_batch": self.throughput_batch,
-        }
-
     def settings(self) -> dict[str, Any]:
         """Keyword arguments of :func:`edgetrain.compress.measure`."""
         return {
