@@ -87,9 +87,10 @@ def sweep_depth_command(
     runs_dir: Path = typer.Option(Path("runs"), help="Folder holding run directories."),
     overwrite: bool = typer.Option(False, help="Replace existing case runs."),
     progress: bool = typer.Option(True, help="Show progress bars."),
+    seeds: int = typer.Option(1, min=1, help="Runs per case (seeds): mean ± sd of top-1."),
 ) -> None:
-    """One fine-tuning run per "train the last N layers" case, with accuracy, loss,
-    trainable MACs and energy, a CSV and three bar charts.
+    """One fine-tuning run per "train the last N layers" case (and seed), with accuracy
+    (mean ± sd over seeds), loss, trainable MACs and energy, a CSV and three bar charts.
 
     Example: edgetrain finetune sweep-depth --config digits-finetune --depths 1,2,3,7 --epochs 4
     """
@@ -101,7 +102,7 @@ def sweep_depth_command(
         cases = [int(d) for d in depths.split(",")] if depths else None
     except ValueError:
         raise ConfigError(f"--depths '{depths}' must be comma-separated integers") from None
-    results = sweep_depth(base, cases, runs_dir, profile, overwrite, progress)
+    results = sweep_depth(base, cases, runs_dir, profile, overwrite, progress, seeds)
     out = runs_dir / f"{base.name}-depth-sweep"
     out.mkdir(parents=True, exist_ok=True)
     rows = [r.to_dict() for r in results]
@@ -114,7 +115,7 @@ def sweep_depth_command(
     for h in (
         "N",
         "conv layers",
-        "top-1 %",
+        "top-1 %" + (f" (mean ± sd, {seeds} seeds)" if seeds > 1 else ""),
         "loss",
         "trainable MACs",
         "nJ/sample",
@@ -129,7 +130,7 @@ def sweep_depth_command(
         table.add_row(
             str(r.depth),
             str(r.conv_layers),
-            f"{r.accuracy:.2f}",
+            f"{r.accuracy:.2f}" + (f" ± {r.accuracy_std:.2f}" if seeds > 1 else ""),
             f"{r.loss:.4f}",
             f"{r.trainable_macs:,}",
             f"{r.energy_nj:,.0f}",

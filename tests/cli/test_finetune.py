@@ -421,3 +421,25 @@ def test_paired_p_value():
     p = paired_p_value([70.0, 71.0, 69.0, 70.5], [80.0, 81.5, 79.0, 80.0])
     assert p is not None and p < 0.001
     assert paired_p_value([80.0, 79.0, 81.0], [80.5, 78.5, 81.0]) > 0.5
+
+
+def test_sweep_depth_with_seeds_reports_the_spread(cli, recipe, tmp_path):
+    import csv
+
+    out = cli(
+        "finetune", "sweep-depth", "--config", str(recipe), "--depths", "1",
+        "--epochs", "1", "--seeds", "2", "--no-progress",
+    ).output  # fmt: skip
+    assert "mean ± sd, 2 seeds" in out
+    runs = tmp_path / "runs"
+    bests = []
+    for name in ("tiny-depth1", "tiny-depth1-s1"):
+        config = safe_load((runs / name / "config.yaml").read_text())
+        summary = json.loads((runs / name / "summary.json").read_text())
+        bests.append(summary["best"]["val_top1"])
+        assert config["seed"] == (1 if name.endswith("-s1") else 0)
+    with (runs / "tiny-depth-sweep" / "sweep_depth.csv").open() as f:
+        (row,) = list(csv.DictReader(f))
+    assert int(row["seeds"]) == 2
+    assert float(row["accuracy"]) == pytest.approx(sum(bests) / 2)
+    assert [float(a) for a in row["accuracies"].split(",")] == pytest.approx(bests)
