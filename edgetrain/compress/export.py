@@ -234,7 +234,16 @@ def compare_outputs(
     with torch.no_grad():
         expected = model(x.to(device))
     wanted = list(expected) if isinstance(expected, tuple | list) else [expected]
-    got = predict(x.numpy())
+    try:
+        got = predict(x.numpy())
+    except EdgetrainError:
+        raise
+    except Exception as exc:  # a runtime's own error types
+        raise EdgetrainError(
+            f"{what} cannot run the exported model at batch {batch}: {one_line(exc)}; the "
+            "model has code the exporter fixed at the example's shape (a Python number "
+            "taken from a tensor's size?)"
+        ) from None
     got_list = list(got) if isinstance(got, tuple | list) else [got]
     max_abs = max_rel = 0.0
     for want_t, have_raw in zip(wanted, got_list, strict=False):

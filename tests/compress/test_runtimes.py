@@ -286,3 +286,41 @@ def test_deploy_fp16_is_scored_like_int8(tmp_path):
     assert fp16.name == "fp16" and fp16.path.name == "model.fp16.onnx"
     assert fp16.size_bytes < 0.6 * fp32.size_bytes
     assert abs(fp16.metrics["top1"] - fp32.metrics["top1"]) <= 1.0  # within a point
+
+
+class _UserNet(torch.nn.Module):
+    """Not a zoo model: concat, a depthwise conv, functional activations, LayerNorm."""
+
+    input_shape = (3, 16, 16)
+
+    def __init__(self, python_batch: bool = False) -> None:
+        super().__init__()
+        self.python_batch = python_batch  # a batch size read as a Python int
+        self.a = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.dw = torch.nn.Conv2d(8, 8, 3, padding=1, groups=8)
+        self.b = torch.nn.Conv2d(3, 8, 1)
+        self.ln = torch.nn.LayerNorm(256)
+        self.fc = torch.nn.Linear(16, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = torch.nn.functional
+        y = torch.cat([f.gelu(self.dw(self.a(x))), f.silu(self.b(x))], 1)
+        y = f.adaptive_avg_pool2d(y, 4).flatten(2)  # (N, 16 channels, 16 positions)
+        n = len(y) if self.python_batch else y.shape[0]
+        y = self.ln(y.transpose(1, 2).reshape(n, -1)).reshape(n, 16, 16).mean(1)
+        return self.fc(y)
+
+
+@pytest.mark.parametrize("fmt", sorted(EXPORT_FORMATS.names()))
+def test_every_format_exports_a_user_model_faithfully(fmt, tmp_path):
+    meta = EXPORT_FORMATS.entry(fmt).meta
+    if not _installed(meta["runtime"]):
+        pytest.skip(f"{meta['runtime']} is not installed")
+    torch.manual_seed(0)
+    result = export_model(_UserNet().eval(), tmp_path / f"m{meta['suffix']}", fmt)
+    assert result.max_rel_error < 1e-5  # checked on its own runtime against PyTorch
+    if fmt != "executorch":  # a fixed-batch format: the batch is the example's anyway
+        # a batch size frozen into the graph is refused in one line, no file left
+        with pytest.raises(EdgetrainError, match="cannot run the exported model at batch 2"):
+            export_model(_UserNet(python_batch=True).eval(), tmp_path / f"b{meta['suffix']}", fmt)
+        assert not (tmp_path / f"b{meta['suffix']}").exists()
