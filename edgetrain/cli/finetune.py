@@ -39,21 +39,54 @@ def run_command(
     name: str = typer.Option(None, help="Run name (default: <recipe name>-<schedule>)."),
     runs_dir: Path = typer.Option(Path("runs"), help="Folder holding run directories."),
     fold_bn: bool = typer.Option(True, help="Fold batch-norms into their layers first."),
+    adaptive: str = typer.Option(
+        None,
+        help="Adapt the schedule during training within a budget: ops=F and/or mem=F "
+        "(fractions of updating every row every step), optional signal=weight_change|"
+        "grad_norm, every=N epochs, min_updates=N. --schedule gives the rows and cycle "
+        "(e.g. 4444).",
+    ),
     overwrite: bool = typer.Option(False, help="Replace an existing run directory."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
     report: bool = typer.Option(True, help="Write plots and report.html at the end."),
 ) -> None:
-    """Fine-tune a recipe with a layer schedule (mode from the notation, or --mode).
+    """Fine-tune a recipe with a layer schedule (mode from the notation, or --mode), or
+    with one that adapts to what each layer still learns (--adaptive).
 
     Example: edgetrain finetune run --config digits-finetune --schedule 4421 --mode pllr
 
     Example: edgetrain finetune run --config digits-finetune --schedule 1111/1010/0101
+
+    Example: edgetrain finetune run --config digits-finetune --schedule 4444 --adaptive ops=0.7
     """
     from edgetrain.cli.schedule import parse_schedule
     from edgetrain.cli.train import run_and_report
     from edgetrain.runs import load_config
 
     parsed = parse_schedule(schedule)
+    if adaptive is not None:
+        from edgetrain.finetune.adaptive import adaptive_label, parse_adaptive
+
+        options = parse_adaptive(adaptive)
+        if parsed.mode != "conventional" or mode is not None:
+            raise ConfigError(
+                f"--adaptive starts from a schedule that updates every row every step "
+                f"(e.g. 4444), which gives the rows and the cycle; got '{parsed}'"
+                + (f" with --mode {mode}" if mode is not None else "")
+            )
+        base = load_config(config, list(set_ or []), epochs=epochs)
+        tree = base.to_dict()
+        tree["name"] = name or f"{base.name}-{adaptive_label(options)}"
+        callback = {
+            "name": "adaptive-schedule",
+            "rows": parsed.trained_rows,
+            "cycle": parsed.cycle_length,
+            "fold_bn": fold_bn,
+            **options,
+        }
+        tree["callbacks"] = [*tree["callbacks"], callback]
+        run_and_report(load_config(tree), runs_dir, overwrite, progress, report)
+        return
     if mode is not None and "/" in str(parsed):
         raise ConfigError(
             "--mode derives a schedule from update counts and would drop the explicit "
@@ -246,9 +279,15 @@ def compare_command(
     seeds: int = typer.Option(
         1, min=1, help="Runs per LR point (seeds): mean ± sd and a paired test vs conventional."
     ),
+    adaptive: list[str] = typer.Option(
+        None,
+        help="Also an adaptive schedule within this budget (ops=F and/or mem=F, as in "
+        "'finetune run --adaptive'), over the first schedule's rows and cycle; repeatable.",
+    ),
 ) -> None:
     """A scenario's full comparison in one command: conventional, one more layer frozen,
-    and each schedule in each mode, each with its LR grid; the scenario table as CSV.
+    each schedule in each mode, and adaptive schedules (--adaptive), each with its LR
+    grid; the scenario table as CSV.
     With more than 10 classes a top-5 column (at the best top-1 epoch) is added. Each
     row says whether, and with how many total training operations, it reached
     conventional fine-tuning's best top-1; a verdict line per schedule states it.
@@ -256,11 +295,13 @@ def compare_command(
     Example: edgetrain finetune compare --config digits-finetune --upper 0.05 --lower 0.01
 
     Example: edgetrain finetune compare --config digits-finetune --upper 0.05 --lower 0.01 \
-    --seeds 3
+    --seeds 3 --adaptive ops=0.8
     """
+    from edgetrain.finetune.adaptive import parse_adaptive
     from edgetrain.runs import compare_schedules, load_config
     from edgetrain.runs.compare import scenario_table, target_table, verdicts
 
+    budgets = [parse_adaptive(a) for a in adaptive or []]
     base = load_config(config, list(set_ or []), epochs=epochs)
     try:
         rows = compare_schedules(
@@ -274,6 +315,7 @@ def compare_command(
             progress=progress,
             profile=profile,
             seeds=seeds,
+            adaptive=budgets,
         )
     except ValueError as exc:
         raise ConfigError(str(exc)) from None

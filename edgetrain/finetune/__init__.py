@@ -8,6 +8,7 @@ Example:
 
 from __future__ import annotations
 
+from edgetrain.finetune.adaptive import SIGNALS, AdaptiveSchedule, adaptive_label, allocate_updates
 from edgetrain.finetune.callback import LayerSchedule
 from edgetrain.finetune.costing import (
     ScheduleCost,
@@ -22,9 +23,13 @@ from edgetrain.finetune.schedule import MODES, Schedule, even_placement
 
 __all__ = [
     "MODES",
+    "SIGNALS",
+    "AdaptiveSchedule",
     "LayerSchedule",
     "Schedule",
     "ScheduleCost",
+    "adaptive_label",
+    "allocate_updates",
     "even_placement",
     "fold_batchnorm",
     "optimise_placement",

@@ -23,7 +23,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-__all__ = ["DIGITS", "MODES", "Schedule", "even_placement"]
+__all__ = ["DIGITS", "MODES", "Schedule", "even_placement", "staggered_placement"]
 
 MODES = ("conventional", "bpls", "pllr", "upscaled", "rdo")
 # Characters of the notation: a digit per layer, "A" = 10 ... "Z" = 35.
@@ -157,7 +157,7 @@ class Schedule:
             raise ValueError(f"schedule '{text}': conflicting or repeated suffixes")
         pattern = [even_placement(s, cycle) for s in counts]
         if memory:
-            pattern = _staggered(counts, cycle)
+            pattern = staggered_placement(counts, cycle)
         if rdo:
             full = tuple(tuple(1 if s else 0 for _ in range(cycle)) for s in counts)
             keep = tuple(s / cycle for s in counts)
@@ -314,7 +314,7 @@ class Schedule:
         return str(self).replace("/", "-").replace(",", "_")
 
 
-def _staggered(counts: Sequence[int], cycle: int) -> list[list[int]]:
+def staggered_placement(counts: Sequence[int], cycle: int) -> list[list[int]]:
     """The ``_m`` placement without a cost model: rows that skip steps are placed, from the
     output down, where the fewest such rows are already active (so the lower layers are
     not all trained in the same step); full and frozen rows are unchanged."""

@@ -83,8 +83,29 @@ def _model(run: RunRecord, freeze: bool) -> tuple[Any, tuple[int, ...]]:
     return model, tuple(arch["input_shape"])
 
 
+def _adaptive(run: RunRecord) -> bool:
+    return any(cb.get("name") == "adaptive-schedule" for cb in run.config.get("callbacks", []))
+
+
+def _logged_macs(run: RunRecord) -> list[tuple[int, float]]:
+    """(global step, MACs per step) of each epoch whose schedule logged its cost (an
+    adaptive schedule: ``schedule_step_macs`` per sample, times the batch)."""
+    batch = int(run.config.get("data", {}).get("batch_size", 1))
+    return [
+        (int(m["step"]), batch * float(m["schedule_step_macs"]))
+        for m in run.metrics
+        if "schedule_step_macs" in m and "step" in m
+    ]
+
+
 def _step_macs(run: RunRecord) -> float:
     batch = int(run.config.get("data", {}).get("batch_size", 1))
+    logged = _logged_macs(run)
+    if logged:  # the mean over the steps trained
+        steps = [b - a for (a, _), (b, _) in zip([(0, 0.0), *logged], logged, strict=False)]
+        return sum(n * macs for n, (_, macs) in zip(steps, logged, strict=True)) / max(
+            sum(steps), 1
+        )
     schedule = _schedule(run)
     model, shape = _model(run, freeze=schedule is None)
     if schedule is not None:
@@ -109,7 +130,11 @@ def reference_runs(runs: Sequence[RunRecord]) -> list[ReferenceRun]:
     for i, run in enumerate(runs):
         best = run.best
         schedule = _schedule(run)
-        if best is None or (schedule is not None and schedule.mode != "conventional"):
+        if (
+            best is None
+            or _adaptive(run)
+            or (schedule is not None and schedule.mode != "conventional")
+        ):
             continue
         if schedule is not None:
             trained = schedule.trained_rows
@@ -140,13 +165,21 @@ def run_ops(runs: Sequence[RunRecord], reference: int = 0) -> list[RunOps]:
     out = []
     for run, macs in zip(runs, per_step, strict=True):
         hit = next((m for m in run.metrics if m.get("val_top1", -1) >= target), None)
+        to_target = None
+        if hit is not None:
+            logged = [(step, m) for step, m in _logged_macs(run) if step <= hit["step"]]
+            previous, to_target = 0, 0.0
+            for step, step_macs in logged:  # each epoch at what it cost
+                to_target += (step - previous) * step_macs
+                previous = step
+            to_target += (hit["step"] - previous) * macs
         out.append(
             RunOps(
                 run.name,
                 macs,
                 macs / per_step[reference],
                 None if hit is None else int(hit["epoch"]),
-                None if hit is None else macs * hit["step"],
+                to_target,
             )
         )
     return out

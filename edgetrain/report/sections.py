@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgetrain.registry import Registry
+from edgetrain.report.adaptive import has_adaptive_schedule, plot_adaptive_schedule
 from edgetrain.report.extract import RunRecord
 from edgetrain.report.lr_sensitivity import has_lr_diagnostics, plot_lr_diagnostics
 from edgetrain.report.patterns import has_patterns, plot_patterns
@@ -80,6 +81,12 @@ def _plot_lr(runs: Sequence[RunRecord], folder: Path) -> list[Path]:
 def _lr_diagnostics() -> ReportSection:
     """LR-sensitivity measurements and ActCoolLR's rates."""
     return ReportSection(lambda run: has_lr_diagnostics(run.path), _plot_lr, overlay=0, order=3)
+
+
+@REPORT_SECTIONS.register("adaptive-schedule")
+def _adaptive_schedule() -> ReportSection:
+    """The updates per layer an adaptive layer schedule chose each epoch, and why."""
+    return ReportSection(has_adaptive_schedule, plot_adaptive_schedule, overlay=0, order=4)
 
 
 def sections() -> list[ReportSection]:

@@ -21,14 +21,15 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from edgetrain import data as data_sets
 from edgetrain.engine import RunDirectory
-from edgetrain.finetune.costing import optimise_placement, schedule_cost
+from edgetrain.finetune.adaptive import adaptive_label
+from edgetrain.finetune.costing import ScheduleCost, optimise_placement, schedule_cost
 from edgetrain.finetune.schedule import DIGITS, Schedule
 from edgetrain.runs.build import build_run_model
 from edgetrain.runs.config import RunConfig, load_config
@@ -124,6 +125,7 @@ def compare_schedules(
     progress: bool = True,
     profile: str | Path = "reference",
     seeds: int = 1,
+    adaptive: Sequence[Mapping[str, Any]] = (),
     **grid_options: Any,
 ) -> list[ScenarioRow]:
     """Run every case of :func:`scenario_cases` with an LR grid (``seeds`` runs per LR
@@ -131,7 +133,13 @@ def compare_schedules(
     when it is not ``reference``), with the mean accuracy, its spread and paired test
     against conventional fine-tuning, and the operations to reach conventional
     fine-tuning's best. Rows carry ``best_top5`` when the data set has more than 10
-    classes."""
+    classes.
+
+    ``adaptive``: options of adaptive schedules (:class:`~edgetrain.finetune.AdaptiveSchedule`:
+    ``ops_budget``, ``memory_budget``, ``signal`` ...) compared in the same table, one
+    row each (mode ``adaptive``), over the first schedule's rows and cycle; their costs
+    are what their runs logged epoch by epoch (the mean over training, and the most
+    expensive cycle for the peaks)."""
     model, shape = build_run_model(config)
     classes = data_sets.describe(config.data.name, **config.data.options).num_classes
     with_top5 = classes > TOP5_MIN_CLASSES
@@ -155,18 +163,39 @@ def compare_schedules(
         placed = optimise_placement(case, model, shape) if case.memory_optimised else case
         cost = schedule_cost(model, shape, placed, profile=profile)  # as the run places it
         measured.append((case, grid, cost))
+    rows_, cycle = cases[0].rows, cases[0].cycle_length
+    adaptive_runs = []
+    for options in adaptive:
+        label = adaptive_label(dict(options))
+        tree = config.to_dict()
+        tree["name"] = f"{config.name}-{label}"
+        callback = {"name": "adaptive-schedule", "rows": rows_, "cycle": cycle, **options}
+        tree["callbacks"] = [*tree["callbacks"], callback]
+        grid = lr_grid(
+            load_config(tree),
+            upper,
+            lower,
+            tolerance=tolerance,
+            runs_root=runs_root,
+            progress=progress,
+            seeds=seeds,
+            **grid_options,
+        )
+        adaptive_runs.append((label, grid, _logged_cost(_best_trial(grid), reference)))
     conventional = _best_trial(measured[0][1])
     targets = conventional.accuracies or (conventional.accuracy,)
     conventional_ops = _to_target(conventional, targets, measured[0][2].average_step_macs)[2]
     rows = []
-    for case, grid, cost in measured:
+    every = [(str(case), case.mode, grid, _CaseCost.of(cost)) for case, grid, cost in measured]
+    every += [(label, "adaptive", grid, cost) for label, grid, cost in adaptive_runs]
+    for name, mode, grid, cost in every:
         best = _best_trial(grid)
         accuracies = best.accuracies or (best.accuracy,)
         reached, epochs, ops = _to_target(best, targets, cost.average_step_macs)
         rows.append(
             ScenarioRow(
-                schedule=str(case),
-                mode=case.mode,
+                schedule=name,
+                mode=mode,
                 best_lr=grid.best_lr,
                 best_accuracy=grid.best_accuracy,
                 lr_low=grid.lr_range[0],
@@ -180,7 +209,7 @@ def compare_schedules(
                 best_top5=_top5_at_best(grid) if with_top5 else None,
                 seeds=len(accuracies),
                 accuracy_std=statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0,
-                p_value=None if case is cases[0] else paired_p_value(accuracies, targets),
+                p_value=None if not rows else paired_p_value(accuracies, targets),
                 reached=reached,
                 epochs_to_target=epochs,
                 ops_to_target=ops,
@@ -190,6 +219,45 @@ def compare_schedules(
             )
         )
     return rows
+
+
+@dataclass(frozen=True)
+class _CaseCost:
+    """The cost columns of one case: a fixed schedule's cycle, or what an adaptive run
+    logged."""
+
+    average_step_macs: float
+    peak_step_macs: int
+    peak_memory_bytes: int
+    peak_memory_reuse_bytes: int
+
+    @classmethod
+    def of(cls, cost: ScheduleCost) -> _CaseCost:
+        return cls(
+            cost.average_step_macs,
+            cost.peak_step_macs,
+            cost.peak_memory_bytes,
+            cost.peak_memory_reuse_bytes,
+        )
+
+
+def _logged_cost(trial: GridTrial, reference: ScheduleCost) -> _CaseCost:
+    """An adaptive case's costs from its runs' metrics: MACs per step averaged over every
+    epoch of every seed, peaks the largest of any epoch's cycle."""
+    records = [
+        m
+        for run_dir in trial.run_dirs or (trial.run_dir,)
+        for m in RunDirectory(run_dir).read_metrics()
+        if "schedule_step_macs" in m
+    ]
+    if not records:  # a run that logged nothing (stopped before its first epoch ended)
+        return _CaseCost.of(reference)
+    return _CaseCost(
+        statistics.fmean(float(m["schedule_step_macs"]) for m in records),
+        int(max(float(m["schedule_peak_step_macs"]) for m in records)),
+        int(max(float(m["schedule_peak_memory_bytes"]) for m in records)),
+        int(max(float(m["schedule_peak_memory_reuse_bytes"]) for m in records)),
+    )
 
 
 def _best_trial(grid: GridResult) -> GridTrial:
@@ -214,28 +282,29 @@ def _to_target(
     trial: GridTrial, targets: Sequence[float], step_macs: float
 ) -> tuple[int, float | None, float | None]:
     """How many of the trial's seeds reached their seed's target accuracy, and the mean
-    epochs and total training MACs (epochs x samples x MACs per sample step) they took
-    to get there (None when no seed did)."""
+    epochs and total training MACs (steps x batch x MACs per sample step, summed over the
+    epochs up to the target) they took to get there (None when no seed did). An epoch
+    that logged its own ``schedule_step_macs`` (an adaptive schedule) is counted at
+    that, every other at ``step_macs``."""
     dirs = trial.run_dirs or (trial.run_dir,)
     epochs, ops = [], []
     for run_dir, target in zip(dirs, targets, strict=False):
         folder = RunDirectory(run_dir)
-        first = next(
-            (
-                int(m["epoch"])
-                for m in folder.read_metrics()
-                if "epoch" in m and "val_top1" in m and float(m["val_top1"]) >= target
-            ),
-            None,
-        )
+        batch = int(folder.read_config().get("data", {}).get("batch_size", 1))
+        total, previous_step, first = 0.0, 0, None
+        for m in folder.read_metrics():
+            if "epoch" not in m or "step" not in m:
+                continue
+            step = int(m["step"])
+            total += (step - previous_step) * batch * float(m.get("schedule_step_macs", step_macs))
+            previous_step = step
+            if "val_top1" in m and float(m["val_top1"]) >= target:
+                first = int(m["epoch"])
+                break
         if first is None:
             continue
-        summary = folder.read_summary()
-        finished = max(int(summary.get("epochs_finished", 0)), 1)
-        steps = float(summary.get("global_step", 0)) / finished
-        batch = int(folder.read_config().get("data", {}).get("batch_size", 1))
         epochs.append(first)
-        ops.append(first * steps * batch * step_macs)
+        ops.append(total)
     if not epochs:
         return 0, None, None
     return len(epochs), statistics.fmean(epochs), statistics.fmean(ops)
