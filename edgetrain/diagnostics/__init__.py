@@ -20,6 +20,7 @@ from edgetrain.diagnostics.actcool import (
     COOLING_PLANS,
     ActCoolLR,
     DivergenceError,
+    FloorWarning,
     cooling_plan,
     lr_for_temperature,
     read_actcool,
@@ -79,9 +80,11 @@ from edgetrain.diagnostics.probe import (
     TrainingSnapshot,
     ap_distance,
     network_distance,
+    network_temperature,
     probe_patterns,
     probe_rates,
     temperature,
+    temperature_distance,
 )
 from edgetrain.diagnostics.recorder import (
     DEFAULT_BUCKETS,
@@ -90,14 +93,23 @@ from edgetrain.diagnostics.recorder import (
     OccupancyWarning,
     PatternRecorder,
 )
+from edgetrain.diagnostics.temperature_monitor import (
+    TEMPERATURE_FILE,
+    TemperatureMonitor,
+    read_temperatures,
+)
 
 __all__ = [
+    "TEMPERATURE_FILE",
+    "TemperatureMonitor",
+    "read_temperatures",
     "ACTCOOL_FILE",
     "COOLING_PLANS",
     "LR_SENSITIVITY_FILE",
     "TRANSITION_MODELS",
     "ActCoolLR",
     "DivergenceError",
+    "FloorWarning",
     "LRSensitivity",
     "RandomState",
     "SensitivityMeasurement",
@@ -112,6 +124,7 @@ __all__ = [
     "lr_for_temperature",
     "measure_lr_sensitivity",
     "network_distance",
+    "network_temperature",
     "probe_patterns",
     "probe_rates",
     "rate_for_distance",
@@ -119,6 +132,7 @@ __all__ = [
     "read_lr_sensitivity",
     "target_probability",
     "temperature",
+    "temperature_distance",
     "transition_distance",
     "ACTIVATION_TYPES",
     "DEFAULT_BUCKETS",

@@ -11,9 +11,15 @@ into the learning rate::
 
     lr = exp(sigma * sqrt2 * erfinv(2P - 1) + mu),   clamped to >= min_lr
 
+The controlled quantity is the network's **mean temperature over layers** (the thesis'
+section 3.3.2: ``T = mean_l -log2(1 - D_l)``), inverted through the model as the
+distance ``D = 1 - 2^-T`` of that temperature; ``control: distance`` controls the
+temperature of the mean distance over layers instead (``D = mean_l D_l``), which puts
+less weight on the layers that change most and so picks higher rates.
+
 Every ``probing_step_size`` steps it measures ``D`` of the step just taken on the
 current batch and moves ``mu = ln lr - sigma * sqrt2 * erfinv(2D - 1)``. When ``mu``
-jumps by more than ``mu_jump`` more than ``max_jumps`` times, or ``D`` is 0 or 1 (the
+has jumped by more than ``mu_jump`` ``max_jumps`` times, or ``D`` is 0 or 1 (the
 model cannot be inverted; a 0 only counts when the model expected at least 3 of the
 batch's samples to change, since late in cooling the target is below what one batch
 resolves), ``mu`` and ``sigma`` are re-fitted by probing the pending
@@ -26,6 +32,15 @@ coarsely), else all with ``0 < D < 1``. Probes are undone exactly
 (:class:`~edgetrain.diagnostics.probe.StepProbe`). A NaN rate or loss, or a rate above
 ``max_lr``, stops the run with :class:`DivergenceError`; so does a re-fit in which no
 rate changes any pattern (a dead network) or every rate changes all of them.
+
+A floor: the model assumes ``D -> 0`` as the rate goes to 0. Units whose pre-activation
+sits exactly at 0 (zero-initialised biases feeding a ReLU on inputs that are 0, such
+as padding) flip their pattern at any rate, so ``D`` stays above 0 at tiny rates.
+Every re-fit also probes a rate 1000x below the smallest it tried; when ``D`` stays at
+``floor_warning`` (default 0.02) or more there, it warns once (the remedy: initialise
+such biases to small non-zero values, measure only ``layers`` without them, or start
+the controller after a warm-up epoch with an ordinary scheduler) and fits only the
+probes above twice the floor, the rising part the model describes.
 
 Saturation: with batch norm a layer is scale-invariant, so past some rate a bigger step
 changes no more patterns and ``D`` levels off below 1; a target above that level would
@@ -48,7 +63,8 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -68,6 +84,7 @@ from edgetrain.diagnostics.probe import (
     network_distance,
     probe_patterns,
     temperature,
+    temperature_distance,
 )
 from edgetrain.diagnostics.sites import activation_layers, no_activation_message
 from edgetrain.engine import LR_CONTROLLERS, Callback
@@ -81,9 +98,11 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ACTCOOL_FILE",
+    "CONTROLS",
     "COOLING_PLANS",
     "ActCoolLR",
     "DivergenceError",
+    "FloorWarning",
     "cooling_plan",
     "lr_for_temperature",
     "read_actcool",
@@ -99,6 +118,18 @@ _SURPRISE = 3.0  # expected changed samples that make a measured D = 0 a model f
 
 class DivergenceError(EdgetrainError):
     """Training diverged under learning-rate control (NaN, or an absurdly large rate)."""
+
+
+class FloorWarning(UserWarning):
+    """The AP distance does not go to 0 at tiny learning rates."""
+
+
+# What the controller measures, from the per-layer distances of a batch of n samples:
+# the distance whose temperature it steers.
+CONTROLS: dict[str, Callable[[Mapping[str, float], int], float]] = {
+    "temperature": temperature_distance,
+    "distance": lambda distances, samples: network_distance(distances),
+}
 
 
 # ----------------------------------------------------------------------- cooling plans
@@ -176,8 +207,12 @@ class ActCoolLR(Callback):
         min_lr: lower clamp of the rate.
         max_lr: a rate above it means divergence (:class:`DivergenceError`).
         probing_step_size: steps between measurements of ``D``.
-        mu_jump, max_jumps: re-fit when ``mu`` moved by more than ``mu_jump`` more than
+        mu_jump, max_jumps: re-fit when ``mu`` has moved by more than ``mu_jump``
             ``max_jumps`` times since the last fit.
+        control: ``temperature`` (the mean temperature over layers, the thesis') or
+            ``distance`` (the temperature of the mean distance over layers).
+        floor_warning: warn when ``D`` at a rate 1000x below every probe stays at this
+            or more (see the module docstring).
         max_probes: probes of one bracketing search before the grid fallback.
         fit_at_start: fit ``mu`` and ``sigma`` by probing before the very first step
             (otherwise the first step uses the starting values, a rate near 1.2).
@@ -204,7 +239,13 @@ class ActCoolLR(Callback):
         max_probes: int = 100,
         fit_at_start: bool = True,
         layers: Sequence[str] | None = None,
+        control: str = "temperature",
+        floor_warning: float = 0.02,
     ) -> None:
+        if control not in CONTROLS:
+            raise ConfigError(
+                f"actcool: control must be one of {', '.join(CONTROLS)}, got '{control}'"
+            )
         checks = {
             "t_start": (t_start, t_start > 0, "> 0"),
             "gamma": (gamma, gamma > 0, "> 0"),
@@ -224,6 +265,9 @@ class ActCoolLR(Callback):
         self.mu_jump, self.max_jumps = mu_jump, max_jumps
         self.fit_at_start = fit_at_start
         self.layers = None if layers is None else list(layers)
+        self.control, self.floor_warning = control, floor_warning
+        self.floor: float | None = None
+        self._warned_floor = False
         self.jumps = 0
         self.refits = 0
         self.refit_due = False
@@ -312,7 +356,7 @@ class ActCoolLR(Callback):
         row: dict[str, Any] = {"step": step, "progress": self._progress, "lr": self.lr}
         row["t_target"] = self.target
         if refitted:
-            row.update(refit=True, mu=self.mu, sigma=self.sigma)
+            row.update(refit=True, mu=self.mu, sigma=self.sigma, d_floor=self.floor)
         self._epoch_rows.append(row)
         self._before = None
         if self._probe_now and self._inputs is not None:
@@ -324,7 +368,8 @@ class ActCoolLR(Callback):
         if self._before is None or self._inputs is None:
             return
         after = probe_patterns(model, self._inputs, self.layers)
-        d = self._mean(network_distance(ap_distance(self._before, after)))
+        batch = next(iter(after.values())).shape[0]
+        d = self._mean(CONTROLS[self.control](ap_distance(self._before, after), batch))
         samples = sum(words.shape[0] for words in after.values())
         self._before = self._inputs = None
         step = trainer.state.global_step - 1  # the step just taken
@@ -374,7 +419,7 @@ class ActCoolLR(Callback):
         if abs(mu - self.mu) > self.mu_jump:
             self.jumps += 1
         self.mu = mu
-        if self.jumps > self.max_jumps:
+        if self.jumps >= self.max_jumps:
             self.refit_due = True
 
     def _mean(self, value: float) -> float:
@@ -390,10 +435,14 @@ class ActCoolLR(Callback):
         """Re-fit ``mu`` and ``sigma`` by probing the pending step (undone after)."""
         points: dict[float, float] = {}
         with StepProbe(model, optimizer, inputs, self.layers) as probe:
+            control, batch = CONTROLS[self.control], inputs.shape[0]
+
+            def aggregate(distances: Mapping[str, float]) -> float:
+                return control(distances, batch)
 
             def run(rate: float) -> None:
                 if rate not in points:
-                    points[rate] = self._mean(network_distance(probe.distance(rate)))
+                    points[rate] = self._mean(aggregate(probe.distance(rate)))
 
             for q in (0.25, 0.5, 0.75):
                 run(min(max(rate_for_distance(q, self.mu, self.sigma), self.min_lr), self.max_lr))
@@ -402,14 +451,17 @@ class ActCoolLR(Callback):
                 if nxt is None or nxt in points or not self.min_lr <= nxt <= self.max_lr:
                     break
                 run(nxt)
+            tiny = max(min(points) * 1e-3, self.min_lr)
+            self.floor = self._mean(aggregate(probe.distance(tiny)))
+            self._check_floor(tiny, step)
             onset = _plateau_onset(points)
             rising = points if onset is None else {r: d for r, d in points.items() if r <= onset}
-            fit = _fit_middle(rising)
+            fit = _fit_middle(self._above_floor(rising))
             if fit is None and onset is None:
                 for rate in _FALLBACK_GRID:
                     run(rate)
                 rising = points
-                fit = _fit_middle(points)
+                fit = _fit_middle(self._above_floor(points))
         self.refits += 1
         self.jumps = 0
         self.refit_due = False
@@ -418,6 +470,27 @@ class ActCoolLR(Callback):
             self.mu, self.sigma = fit.mu, fit.sigma
             return
         self._fallback(rising, step)
+
+    def _check_floor(self, tiny: float, step: int) -> None:
+        """Warn once when ``D`` does not go to 0 at a tiny rate."""
+        if self.floor is None or self.floor < self.floor_warning or self._warned_floor:
+            return
+        self._warned_floor = True
+        warnings.warn(
+            f"ActCoolLR: D stays at {self.floor:.3f} even at learning rate {tiny:.2g} (step "
+            f"{step}): some units' pre-activations sit exactly at 0 (zero-initialised biases?) "
+            "and flip at any rate, which breaks the model's D -> 0 premise; the fit uses only "
+            "probes above twice that floor. Remedy: initialise those biases to small non-zero "
+            "values, pass 'layers' without them, or start ActCoolLR after a warm-up epoch",
+            FloorWarning,
+            stacklevel=2,
+        )
+
+    def _above_floor(self, points: dict[float, float]) -> dict[float, float]:
+        """The probes the transition model describes: above twice a warned-of floor."""
+        if self.floor is None or self.floor < self.floor_warning:
+            return points
+        return {r: d for r, d in points.items() if d > 2 * self.floor}
 
     @staticmethod
     def _next_probe(points: dict[float, float]) -> float | None:
@@ -476,6 +549,7 @@ class ActCoolLR(Callback):
             "refit_due": self.refit_due,
             "lr": self.lr,
             "lr_cap": self.lr_cap,
+            "floor": self.floor,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -483,6 +557,7 @@ class ActCoolLR(Callback):
         self.jumps, self.refits = int(state["jumps"]), int(state["refits"])
         self.refit_due, self.lr = bool(state["refit_due"]), float(state["lr"])
         self.lr_cap = state.get("lr_cap")
+        self.floor = state.get("floor")
 
 
 def _fit_middle(points: dict[float, float]) -> TransitionFit | None:

@@ -60,9 +60,11 @@ __all__ = [
     "TrainingSnapshot",
     "ap_distance",
     "network_distance",
+    "network_temperature",
     "probe_patterns",
     "probe_rates",
     "temperature",
+    "temperature_distance",
 ]
 
 
@@ -213,6 +215,41 @@ def network_distance(distances: Mapping[str, float]) -> float:
     if not distances:
         raise ValueError("no layer distances to average")
     return float(sum(distances.values()) / len(distances))
+
+
+def network_temperature(distances: Mapping[str, float]) -> float:
+    """The network-level temperature: the mean of the per-layer temperatures
+    ``-log2(1 - D_l)`` (``inf`` when some layer changed every pattern).
+
+    Example:
+        >>> network_temperature({"a": 0.5, "b": 0.875})
+        2.0
+    """
+    if not distances:
+        raise ValueError("no layer distances to average")
+    return float(sum(temperature(d) for d in distances.values()) / len(distances))
+
+
+def temperature_distance(distances: Mapping[str, float], samples: int | None = None) -> float:
+    """The AP distance whose temperature is the mean of the layers' temperatures,
+    ``1 - 2^-mean_l(T_l)``: what a controller of the mean temperature inverts.
+
+    With ``samples`` (the batch measured), a layer whose every pattern changed counts at
+    the resolution of that batch, ``D = 1 - 1/(2 samples)``, rather than at an infinite
+    temperature that would make the mean infinite because of one layer (when every
+    layer changed every pattern the distance stays 1).
+
+    Example:
+        >>> temperature_distance({"a": 0.5, "b": 0.875})
+        0.75
+        >>> round(temperature_distance({"a": 0.5, "b": 1.0}, samples=8), 4)
+        0.9375
+    """
+    if samples is not None and not all(d >= 1.0 for d in distances.values()):
+        top = 1.0 - 0.5 / max(samples, 1)
+        distances = {k: min(d, top) for k, d in distances.items()}
+    t = network_temperature(distances)
+    return 1.0 if math.isinf(t) else 1.0 - 2.0 ** (-t)
 
 
 def temperature(distance: float) -> float:

@@ -19,6 +19,7 @@ from edgetrain.report.lr_sensitivity import has_lr_diagnostics, plot_lr_diagnost
 from edgetrain.report.patterns import has_patterns, plot_patterns
 from edgetrain.report.plots import plot_curves
 from edgetrain.report.pruning import is_pruning_run, plot_pruning
+from edgetrain.report.temperature import has_temperatures, plot_temperatures
 
 __all__ = ["REPORT_SECTIONS", "ReportSection", "sections"]
 
@@ -81,6 +82,12 @@ def _plot_lr(runs: Sequence[RunRecord], folder: Path) -> list[Path]:
 def _lr_diagnostics() -> ReportSection:
     """LR-sensitivity measurements and ActCoolLR's rates."""
     return ReportSection(lambda run: has_lr_diagnostics(run.path), _plot_lr, overlay=0, order=3)
+
+
+@REPORT_SECTIONS.register("temperature")
+def _temperature() -> ReportSection:
+    """The per-layer AP temperature over training (temperature monitor)."""
+    return ReportSection(has_temperatures, plot_temperatures, overlay=0, order=5)
 
 
 @REPORT_SECTIONS.register("adaptive-schedule")

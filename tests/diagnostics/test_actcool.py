@@ -224,3 +224,66 @@ def test_lr_control_and_scheduler_are_refused_together() -> None:
         "run config: lr_control 'actcool' sets the learning rate every step and cannot be "
         "combined with scheduler 'onecycle'; remove the scheduler (--set scheduler=null)"
     )
+
+
+# ------------------------------------------------------- control, refit rule, D floor
+def test_mean_temperature_is_the_default_control_and_distance_an_option(make_blobs) -> None:
+    from edgetrain.diagnostics import temperature_distance
+
+    assert ActCoolLR().control == "temperature"
+    hot = {"a": 0.1, "b": 0.9}
+    # the mean temperature weighs the hot layer more than the mean distance does
+    assert temperature_distance(hot) > 0.5 == sum(hot.values()) / 2
+    by_temperature = ActCoolLR(probing_step_size=4)
+    by_distance = ActCoolLR(probing_step_size=4, control="distance")
+    _fit(make_blobs, by_temperature, epochs=1)
+    _fit(make_blobs, by_distance, epochs=1)
+    # same plan, same start: controlling the mean temperature picks the lower first rate
+    assert by_temperature.rows[0]["lr"] < by_distance.rows[0]["lr"]
+    with pytest.raises(ConfigError, match="control must be one of temperature, distance"):
+        ActCoolLR(control="entropy")
+
+
+def test_refit_after_exactly_max_jumps(make_blobs) -> None:
+    controller = ActCoolLR(mu_jump=0.0, max_jumps=2, probing_step_size=1, fit_at_start=False)
+    _fit(make_blobs, controller, epochs=1)
+    refits = [r["step"] for r in controller.rows if r.get("refit")]
+    # every probe counts as a jump: after a re-fit at step s, the probes of steps s and
+    # s + 1 make max_jumps = 2 jumps, so the next re-fit comes before step s + 2
+    assert refits[1] - refits[0] == 2
+
+
+def test_d_floor_at_tiny_rates_warns_once_and_is_left_out_of_the_fit(make_blobs) -> None:
+    """Zero biases and all-zero samples put pre-activations exactly at 0: any step of
+    the bias flips their pattern, so D stays above 0 at any rate."""
+    from edgetrain.diagnostics import FloorWarning
+
+    blobs = make_blobs(256, seed=0)
+    blobs.inputs[::4] = 0.0  # a quarter of the samples are all zero
+    net = _mlp(0)
+    for m in net.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.zeros_(m.bias)
+    controller = ActCoolLR(probing_step_size=1000)
+    trainer = Trainer(
+        net,
+        blobs,
+        batch_size=32,
+        callbacks=[controller],
+        optimizer=lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9),
+        device="cpu",
+        progress=False,
+    )
+    with pytest.warns(FloorWarning, match=r"D stays at 0\.\d+ even at learning rate") as seen:
+        trainer.fit(1)
+    assert len([w for w in seen if issubclass(w.category, FloorWarning)]) == 1
+    assert controller.floor is not None and controller.floor >= 0.02
+    assert controller.rows[0]["d_floor"] == controller.floor
+    # a clean model sees no floor and no warning
+    import warnings
+
+    clean = ActCoolLR(probing_step_size=1000)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FloorWarning)
+        _fit(make_blobs, clean, epochs=1)
+    assert clean.floor is not None and clean.floor < 0.02
