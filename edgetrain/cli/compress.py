@@ -16,6 +16,7 @@ from edgetrain.cli._common import (
     handle_errors,
     kib,
     parse_options,
+    progress_bar,
     shipped_names,
     sigterm_as_interrupt,
 )
@@ -251,27 +252,89 @@ def sensitivity_command(
         None, help="Folder for sensitivity.csv and sensitivity.png (default: RUN_DIR/sensitivity)."
     ),
     prefer: str = typer.Option("best", help="Checkpoint of the run: best or last."),
+    metric: str = typer.Option(
+        "accuracy",
+        help="accuracy, or latency: also export and time every point on --runtime.",
+    ),
+    runtime: str = typer.Option("onnxruntime", help="Runtime of --metric latency."),
+    runs: int = typer.Option(50, min=1, help="Timed runs per repeat (--metric latency)."),
+    repeats: int = typer.Option(3, min=1, help="Repeats per point (--metric latency)."),
+    threads: int = typer.Option(1, min=1, help="Runtime threads (--metric latency)."),
+    recipe_out: Path = typer.Option(
+        None,
+        help="Also write a recipe grouped from the curves: each layer at the sparsity within "
+        "--max-drop that is fastest (latency) or has the fewest MACs (accuracy).",
+    ),
+    max_drop: float = typer.Option(
+        1.0, min=0.0, help="Top-1 points a layer may lose alone (--recipe-out)."
+    ),
 ) -> None:
     """Prune each layer (or group) alone at several sparsities and evaluate without
     fine-tuning; writes a CSV and a plot. Without --layers/--group: every prunable layer.
+    With --metric latency every point is also timed on a runtime, and --recipe-out
+    turns the curves into a recipe.
 
     Example: edgetrain compress sensitivity runs/digits-resnet20 --layers 'layer1.*.conv1'
+
+    Example: edgetrain compress sensitivity runs/digits-resnet20 --metric latency \
+    --recipe-out auto.yaml --max-drop 1
     """
     from edgetrain.report.sensitivity import plot_sensitivity
     from edgetrain.runs import load_trained_run
 
+    if metric not in ("accuracy", "latency"):
+        raise ConfigError(f"--metric must be accuracy or latency, got '{metric}'")
     levels = _parse_sparsities(sparsities)
+    from edgetrain.compress.runtime import RUNTIMES
+    from edgetrain.compress.sensitivity import (
+        LatencyProbe,
+        recipe_from_sensitivity,
+        sensitivity,
+        write_recipe,
+        write_sensitivity_csv,
+    )
+
+    probe = None
+    if metric == "latency":
+        RUNTIMES.entry(runtime)  # an unknown runtime: one line, before any work
+        probe = LatencyProbe(runtime, threads=threads, runs=runs, repeats=repeats)
     run = load_trained_run(run_dir, prefer=prefer)
     targets: list[str | list[str]] = [*(layers or [])]
     targets += [[p.strip() for p in g.split(",") if p.strip()] for g in group or []]
-    from edgetrain.compress.sensitivity import sensitivity, write_sensitivity_csv
-
-    rows = sensitivity(run.model, run.test_data(), targets or None, levels, method=method)
+    with progress_bar("sensitivity points") as advance:
+        rows = sensitivity(
+            run.model,
+            run.test_data(),
+            targets or None,
+            levels,
+            method=method,
+            latency=probe,
+            progress=advance,
+        )
     folder = out or (run.run_dir / "sensitivity")
     csv_path = write_sensitivity_csv(rows, folder / "sensitivity.csv")
     png_path = plot_sensitivity(rows, folder / "sensitivity.png")
     _print_sensitivity(rows)
     console.print(f"[green]written:[/] {csv_path}, {png_path}")
+    if recipe_out is not None:
+        recipe = recipe_from_sensitivity(
+            rows, max_drop=max_drop, metric="latency" if probe else "macs", method=method
+        )
+        header = (
+            f"Grouped from the pruning sensitivity of {run_dir} (each layer pruned alone, no "
+            f"fine-tuning): every layer at the sparsity whose top-1 stays within {max_drop:g} "
+            "points and that is "
+            + (f"fastest on {runtime}" if probe else "cheapest in MACs")
+            + ".\nLayers left out did not pay. Chosen points:"
+        )
+        path = write_recipe(recipe, recipe_out, header)
+        console.print(
+            f"[green]recipe:[/] {path} ({len(recipe['pruners'])} pruners, "
+            f"{len(recipe['chosen'])} of {len({r.target for r in rows})} targets pruned); "
+            f"apply it with: edgetrain compress {run_dir} --recipe {path}",
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
 def _print_sensitivity(rows: list[SensitivityRow]) -> None:
@@ -289,3 +352,20 @@ def _print_sensitivity(rows: list[SensitivityRow]) -> None:
         cells = [f"{points[s].top1:.1f}" if s in points else "-" for s in levels]
         table.add_row(target, str(first.filters_before), *cells)
     console.print(table)
+    if all(r.latency_ms is not None for r in rows):
+        timed = Table(
+            title="latency relative to the unpruned model, by fraction of filters removed"
+        )
+        timed.add_column("target")
+        for s in levels:
+            timed.add_column(f"{s:g}", justify="right")
+        for target, points in curves.items():
+            base = points[0.0].latency_ms if 0.0 in points else None
+            cells = [
+                f"{points[s].latency_ms / base:.3f}"  # type: ignore[operator]
+                if s in points and base
+                else "-"
+                for s in levels
+            ]
+            timed.add_row(target, *cells)
+        console.print(timed)

@@ -185,13 +185,13 @@ def compare_schedules(
     conventional = _best_trial(measured[0][1])
     targets = conventional.accuracies or (conventional.accuracy,)
     conventional_ops = _to_target(conventional, targets, measured[0][2].average_step_macs)[2]
-    rows = []
+    rows: list[ScenarioRow] = []
     every = [(str(case), case.mode, grid, _CaseCost.of(cost)) for case, grid, cost in measured]
-    every += [(label, "adaptive", grid, cost) for label, grid, cost in adaptive_runs]
-    for name, mode, grid, cost in every:
+    every += [(label, "adaptive", grid, logged) for label, grid, logged in adaptive_runs]
+    for name, mode, grid, case_cost in every:
         best = _best_trial(grid)
         accuracies = best.accuracies or (best.accuracy,)
-        reached, epochs, ops = _to_target(best, targets, cost.average_step_macs)
+        reached, epochs, ops = _to_target(best, targets, case_cost.average_step_macs)
         rows.append(
             ScenarioRow(
                 schedule=name,
@@ -200,12 +200,12 @@ def compare_schedules(
                 best_accuracy=grid.best_accuracy,
                 lr_low=grid.lr_range[0],
                 lr_high=grid.lr_range[1],
-                average_ops=cost.average_step_macs,
-                relative_ops=cost.average_step_macs / reference.average_step_macs,
-                peak_ops=cost.peak_step_macs,
-                peak_memory_bytes=cost.peak_memory_bytes,
-                peak_memory_reuse_bytes=cost.peak_memory_reuse_bytes,
-                relative_peak_memory=cost.peak_memory_bytes / reference.peak_memory_bytes,
+                average_ops=case_cost.average_step_macs,
+                relative_ops=case_cost.average_step_macs / reference.average_step_macs,
+                peak_ops=case_cost.peak_step_macs,
+                peak_memory_bytes=case_cost.peak_memory_bytes,
+                peak_memory_reuse_bytes=case_cost.peak_memory_reuse_bytes,
+                relative_peak_memory=case_cost.peak_memory_bytes / reference.peak_memory_bytes,
                 best_top5=_top5_at_best(grid) if with_top5 else None,
                 seeds=len(accuracies),
                 accuracy_std=statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0,

@@ -170,3 +170,29 @@ def test_sensitivity_writes_csv_and_plot(cli, trained, tmp_path):
         ).output
     )
     assert "--sparsities 'x' must be comma-separated numbers" in line
+
+
+def test_latency_sensitivity_and_a_recipe_grouped_from_it(cli, trained, tmp_path):
+    pytest.importorskip("onnxruntime")
+    out = tmp_path / "sens"
+    recipe = tmp_path / "auto.yaml"
+    output = cli(
+        "compress", "sensitivity", str(trained / "runs" / "tiny"), "--layers", "layer1.*.conv1",
+        "--sparsities", "0.5", "--metric", "latency", "--runs", "5", "--repeats", "1",
+        "--out", str(out), "--recipe-out", str(recipe), "--max-drop", "100",
+    ).output  # fmt: skip
+    assert "latency relative to the unpruned model" in " ".join(output.split())
+    with (out / "sensitivity.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert all(float(r["latency_ms"]) > 0 for r in rows)
+    assert f"recipe: {recipe}" in output.replace("\n", "")
+    from edgetrain.compress.recipe import load_recipe
+
+    load_recipe(recipe)  # whatever paid on this machine, the written recipe loads
+    bad = one_line(
+        cli(
+            "compress", "sensitivity", str(trained / "runs" / "tiny"), "--metric", "speed",
+            code=2,
+        ).output
+    )  # fmt: skip
+    assert "--metric must be accuracy or latency, got 'speed'" in bad

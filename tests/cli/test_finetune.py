@@ -443,3 +443,64 @@ def test_sweep_depth_with_seeds_reports_the_spread(cli, recipe, tmp_path):
     assert int(row["seeds"]) == 2
     assert float(row["accuracy"]) == pytest.approx(sum(bests) / 2)
     assert [float(a) for a in row["accuracies"].split(",")] == pytest.approx(bests)
+
+
+def test_adaptive_schedule_from_the_cli_and_in_compare(cli, recipe, tmp_path):
+    import csv
+
+    out = cli(
+        "finetune", "compare", "--config", str(recipe), "--schedules", "4421",
+        "--modes", "bpls", "--upper", "0.02", "--lower", "0.02", "--epochs", "2",
+        "--adaptive", "ops=0.8", "--no-progress",
+    ).output  # fmt: skip
+    assert "adaptive-ops0.8" in out
+    with (tmp_path / "runs" / "tiny-compare.csv").open() as f:
+        rows = {r["schedule"]: r for r in csv.DictReader(f)}
+    row = rows["adaptive-ops0.8"]
+    assert row["mode"] == "adaptive"
+    run = tmp_path / "runs" / "tiny-adaptive-ops0.8-lr0.02"
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    # the row's ops are the mean of what its epochs logged, within the budget
+    macs = [r["schedule_step_macs"] for r in records]
+    assert float(row["average_ops"]) == pytest.approx(sum(macs) / len(macs))
+    assert float(row["relative_ops"]) <= 0.8 + 1e-6
+    assert all(r["schedule_relative_ops"] <= 0.8 + 1e-9 for r in records)
+    # ops to target count each epoch at its own logged cost (16 samples a step)
+    if row["ops_to_target"]:
+        best = float(rows["4444"]["best_accuracy"])
+        total, previous = 0.0, 0
+        for r in records:
+            total += (r["step"] - previous) * 16 * r["schedule_step_macs"]
+            previous = r["step"]
+            if r["val_top1"] >= best:
+                break
+        assert float(row["ops_to_target"]) == pytest.approx(total)
+    # finetune run --adaptive: the run, its log and the report's plot
+    cli(
+        "finetune", "run", "--config", str(recipe), "--schedule", "444", "--adaptive",
+        "ops=0.9,signal=grad_norm", "--epochs", "1", "--no-progress",
+    )  # fmt: skip
+    run = tmp_path / "runs" / "tiny-adaptive-ops0.9-grad_norm"
+    assert (run / "adaptive_schedule.jsonl").is_file()
+    assert list((run / "plots").glob("adaptive-schedule-*.png"))
+    bad = one_line(
+        cli(
+            "finetune", "run", "--config", str(recipe), "--schedule", "4421", "--adaptive",
+            "ops=0.8", code=2,
+        ).output
+    )  # fmt: skip
+    assert "--adaptive starts from a schedule that updates every row every step" in bad
+    bad = one_line(
+        cli(
+            "finetune", "run", "--config", str(recipe), "--schedule", "4444", "--adaptive",
+            "flops=0.8", code=2,
+        ).output
+    )  # fmt: skip
+    assert "'flops=0.8' is not KEY=VALUE" in bad
+    bad = one_line(
+        cli(
+            "finetune", "run", "--config", str(recipe), "--schedule", "4444", "--adaptive",
+            "ops=0.01", "--epochs", "1", "--no-progress", code=2,
+        ).output
+    )  # fmt: skip
+    assert "adaptive schedule (4 rows): the cheapest allocation" in bad

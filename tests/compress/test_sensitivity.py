@@ -92,3 +92,86 @@ def test_rows_per_target_and_sparsity_without_changing_the_model(net, make_blobs
 def test_sparsities_out_of_range_are_refused(net, make_blobs):
     with pytest.raises(ConfigError, match=r"sparsities must be in \[0, 1\), got 1.0"):
         sensitivity(net, make_blobs(8), ["layer1.0.conv1"], (0.5, 1.0))
+
+
+def test_latency_points_are_the_runtime_latency_of_each_pruned_copy(net, make_blobs, monkeypatch):
+    """Every point (the unpruned model included) is exported and timed once; the row
+    carries that median latency."""
+    import importlib
+
+    module = importlib.import_module("edgetrain.compress.sensitivity")
+
+    timed: list[int] = []
+
+    def fake_measure(self, model, folder):
+        filters = sum(m.weight.shape[0] for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+        timed.append(filters)
+        return float(filters)  # ms: one per filter, so the rows can be checked
+
+    monkeypatch.setattr(module.LatencyProbe, "measure", fake_measure)
+    rows = sensitivity(
+        net, make_blobs(16), ["layer1.0.conv1"], (0.5,), latency=module.LatencyProbe()
+    )
+    assert [r.latency_ms for r in rows] == [float(n) for n in timed]
+    assert rows[1].latency_ms < rows[0].latency_ms
+
+
+def test_latency_probe_measures_a_real_onnx_runtime_latency(net):
+    pytest.importorskip("onnxruntime")
+    import tempfile
+    from pathlib import Path
+
+    from edgetrain.compress.sensitivity import LatencyProbe
+
+    with tempfile.TemporaryDirectory() as tmp:
+        ms = LatencyProbe(runs=5, repeats=1, warmup=1).measure(net, Path(tmp))
+    assert 0.0 < ms < 1000.0
+
+
+def _rows(points):
+    """Rows of one target from (sparsity, top1, macs, latency) tuples."""
+    from edgetrain.compress.sensitivity import SensitivityRow
+
+    out = []
+    for target, curve in points.items():
+        for s, top1, macs, ms in curve:
+            out.append(SensitivityRow(target, (target,), s, 8, 8, top1, 0.1, macs, ms))
+    return out
+
+
+def test_recipe_groups_each_layer_at_its_fastest_point_within_the_drop(tmp_path):
+    from edgetrain.compress.recipe import load_recipe
+    from edgetrain.compress.sensitivity import recipe_from_sensitivity, write_recipe
+
+    rows = _rows(
+        {
+            # fastest within 1 point at 0.5 (0.7 loses too much)
+            "a": [(0.0, 90, 100, 10.0), (0.3, 90, 80, 9.0), (0.5, 89.5, 60, 8.0), (0.7, 85, 40, 7)],
+            # pruning does not pay on this runtime: never 2 % faster
+            "b": [
+                (0.0, 90, 100, 10.0),
+                (0.3, 90, 80, 9.95),
+                (0.5, 90, 60, 10.1),
+                (0.7, 90, 40, 10),
+            ],  # noqa: E501
+            # 0.5 is faster than 0.7 here (channel blocking)
+            "c": [(0.0, 90, 100, 10.0), (0.3, 90, 80, 9.5), (0.5, 90, 60, 8.5), (0.7, 90, 40, 9.0)],
+            "d": [(0.0, 90, 100, 10.0), (0.3, 89.2, 80, 9.0), (0.5, 80, 60, 8.0)],
+        }
+    )
+    recipe = recipe_from_sensitivity(rows, max_drop=1.0)
+    assert recipe["pruners"] == {
+        "s50": {"method": "l1_filter", "sparsity": 0.5, "layers": ["a", "c"]},
+        "s30": {"method": "l1_filter", "sparsity": 0.3, "layers": ["d"]},
+    }
+    assert set(recipe["chosen"]) == {"a", "c", "d"}
+    assert recipe["chosen"]["a"]["latency_relative"] == pytest.approx(0.8)
+    by_macs = recipe_from_sensitivity(rows, max_drop=1.0, metric="macs")
+    assert by_macs["pruners"]["s70"]["layers"] == ["b", "c"]
+    path = write_recipe(recipe, tmp_path / "auto.yaml", header="from a test")
+    text = path.read_text()
+    assert text.startswith("# from a test\n") and "#   a: 50 % of filters" in text
+    load_recipe(path)  # a recipe the loader accepts
+    no_latency = _rows({"a": [(0.0, 90, 100, None), (0.5, 90, 50, None)]})
+    with pytest.raises(ConfigError, match="have no latencies"):
+        recipe_from_sensitivity(no_latency)
