@@ -153,7 +153,7 @@ def test_recipe_groups_each_layer_at_its_fastest_point_within_the_drop(tmp_path)
                 (0.3, 90, 80, 9.95),
                 (0.5, 90, 60, 10.1),
                 (0.7, 90, 40, 10),
-            ],  # noqa: E501
+            ],
             # 0.5 is faster than 0.7 here (channel blocking)
             "c": [(0.0, 90, 100, 10.0), (0.3, 90, 80, 9.5), (0.5, 90, 60, 8.5), (0.7, 90, 40, 9.0)],
             "d": [(0.0, 90, 100, 10.0), (0.3, 89.2, 80, 9.0), (0.5, 80, 60, 8.0)],
