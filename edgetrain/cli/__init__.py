@@ -31,6 +31,8 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("train", "train_command"),
     "prune-train": ("prune", "prune_train_command"),
     "grow": ("prune", "grow_command"),
+    "grow-prune": ("prune", "grow_prune_command"),
+    "morphnet": ("prune", "morphnet_command"),
     "report": ("report", "report_command"),
     "models": ("models", "models_command"),
     "export": ("export", "export_command"),

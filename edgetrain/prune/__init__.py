@@ -17,8 +17,10 @@ from edgetrain.prune.callback import PruneTrain
 from edgetrain.prune.graph import ChannelGroup, Member, channel_groups
 from edgetrain.prune.group_lasso import group_lasso, lasso_layers, penalty_lambda
 from edgetrain.prune.grow import deepen, widen
+from edgetrain.prune.grow_prune import GrowPrune
 from edgetrain.prune.lars import LARS
 from edgetrain.prune.morphnet import (
+    ChannelWidths,
     MorphNet,
     MorphNetStructure,
     morphnet_iterate,
@@ -37,6 +39,8 @@ __all__ = [
     "AdaptiveBatch",
     "BatchPredictor",
     "ChannelGroup",
+    "ChannelWidths",
+    "GrowPrune",
     "LARS",
     "Member",
     "MorphNet",

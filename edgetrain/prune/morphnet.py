@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "COSTS",
+    "ChannelWidths",
     "MorphNet",
     "MorphNetStructure",
     "morphnet_iterate",
@@ -302,6 +303,39 @@ class MorphNet(Callback):
 def morphnet(strength: float = 1e-9, cost: str = "flops", threshold: float = 1e-2) -> MorphNet:
     """MorphNet's resource-aware regulariser on channel strengths (batch-norm gammas)."""
     return MorphNet(strength, cost, threshold)
+
+
+class ChannelWidths(Callback):
+    """Give every channel group of the model a width before training (a MorphNet
+    proposal: :func:`resize_groups`, fresh channels where it grows). Checkpoints record
+    the reshaped architecture, so the run resumes and reloads in it.
+
+    Args:
+        widths: one width per channel group, in :class:`MorphNetStructure` order.
+    """
+
+    def __init__(self, widths: list[int]) -> None:
+        if not widths or any(int(w) < 1 for w in widths):
+            raise ConfigError(f"channel widths must be >= 1, got {widths}")
+        self.widths = [int(w) for w in widths]
+
+    def configure_model(self, trainer: Trainer, model: nn.Module) -> None:
+        resize_groups(model, self.widths)
+        arch = dict(trainer.architecture or {})
+        arch["pruned"] = True  # reshaped: reload from the checkpoint's tensor shapes
+        arch.setdefault("bypassed", [])
+        trainer.architecture = arch
+
+    def on_load_checkpoint(self, trainer: Trainer, model: nn.Module, checkpoint: dict) -> None:
+        from edgetrain.models.surgery import restore_architecture
+
+        restore_architecture(model, checkpoint["model"], ())
+
+
+@CALLBACKS.register("channel-widths")
+def channel_widths(widths: list[int]) -> ChannelWidths:
+    """Resize every channel group to the given widths before training (MorphNet's proposal)."""
+    return ChannelWidths(widths)
 
 
 @dataclass

@@ -22,6 +22,7 @@ from edgetrain.runs.config import (
 from edgetrain.runs.data import build_data
 from edgetrain.runs.depth import DepthCase, sweep_depth, trainable_forward_macs
 from edgetrain.runs.grid import GridResult, GridTrial, lr_grid
+from edgetrain.runs.morphnet import run_morphnet
 from edgetrain.runs.reopen import (
     TrainedRun,
     load_trained_model,
@@ -54,6 +55,7 @@ __all__ = [
     "open_run_config",
     "restore_saved_architecture",
     "resume_run",
+    "run_morphnet",
     "scenario_cases",
     "scenario_table",
     "start_run",
