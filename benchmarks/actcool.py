@@ -30,7 +30,16 @@ the epochs (anytime accuracy), the peak rate and the wall time. Writes
 ``results/actcool.json`` and ``results/actcool_lr.png`` (LR curves of the first seed and
 mean accuracy per epoch).
 
+With ``--protocol thesis`` the setup follows the diagnostics thesis (its section 3.3.2
+and appendix A.4): batch-norm networks (``resnet20``, 1 input channel, on the same
+data), every schedule driving SGD with momentum 0.9 and no weight decay (the baselines
+at rate 0.1, the usual ResNet rate), 15 epochs by default, and ActCoolLR's ``T_start``
+lowered from 3.17 (3.17, 2.5, 2.0, 1.5, 1.0, 0.75, 0.5) until a whole run of the first
+seed no longer diverges; that search is reported, and the other seeds use the value
+found. ActCoolLR controls the mean temperature over layers (its default).
+
 Run: python benchmarks/actcool.py [--epochs-digits 10 --epochs-keywords 15 --seeds 0,1,2]
+     python benchmarks/actcool.py --protocol thesis [--epochs-digits 15 --epochs-keywords 15]
 """
 
 from __future__ import annotations
@@ -77,6 +86,15 @@ SCENARIOS = {
 }
 
 
+# The thesis' protocol: batch-norm networks, SGD momentum 0.9 without weight decay.
+THESIS_OPTIMIZER = {"name": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 0.0}
+THESIS_SCENARIOS = {
+    "digits": Scenario("digits-32", "resnet20", 15, dict(THESIS_OPTIMIZER), {"channels": 1}),
+    "keywords": Scenario("keywords-en", "resnet20", 15, dict(THESIS_OPTIMIZER)),
+}
+T_START_SEARCH = (3.17, 2.5, 2.0, 1.5, 1.0, 0.75, 0.5)
+
+
 class LRTrace(Callback):
     """The rate each optimizer step used."""
 
@@ -91,7 +109,8 @@ def _schedule(method: str, scenario: Scenario, lr: float) -> tuple[dict[str, Any
     """Optimizer options and scheduler factory of one schedule."""
     if method == "actcool":
         wd = scenario.optimizer.get("weight_decay", 0.0)
-        return {"name": "sgd", "lr": lr, "momentum": 0.0, "weight_decay": wd}, None
+        momentum = scenario.optimizer.get("momentum", 0.0) if THESIS else 0.0
+        return {"name": "sgd", "lr": lr, "momentum": momentum, "weight_decay": wd}, None
     epochs = scenario.epochs
     opt = {**scenario.optimizer, "lr": lr}
     if method == "step":
@@ -110,7 +129,10 @@ def _schedule(method: str, scenario: Scenario, lr: float) -> tuple[dict[str, Any
     return opt, onecycle
 
 
-def run(name: str, method: str, seed: int, lr: float) -> dict[str, Any]:
+THESIS = False  # set by --protocol thesis
+
+
+def run(name: str, method: str, seed: int, lr: float, t_start: float = 3.17) -> dict[str, Any]:
     scenario = SCENARIOS[name]
     train = data.create(scenario.data, "train", **scenario.options)
     test = data.create(scenario.data, "test", **scenario.options)
@@ -124,7 +146,7 @@ def run(name: str, method: str, seed: int, lr: float) -> dict[str, Any]:
     callbacks: list[Callback] = [trace]
     controller = None
     if method == "actcool":
-        controller = ActCoolLR()
+        controller = ActCoolLR(t_start=t_start)
         callbacks.insert(0, controller)
     opt_name = opt_cfg.pop("name")
     trainer = Trainer(
@@ -162,9 +184,26 @@ def run(name: str, method: str, seed: int, lr: float) -> dict[str, Any]:
     }
     if controller is not None:
         row["refits"] = controller.refits
+        row["t_start"] = t_start
     label = "diverged" if error else f"top-1 {row['final_top1']:.2f}"
-    print(f"{name} {method} seed {seed} lr {lr:g}: {label}, {row['wall_s']:.0f} s", flush=True)
+    what = f"t_start {t_start:g}" if controller is not None else f"lr {lr:g}"
+    print(f"{name} {method} seed {seed} {what}: {label}, {row['wall_s']:.0f} s", flush=True)
     return row
+
+
+def _t_start_search(name: str, seed: int, rows: list[dict[str, Any]]) -> tuple[float, list]:
+    """Lower T_start until a whole run of ``seed`` does not diverge; the runs tried are
+    kept (the last one is the seed's row)."""
+    tried = []
+    for t in T_START_SEARCH:
+        row = run(name, "actcool", seed, SCENARIOS[name].optimizer["lr"], t_start=t)
+        tried.append({"t_start": t, "diverged": row["diverged"], "final_top1": row["final_top1"]})
+        if row["diverged"] is None:
+            rows.append(row)
+            return t, tried
+        row["tuning"] = True
+        rows.append(row)
+    return T_START_SEARCH[-1], tried
 
 
 def _tuned_lr(name: str, method: str, seed: int, grid: list[float], rows: list[dict]) -> float:
@@ -202,6 +241,7 @@ def _summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "scenario": scenario,
                 "method": method,
                 "lr": runs[0]["lr"],
+                "t_start": runs[0].get("t_start"),
                 "seeds": len(runs),
                 "diverged": len(runs) - len(done),
                 "final_mean": statistics.mean(finals) if finals else None,
@@ -252,7 +292,7 @@ def _plot(rows: list[dict[str, Any]], names: list[str]) -> None:
             ax.legend(fontsize="small")
     fig.tight_layout()
     RESULTS.mkdir(parents=True, exist_ok=True)
-    fig.savefig(RESULTS / "actcool_lr.png")
+    fig.savefig(RESULTS / ("actcool_lr-thesis.png" if THESIS else "actcool_lr.png"))
     plt.close(fig)
 
 
@@ -269,7 +309,13 @@ def main() -> None:
     parser.add_argument("--methods", default="step,onecycle,actcool")
     parser.add_argument("--lr-grid", default="1", help="multiples of the recipe's rate")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--protocol", choices=["default", "thesis"], default="default")
+    parser.add_argument("--t-start", type=float, default=None, help="skip the T_start search")
     args = parser.parse_args()
+    global THESIS
+    if args.protocol == "thesis":
+        THESIS = True
+        SCENARIOS.update(THESIS_SCENARIOS)
     torch.set_num_threads(args.threads)
     SCENARIOS["digits"].epochs = args.epochs_digits
     SCENARIOS["keywords"].epochs = args.epochs_keywords
@@ -279,11 +325,19 @@ def main() -> None:
     methods = args.methods.split(",")
     started = time.perf_counter()
     rows: list[dict[str, Any]] = []
+    searches: dict[str, list[dict[str, Any]]] = {}
     for name in names:
         for method in methods:
+            if method == "actcool" and THESIS and args.t_start is None:
+                t_start, searches[name] = _t_start_search(name, seeds[0], rows)
+                print(f"{name}: T_start {t_start:g} after {searches[name]}", flush=True)
+                for seed in seeds[1:]:
+                    rows.append(run(name, method, seed, SCENARIOS[name].optimizer["lr"], t_start))
+                continue
             lr = _tuned_lr(name, method, seeds[0], grid, rows)
+            t_start = args.t_start or 3.17
             for seed in seeds:
-                rows.append(run(name, method, seed, lr))
+                rows.append(run(name, method, seed, lr, t_start))
     summary = _summary(rows)
     for name in names:
         print_table(
@@ -303,7 +357,7 @@ def main() -> None:
             [
                 [
                     s["method"],
-                    "per step" if s["method"] == "actcool" else f"{s['lr']:g}",
+                    f"T_start {s['t_start']:g}" if s["method"] == "actcool" else f"{s['lr']:g}",
                     _fmt(s["final_mean"]),
                     _fmt(s["final_std"]),
                     _fmt(s["best_mean"]),
@@ -320,15 +374,16 @@ def main() -> None:
         )
     _plot(rows, names)
     path = write_result(
-        "actcool",
+        "actcool" + ("-thesis" if THESIS else ""),
         {
             "args": vars(args),
+            "t_start_search": searches,
             "summary": summary,
             "runs": rows,
             "seconds": time.perf_counter() - started,
         },
     )
-    print(f"results: {path}  plot: {RESULTS / 'actcool_lr.png'}")
+    print(f"results: {path}  plot in {RESULTS}")
 
 
 if __name__ == "__main__":
