@@ -292,7 +292,8 @@ def _plot(rows: list[dict[str, Any]], names: list[str]) -> None:
             ax.legend(fontsize="small")
     fig.tight_layout()
     RESULTS.mkdir(parents=True, exist_ok=True)
-    fig.savefig(RESULTS / ("actcool_lr-thesis.png" if THESIS else "actcool_lr.png"))
+    tag = ("-thesis" if THESIS else "") + ("" if len(names) == 2 else f"-{'-'.join(names)}")
+    fig.savefig(RESULTS / f"actcool_lr{tag}.png")
     plt.close(fig)
 
 
@@ -373,8 +374,9 @@ def main() -> None:
             width=140,
         )
     _plot(rows, names)
+    suffix = "" if args.scenarios == "digits,keywords" else "-" + args.scenarios.replace(",", "-")
     path = write_result(
-        "actcool" + ("-thesis" if THESIS else ""),
+        "actcool" + ("-thesis" if THESIS else "") + suffix,
         {
             "args": vars(args),
             "t_start_search": searches,
