@@ -36,12 +36,17 @@ from edgetrain.search import SAMPLERS, load_sweep
 CALLBACK_CASES: dict[str, dict[str, Any]] = {
     "abort-below": {"epoch": 5, "minimum": 1.0},
     "adaptive-batch": {"search": False, "budget_mb": 64.0, "multiple_of": 4},
+    "adaptive-schedule": {"rows": 3, "ops_budget": 0.8},
+    "channel-widths": {"widths": [6, 4, 10]},
     "ap-monitor": {"every": 2, "early_steps": 2, "subset": 16, "batch_size": 16},
     "early-stopping": {"patience": 3},
+    # far above the net: every reconfiguration grows it (and the resume must rebuild that)
+    "grow-prune": {"target_macs": 1e6, "interval": 1, "cycles": 2},
     "layer-schedule": {"schedule": "4421"},
     "lr-sensitivity": {"rates": 6, "low": 1e-3, "high": 1.0},
     "morphnet": {"strength": 1e-6},
     "prunetrain": {"ratio": 0.2, "interval": 1},
+    "temperature-monitor": {"every": 2},
     "weight-snapshots": {},
 }
 LR_CONTROLLER_CASES: dict[str, dict[str, Any]] = {"actcool": {"t_start": 3.17}}

@@ -18,6 +18,8 @@ COMMANDS = [
     "schedule",
     "prune-train",
     "grow",
+    "grow-prune",
+    "morphnet",
     "compress",
     "export",
     "bench",
