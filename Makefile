@@ -10,7 +10,7 @@ EXTRAS ?= dev,timeseries,analysis,prune,compress,openvino,executorch,search
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
 PYTEST_ARGS ?=
 
-.PHONY: install system demo test test-slow lint format bench clean
+.PHONY: install system demo test test-slow lint format bench clean bench-scenarios
 
 $(STAMP): pyproject.toml constraints.txt | system
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,14 @@ format: install
 
 bench: install
 	$(BIN)/python benchmarks/engine_overhead.py
+
+# The layer-scheduling scenario tables on the BPLS thesis' protocol (3 seeds; about 40
+# minutes per scenario on one core, the two scenarios can run side by side).
+bench-scenarios: install
+	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/scenario_tables.py --protocol thesis \
+		--scenario 1 --modes bpls --seeds 3 --lr-span 1 --adaptive ops=0.7 --adaptive mem=0.92
+	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/scenario_tables.py --protocol thesis \
+		--scenario 2 --modes bpls --seeds 3 --lr-span 1 --adaptive ops=0.7 --adaptive mem=0.96
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache .mypy_cache
