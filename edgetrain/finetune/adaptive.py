@@ -265,6 +265,7 @@ class AdaptiveSchedule(LayerSchedule):
         self._restored = False
         self._ops: _PlanCosts | None = None
         self._memory: _PlanCosts | None = None
+        self._cost_optimizer = ""
         self._model: nn.Module | None = None
         self._start: list[torch.Tensor] = []
         self._grad_sums: list[float] = []
@@ -297,18 +298,27 @@ class AdaptiveSchedule(LayerSchedule):
             )
         super().configure_model(trainer, model)
         self._model, self._shape = model, tuple(shape)
+        # The budget is checked here, before the optimizer and the run folder exist, with
+        # the optimizer state guessed (none); on_fit_start costs it with the real one.
+        self._tables("sgd", trainer.batch_size)
+        if not self._restored:
+            self._reallocate()
 
-    def on_fit_start(self, trainer: Trainer, model: nn.Module) -> None:
-        super().on_fit_start(trainer, model)
-        optimizer = _cost_optimizer(trainer.optimizer)
+    def _tables(self, optimizer: str, batch: int) -> None:
         assert self._model is not None
+        self._cost_optimizer = optimizer
         self._ops = _PlanCosts(self._model, self._shape, self.profile, optimizer, 1, "allocator")
-        batch = trainer.batch_size
         self._memory = (
             self._ops
             if batch == 1
             else _PlanCosts(self._model, self._shape, self.profile, optimizer, batch, "allocator")
         )
+
+    def on_fit_start(self, trainer: Trainer, model: nn.Module) -> None:
+        super().on_fit_start(trainer, model)
+        optimizer = _cost_optimizer(trainer.optimizer)
+        if optimizer != self._cost_optimizer:
+            self._tables(optimizer, trainer.batch_size)
         if not self._restored:
             self._reallocate()  # equal signals: the budget's schedule before any is measured
         self._set_schedule(self.counts)

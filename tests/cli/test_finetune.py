@@ -504,3 +504,4 @@ def test_adaptive_schedule_from_the_cli_and_in_compare(cli, recipe, tmp_path):
         ).output
     )  # fmt: skip
     assert "adaptive schedule (4 rows): the cheapest allocation" in bad
+    assert not (tmp_path / "runs" / "tiny-adaptive-ops0.01").exists()  # refused before

@@ -184,7 +184,7 @@ def test_resume_continues_the_schedule_it_left(make_blobs, tmp_path):
     assert [r["schedule"] for r in log] == [r["schedule"] for r in want]
 
 
-def test_infeasible_budget_is_one_line_before_the_first_step(make_blobs):
+def test_infeasible_budget_is_one_line_before_the_trainer_exists(make_blobs):
     cb = AdaptiveSchedule(4, ops_budget=0.05)
     with pytest.raises(EdgetrainError, match=r"adaptive schedule \(4 rows\): the cheapest") as e:
         _fit(cb, make_blobs(4, shape=SHAPE), 1)
