@@ -9,7 +9,7 @@ at 75 % of the epochs, batch 16, crop augmentation on the digits), for ``--epoch
    ratio ``--ratio``, a step every ``--interval`` epochs, no step in the last 2 epochs,
    widening of saturated layers by 1.5x while below the target, at most 3 times).
 2. ``prunetrain``: the same callback with ``cycles=0``: PruneTrain steered to the same
-   target (the penalty rises while above it), never growing; the ablation.
+   target (the weakest channels removed while above it), never growing; the ablation.
 3. ``morphnet``: ``--rounds`` MorphNet rounds of ``epochs / rounds`` epochs each
    (budget = the target), then the proposal trained from scratch for ``--epochs``.
 4. ``scratch``: grow-prune's final channel widths trained from scratch for ``--epochs``

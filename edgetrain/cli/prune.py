@@ -221,6 +221,9 @@ def grow_prune_command(
         0.9, help="Share of its channels a layer must keep to count as lacking capacity."
     ),
     cycles: int = typer.Option(3, min=0, help="Most widening steps."),
+    max_step: float = typer.Option(
+        0.3, help="Most share of the MACs one step removes by channel norm while above."
+    ),
     stop_epoch: int = typer.Option(
         None, min=1, help="No prune/grow step after this epoch (fine-tune the rest)."
     ),
@@ -236,7 +239,8 @@ def grow_prune_command(
     """Grow and prune in one run: PruneTrain removes what group lasso zeroed every
     --interval epochs; while the network is below --target-macs, layers that kept their
     channels are widened with Net2Net (function-preserving), and while it is above, the
-    penalty rises. The best epoch within the target is saved as
+    channels group lasso weakened most are removed, at most --max-step of the MACs per
+    step. The best epoch within the target is saved as
     checkpoints/best_within_target.pt. Resume with 'edgetrain train --resume runs/<name>'.
 
     Example: edgetrain grow-prune digits-resnet20 --target-macs 2e6 --interval 5 --epochs 30
@@ -254,6 +258,7 @@ def grow_prune_command(
         "growth": growth,
         "saturated": saturated,
         "cycles": cycles,
+        "max_step": max_step,
         "stop_epoch": stop_epoch,
     }
     GrowPrune(**settings)  # every setting checked before the run starts

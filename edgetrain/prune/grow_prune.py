@@ -8,8 +8,11 @@ channels used all it had. When the pruned network is below the target (by more t
 to break the copies' symmetry), most saturated first, each by ``growth`` (at least one
 channel) while the network stays within the target; training goes on from the same
 function with the optimizer's state kept for every tensor whose shape did not change.
-While the network is above the target the penalty is raised by ``boost`` at every
-reconfiguration, so pruning catches up. Growth stops after ``cycles`` widenings;
+While the network is above the target, each reconfiguration also removes the channels
+group lasso has weakened most (channel norm relative to its group's mean, below a
+threshold found by bisection) until the MACs fall by at most ``max_step`` of their
+value or to the target, whichever is less: the penalty ranks the channels, the step
+guarantees the target is reached in time. Growth stops after ``cycles`` widenings;
 reconfigurations stop after ``stop_epoch`` (then the architecture is fixed and the rest
 of the run fine-tunes it).
 
@@ -54,8 +57,8 @@ class GrowPrune(PruneTrain):
             lacking capacity.
         cycles: most widening steps in the run.
         slack: grow only when the network is below ``(1 - slack) * target_macs``.
-        boost: penalty factor applied at each reconfiguration that leaves the network
-            above the target.
+        max_step: most share of the MACs one reconfiguration may remove by channel norm
+            while the network is above the target.
         noise: Net2Net noise on the copied kernels (relative to each kernel's spread).
     """
 
@@ -71,7 +74,7 @@ class GrowPrune(PruneTrain):
         saturated: float = 0.9,
         cycles: int = 3,
         slack: float = 0.05,
-        boost: float = 2.0,
+        max_step: float = 0.3,
         noise: float = 0.01,
     ) -> None:
         super().__init__(ratio, interval, threshold, stop_epoch, penalty)
@@ -81,7 +84,7 @@ class GrowPrune(PruneTrain):
             "saturated": (saturated, 0 < saturated <= 1, "in (0, 1]"),
             "cycles": (cycles, cycles >= 0, ">= 0"),
             "slack": (slack, 0 <= slack < 1, "in [0, 1)"),
-            "boost": (boost, boost >= 1, ">= 1"),
+            "max_step": (max_step, 0 < max_step < 1, "in (0, 1)"),
             "noise": (noise, noise >= 0, ">= 0"),
         }
         for name, (value, ok, bound) in checks.items():
@@ -89,7 +92,7 @@ class GrowPrune(PruneTrain):
                 raise ConfigError(f"grow-prune: {name} must be {bound}, got {value}")
         self.target_macs = float(target_macs)
         self.growth, self.saturated, self.cycles = growth, saturated, cycles
-        self.slack, self.boost, self.noise = slack, boost, noise
+        self.slack, self.max_step, self.noise = slack, max_step, noise
         self.grown = 0
         self.best_within: float | None = None
         self._macs = 0
@@ -110,18 +113,70 @@ class GrowPrune(PruneTrain):
         result = super().reconfigure(trainer, model)
         macs = self._inference_macs(model)
         grown: dict[str, int] = {}
+        removed: dict[str, int] = {}
         if macs > self.target_macs:
-            if self.lam is not None:
-                self.lam *= self.boost
+            goal = max(self.target_macs, macs * (1 - self.max_step))
+            removed = self._shrink(trainer, model, goal)
+            macs = self._inference_macs(model)
         elif self.grown < self.cycles and macs < (1 - self.slack) * self.target_macs:
             grown = self._grow(trainer, model, result)
             if grown:
                 self.grown += 1
                 macs = self._inference_macs(model)
         self._macs = macs
-        self.history[-1].update(grown=grown, macs_after_growth=macs, lasso_lambda=self.lam)
-        trainer.log(grown_layers=float(len(grown)), grow_cycles=float(self.grown))
+        self.history[-1].update(grown=grown, shrunk=removed, macs_after_growth=macs)
+        trainer.log(
+            grown_layers=float(len(grown)),
+            grow_cycles=float(self.grown),
+            norm_removed_channels=float(sum(removed.values())),
+        )
         return result
+
+    def _shrink(self, trainer: Trainer, model: nn.Module, goal: float) -> dict[str, int]:
+        """Remove the weakest channels (norm relative to its group's mean below a
+        bisected threshold) until the model has at most ``goal`` MACs."""
+        from edgetrain.prune.graph import channel_groups
+        from edgetrain.prune.reconfigure import remove_channels
+
+        example = default_input(model)
+
+        def plan(net: nn.Module, tau: float) -> dict[str, list[int]]:
+            out = {}
+            for group in channel_groups(net, example):
+                if group.attention or group.mixing_norms():
+                    continue  # heads and channel-mixing norms: not thinned channel by channel
+                norms = group.channel_norms()
+                relative = norms / norms.mean().clamp_min(1e-12)
+                weak = [int(i) for i in torch.nonzero(relative < tau).flatten()]
+                if len(weak) >= group.size:  # keep the strongest channel
+                    weak.remove(int(norms.argmax()))
+                if weak:
+                    out[group.root] = weak
+            return out
+
+        def macs_at(tau: float) -> int:
+            trial = _copy(model)
+            removals = plan(trial, tau)
+            if removals:
+                remove_channels(trial, removals, example_input=example)
+            return self._inference_macs(trial)
+
+        low, high = 0.0, 2.0
+        if macs_at(high) <= goal:
+            for _ in range(12):
+                mid = (low + high) / 2
+                if macs_at(mid) <= goal:
+                    high = mid
+                else:
+                    low = mid
+        removals = plan(model, high)
+        if not removals:
+            return {}
+        remove_channels(model, removals, trainer.optimizer, example_input=example)
+        trainer.replace_model(model)
+        self._refresh(model)
+        self._mark_architecture(trainer)
+        return {name: len(idx) for name, idx in removals.items()}
 
     def _grow(
         self, trainer: Trainer, model: nn.Module, result: ReconfigureResult
@@ -240,7 +295,7 @@ def grow_prune(
     saturated: float = 0.9,
     cycles: int = 3,
     slack: float = 0.05,
-    boost: float = 2.0,
+    max_step: float = 0.3,
     noise: float = 0.01,
 ) -> GrowPrune:
     """PruneTrain phases alternating with Net2Net widening towards an inference-MAC target."""
@@ -255,6 +310,6 @@ def grow_prune(
         saturated,
         cycles,
         slack,
-        boost,
+        max_step,
         noise,
     )

@@ -101,21 +101,27 @@ def test_growth_keeps_the_function_and_rebinds_the_optimizer(make_blobs, tmp_pat
     assert (tmp_path / "run" / "checkpoints" / "best_within_target.pt").is_file()
 
 
-def test_above_the_target_the_penalty_rises_and_nothing_grows(make_blobs):
+def test_above_the_target_the_weakest_channels_go_step_by_step(make_blobs):
     from edgetrain.prune import GrowPrune
 
     net = _net()
-    cb = GrowPrune(0.5 * _macs(net), interval=1, boost=2.0)
+    start = _macs(net)
+    cb = GrowPrune(0.5 * start, interval=1, max_step=0.3, cycles=0)
     trainer = Trainer(
         net, make_blobs(64), val_data=make_blobs(32, seed=1), batch_size=16, callbacks=[cb],
+        optimizer=lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9),
         progress=False, device="cpu",
     )  # fmt: skip
     trainer.fit(1)
-    first = cb.lam
-    trainer.fit(2)
-    assert cb.lam == pytest.approx(2 * first) and cb.grown == 0
+    first = _macs(trainer.model)
+    assert 0.5 * start < first <= 0.7 * start  # at most 30 % of the MACs in one step
     assert trainer.state.history[-1]["meets_target"] == 0.0
     assert "val_top1_within_target" not in trainer.state.history[-1]
+    trainer.fit(3)
+    assert _macs(trainer.model) <= 0.5 * start and cb.grown == 0
+    assert trainer.state.history[1]["meets_target"] == 1.0
+    params = {id(p) for g in trainer.optimizer.param_groups for p in g["params"]}
+    assert params == {id(p) for p in trainer.model.parameters()}
 
 
 def test_grow_prune_command_resumable_and_its_errors(cli, recipe, tmp_path):
