@@ -102,12 +102,15 @@ def allocate_updates(
             trial = counts.copy()
             trial[i] -= 1
             after = cost(tuple(trial))
-            # how much of the excess this removal takes away (ops first when both are over)
+            # how much of the excess (ops and memory together) this removal takes away
             gain = sum(e - max(0.0, a) for e, a in zip(excess, over(after), strict=True))
-            if gain <= 0:
-                gain = 1e-9 * (current[0] - after[0] + current[1] - after[1] + 1e-9)
             loss = value(i, counts[i]) - value(i, counts[i] - 1)
-            ratio = loss / gain
+            if gain > 0:
+                ratio = loss / gain
+            else:  # takes nothing away: last, by signal lost per operation saved (it may
+                # open the way to a removal that does, as staggered rows lower the peak)
+                saved = current[0] - after[0]
+                ratio = 1e18 * (1.0 + (loss / saved if saved > 0 else 1e18))
             if best is None or ratio < best[0]:
                 best = (ratio, i, after)
         if best is None:
