@@ -1,18 +1,20 @@
 """Grow and prune in one run: PruneTrain phases alternating with Net2Net widening until
 the architecture meets an inference-MAC target.
 
-Every ``interval`` epochs PruneTrain removes the channels group lasso has zeroed. What it
-keeps says where capacity is missing: a layer that kept at least ``saturated`` of its
-channels used all it had. When the pruned network is below the target (by more than
-``slack``), those layers are widened with Net2Net (function-preserving, a little noise
-to break the copies' symmetry), most saturated first, each by ``growth`` (at least one
+Every ``interval`` epochs PruneTrain removes the channels group lasso has zeroed. What the
+penalty leaves says where capacity is missing: a layer in which at least ``saturated``
+of the channels are in full use (norm at least half its group's mean) uses all it has.
+When the pruned network is below the target (by more than ``slack``), those layers are
+widened with Net2Net (function-preserving, a little noise to break the copies'
+symmetry), most saturated first, each by ``growth`` (at least one
 channel) while the network stays within the target; training goes on from the same
 function with the optimizer's state kept for every tensor whose shape did not change.
 While the network is above the target, each reconfiguration also removes the channels
 group lasso has weakened most (channel norm relative to its group's mean, below a
 threshold found by bisection) until the MACs fall by at most ``max_step`` of their
-value or to the target, whichever is less: the penalty ranks the channels, the step
-guarantees the target is reached in time. Growth stops after ``cycles`` widenings;
+value or to ``overshoot`` below the target, whichever is less: the penalty ranks the
+channels, the step guarantees the target is reached in time, and the overshoot leaves
+room for growth where it is needed. Growth stops after ``cycles`` widenings;
 reconfigurations stop after ``stop_epoch`` (then the architecture is fixed and the rest
 of the run fine-tunes it).
 
@@ -44,6 +46,8 @@ if TYPE_CHECKING:
 __all__ = ["BEST_WITHIN_TARGET", "GrowPrune"]
 
 BEST_WITHIN_TARGET = "best_within_target.pt"
+# a channel whose norm is at least this share of its group's mean is in full use
+STRONG = 0.5
 
 
 class GrowPrune(PruneTrain):
@@ -53,12 +57,14 @@ class GrowPrune(PruneTrain):
         target_macs: inference MACs per sample the final architecture must not exceed.
         ratio, interval, threshold, stop_epoch, penalty: PruneTrain's.
         growth: widening factor of a saturated layer per cycle.
-        saturated: share of its channels a layer kept at a reconfiguration to count as
-            lacking capacity.
+        saturated: share of a layer's channels in full use (norm at least half its
+            group's mean, after the penalty's pull) for it to count as lacking capacity.
         cycles: most widening steps in the run.
         slack: grow only when the network is below ``(1 - slack) * target_macs``.
         max_step: most share of the MACs one reconfiguration may remove by channel norm
             while the network is above the target.
+        overshoot: such a step goes down to ``(1 - overshoot) * target_macs``, leaving
+            room to grow the layers that turn out to need it.
         noise: Net2Net noise on the copied kernels (relative to each kernel's spread).
     """
 
@@ -75,6 +81,7 @@ class GrowPrune(PruneTrain):
         cycles: int = 3,
         slack: float = 0.05,
         max_step: float = 0.3,
+        overshoot: float = 0.1,
         noise: float = 0.01,
     ) -> None:
         super().__init__(ratio, interval, threshold, stop_epoch, penalty)
@@ -85,6 +92,7 @@ class GrowPrune(PruneTrain):
             "cycles": (cycles, cycles >= 0, ">= 0"),
             "slack": (slack, 0 <= slack < 1, "in [0, 1)"),
             "max_step": (max_step, 0 < max_step < 1, "in (0, 1)"),
+            "overshoot": (overshoot, 0 <= overshoot < 1, "in [0, 1)"),
             "noise": (noise, noise >= 0, ">= 0"),
         }
         for name, (value, ok, bound) in checks.items():
@@ -93,6 +101,7 @@ class GrowPrune(PruneTrain):
         self.target_macs = float(target_macs)
         self.growth, self.saturated, self.cycles = growth, saturated, cycles
         self.slack, self.max_step, self.noise = slack, max_step, noise
+        self.overshoot = overshoot
         self.grown = 0
         self.best_within: float | None = None
         self._macs = 0
@@ -115,11 +124,11 @@ class GrowPrune(PruneTrain):
         grown: dict[str, int] = {}
         removed: dict[str, int] = {}
         if macs > self.target_macs:
-            goal = max(self.target_macs, macs * (1 - self.max_step))
+            goal = max(self.target_macs * (1 - self.overshoot), macs * (1 - self.max_step))
             removed = self._shrink(trainer, model, goal)
             macs = self._inference_macs(model)
         elif self.grown < self.cycles and macs < (1 - self.slack) * self.target_macs:
-            grown = self._grow(trainer, model, result)
+            grown = self._grow(trainer, model)
             if grown:
                 self.grown += 1
                 macs = self._inference_macs(model)
@@ -178,22 +187,23 @@ class GrowPrune(PruneTrain):
         self._mark_architecture(trainer)
         return {name: len(idx) for name, idx in removals.items()}
 
-    def _grow(
-        self, trainer: Trainer, model: nn.Module, result: ReconfigureResult
-    ) -> dict[str, int]:
+    def _grow(self, trainer: Trainer, model: nn.Module) -> dict[str, int]:
         """Widen the saturated layers while the network stays within the target."""
+        from edgetrain.prune.graph import channel_groups
         from edgetrain.prune.grow import widen
 
-        kept = {
-            name: result.channels_after[name] / before
-            for name, before in result.channels_before.items()
-            if before and name in result.channels_after
-        }
-        candidates = sorted(
-            (n for n, share in kept.items() if share >= self.saturated),
-            key=lambda n: (-kept[n], n),
-        )
         example = default_input(model)
+        strong: dict[str, float] = {}  # per channel group: share of channels in full use
+        for group in channel_groups(model, example):
+            if group.attention or group.mixing_norms():
+                continue
+            norms = group.channel_norms()
+            relative = norms / norms.mean().clamp_min(1e-12)
+            strong[group.root] = float((relative >= STRONG).double().mean())
+        candidates = sorted(
+            (n for n, share in strong.items() if share >= self.saturated),
+            key=lambda n: (-strong[n], n),
+        )
         names_before = _parameter_names(model)
         generator = torch.Generator().manual_seed(trainer.seed + 7919 * (self.grown + 1))
         grown: dict[str, int] = {}
@@ -296,6 +306,7 @@ def grow_prune(
     cycles: int = 3,
     slack: float = 0.05,
     max_step: float = 0.3,
+    overshoot: float = 0.1,
     noise: float = 0.01,
 ) -> GrowPrune:
     """PruneTrain phases alternating with Net2Net widening towards an inference-MAC target."""
@@ -311,5 +322,6 @@ def grow_prune(
         cycles,
         slack,
         max_step,
+        overshoot,
         noise,
     )
