@@ -216,9 +216,11 @@ def grow_prune_command(
     ratio: float = typer.Option(0.2, help="Group-lasso penalty ratio in (0, 1)."),
     interval: int = typer.Option(5, min=1, help="Epochs between prune (and grow) steps."),
     threshold: float = typer.Option(1e-4, min=0.0, help="Weights below it are zeroed."),
-    growth: float = typer.Option(1.5, help="Widening factor of a layer that kept its channels."),
+    growth: float = typer.Option(1.5, help="Widening factor of a layer lacking capacity."),
     saturated: float = typer.Option(
-        0.9, help="Share of its channels a layer must keep to count as lacking capacity."
+        0.9,
+        help="Share of a layer's channels in full use (norm at least half the mean) for it "
+        "to count as lacking capacity.",
     ),
     cycles: int = typer.Option(3, min=0, help="Most widening steps."),
     max_step: float = typer.Option(
@@ -237,11 +239,12 @@ def grow_prune_command(
     report: bool = typer.Option(True, help="Write plots and report.html at the end."),
 ) -> None:
     """Grow and prune in one run: PruneTrain removes what group lasso zeroed every
-    --interval epochs; while the network is below --target-macs, layers that kept their
-    channels are widened with Net2Net (function-preserving), and while it is above, the
-    channels group lasso weakened most are removed, at most --max-step of the MACs per
-    step. The best epoch within the target is saved as
-    checkpoints/best_within_target.pt. Resume with 'edgetrain train --resume runs/<name>'.
+    --interval epochs; while the network is above --target-macs, the channels group
+    lasso weakened most are removed too (at most --max-step of the MACs per step, to a
+    little below the target), and while it is below, the layers whose channels are all
+    in use are widened with Net2Net (function-preserving). The best epoch within the
+    target is saved as checkpoints/best_within_target.pt. Resume with
+    'edgetrain train --resume runs/<name>'.
 
     Example: edgetrain grow-prune digits-resnet20 --target-macs 2e6 --interval 5 --epochs 30
     """
