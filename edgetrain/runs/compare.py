@@ -145,12 +145,14 @@ def compare_schedules(
     with_top5 = classes > TOP5_MIN_CLASSES
     cases = scenario_cases(schedules, modes)
     reference = schedule_cost(model, shape, cases[0], profile=profile)
-    measured = []
-    for case in cases:
+
+    def grid_of(label: str, callback: dict[str, Any]) -> GridResult:
+        """The LR grid of one case: the recipe with ``callback`` added, runs named by
+        ``label``."""
         tree = config.to_dict()
-        tree["name"] = f"{config.name}-{case.slug}"
-        tree["callbacks"] = [*tree["callbacks"], {"name": "layer-schedule", "schedule": str(case)}]
-        grid = lr_grid(
+        tree["name"] = f"{config.name}-{label}"
+        tree["callbacks"] = [*tree["callbacks"], callback]
+        return lr_grid(
             load_config(tree),
             upper,
             lower,
@@ -160,6 +162,10 @@ def compare_schedules(
             seeds=seeds,
             **grid_options,
         )
+
+    measured = []
+    for case in cases:
+        grid = grid_of(case.slug, {"name": "layer-schedule", "schedule": str(case)})
         placed = optimise_placement(case, model, shape) if case.memory_optimised else case
         cost = schedule_cost(model, shape, placed, profile=profile)  # as the run places it
         measured.append((case, grid, cost))
@@ -167,20 +173,8 @@ def compare_schedules(
     adaptive_runs = []
     for options in adaptive:
         label = adaptive_label(dict(options))
-        tree = config.to_dict()
-        tree["name"] = f"{config.name}-{label}"
         callback = {"name": "adaptive-schedule", "rows": rows_, "cycle": cycle, **options}
-        tree["callbacks"] = [*tree["callbacks"], callback]
-        grid = lr_grid(
-            load_config(tree),
-            upper,
-            lower,
-            tolerance=tolerance,
-            runs_root=runs_root,
-            progress=progress,
-            seeds=seeds,
-            **grid_options,
-        )
+        grid = grid_of(label, callback)
         adaptive_runs.append((label, grid, _logged_cost(_best_trial(grid), reference)))
     conventional = _best_trial(measured[0][1])
     targets = conventional.accuracies or (conventional.accuracy,)
