@@ -202,3 +202,17 @@ def test_training_with_probes_is_bit_identical_to_training_without(kind, make_bl
     assert [r["train_loss"] for r in plain.state.history] == [
         r["train_loss"] for r in probed.state.history
     ]
+
+
+def test_network_temperature_and_its_distance():
+    from edgetrain.diagnostics import network_temperature, temperature_distance
+
+    assert network_temperature({"a": 0.5, "b": 0.875}) == pytest.approx(2.0)
+    assert temperature_distance({"a": 0.5, "b": 0.875}) == pytest.approx(0.75)
+    # one saturated layer: infinite without the batch's resolution, finite with it
+    assert temperature_distance({"a": 0.5, "b": 1.0}) == 1.0
+    assert temperature_distance({"a": 0.5, "b": 1.0}, samples=8) == pytest.approx(0.9375)
+    # every layer saturated: every pattern changed, whatever the batch
+    assert temperature_distance({"a": 1.0, "b": 1.0}, samples=8) == 1.0
+    with pytest.raises(ValueError, match="no layer distances"):
+        network_temperature({})
