@@ -221,6 +221,8 @@ def main() -> None:
             ],
         )
     suffix = "" if args.datasets == "digits,keywords" else "-" + args.datasets.replace(",", "-")
+    if args.target != 0.25:
+        suffix += f"-t{args.target:g}"
     path = write_result(
         f"grow_prune{suffix}",
         {"settings": {k: str(v) for k, v in vars(args).items()}, "results": results},
