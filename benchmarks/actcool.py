@@ -304,8 +304,8 @@ def _fmt(value: float | None, spec: str = ".2f") -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scenarios", default="digits,keywords")
-    parser.add_argument("--epochs-digits", type=int, default=SCENARIOS["digits"].epochs)
-    parser.add_argument("--epochs-keywords", type=int, default=SCENARIOS["keywords"].epochs)
+    parser.add_argument("--epochs-digits", type=int, default=None, help="default: 10 (15)")
+    parser.add_argument("--epochs-keywords", type=int, default=None, help="default: 15 (15)")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--methods", default="step,onecycle,actcool")
     parser.add_argument("--lr-grid", default="1", help="multiples of the recipe's rate")
@@ -318,8 +318,8 @@ def main() -> None:
         THESIS = True
         SCENARIOS.update(THESIS_SCENARIOS)
     torch.set_num_threads(args.threads)
-    SCENARIOS["digits"].epochs = args.epochs_digits
-    SCENARIOS["keywords"].epochs = args.epochs_keywords
+    SCENARIOS["digits"].epochs = args.epochs_digits or SCENARIOS["digits"].epochs
+    SCENARIOS["keywords"].epochs = args.epochs_keywords or SCENARIOS["keywords"].epochs
     names = args.scenarios.split(",")
     seeds = [int(s) for s in args.seeds.split(",")]
     grid = [float(m) for m in args.lr_grid.split(",")]
