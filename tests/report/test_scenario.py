@@ -115,3 +115,27 @@ def test_plot_scenario_draws_the_references(compare_runs, tmp_path):
     assert path == tmp_path / "plots" / "scenario.png" and path.stat().st_size > 0
     none = plot_scenario(records[2:], run_ops(records[2:]), tmp_path / "bare", references=[])
     assert none.is_file()
+
+
+def test_an_adaptive_run_counts_each_epoch_at_its_logged_cost(runs, tmp_path):
+    """Not a reference line (its schedule changes), and its ops are what each epoch
+    logged: the mean step over training, and the sum of epochs up to the target."""
+    adaptive = [{"name": "adaptive-schedule", "rows": 4, "ops_budget": 0.8}]
+    start_run(load_config(_tree("adapt", adaptive)), tmp_path, progress=False)
+    loaded = load_runs([runs[0], tmp_path / "adapt"])
+    assert [r.name for r in reference_runs(loaded)] == ["conv"]
+    ops = run_ops(loaded)
+    records = loaded[1].metrics
+    per_step = [16 * m["schedule_step_macs"] for m in records]
+    steps = [records[0]["step"], records[1]["step"] - records[0]["step"]]
+    assert ops[1].step_macs == pytest.approx(
+        sum(n * c for n, c in zip(steps, per_step, strict=True)) / sum(steps)
+    )
+    # fewer ops than the conventional run (the two are costed at batch 16 and 16 x the
+    # per-sample cost; the budget of 0.8 holds for the latter, per sample)
+    assert ops[1].relative_ops < 1.0
+    assert all(m["schedule_relative_ops"] <= 0.8 + 1e-9 for m in records)
+    if ops[1].epochs_to_target is not None:
+        hit = ops[1].epochs_to_target
+        want = sum(n * c for n, c in zip(steps[:hit], per_step[:hit], strict=True))
+        assert ops[1].macs_to_target == pytest.approx(want)
