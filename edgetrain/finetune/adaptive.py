@@ -197,6 +197,7 @@ def _cost_optimizer(optimizer: torch.optim.Optimizer) -> str:
     return "adam"  # two state tensors per parameter: the common case, and the safe side
 
 
+@CALLBACKS.register("adaptive-schedule")
 class AdaptiveSchedule(LayerSchedule):
     """A layer schedule re-allocated every ``every`` epochs from measured learning signals,
     within a budget.
@@ -480,32 +481,3 @@ class AdaptiveSchedule(LayerSchedule):
         self.counts = tuple(int(c) for c in state["counts"])
         self.signals = [math.nan if s is None else float(s) for s in state["signals"]]
         self._restored = True
-
-
-@CALLBACKS.register("adaptive-schedule")
-def adaptive_schedule(
-    rows: int,
-    cycle: int = 4,
-    ops_budget: float | None = None,
-    memory_budget: float | None = None,
-    signal: str = "weight_change",
-    every: int = 1,
-    smoothing: float = 0.5,
-    min_updates: int = 1,
-    profile: str = "reference",
-    fold_bn: bool = True,
-) -> AdaptiveSchedule:
-    """A layer schedule re-allocated from measured per-layer learning signals within an
-    ops and/or peak-memory budget (fractions of updating every row every step)."""
-    return AdaptiveSchedule(
-        rows,
-        cycle,
-        ops_budget,
-        memory_budget,
-        signal,
-        every,
-        smoothing,
-        min_updates,
-        profile,
-        fold_bn,
-    )

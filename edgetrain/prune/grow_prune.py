@@ -50,6 +50,7 @@ BEST_WITHIN_TARGET = "best_within_target.pt"
 STRONG = 0.5
 
 
+@CALLBACKS.register("grow-prune")
 class GrowPrune(PruneTrain):
     """PruneTrain with Net2Net growth towards an inference-MAC target.
 
@@ -291,37 +292,3 @@ def _rebind_optimizer(
     missing = [n for n, p in now.items() if p.requires_grad and id(p) not in seen]
     if missing:
         optimizer.param_groups[0]["params"].extend(now[n] for n in missing)
-
-
-@CALLBACKS.register("grow-prune")
-def grow_prune(
-    target_macs: float,
-    ratio: float = 0.2,
-    interval: int = 5,
-    threshold: float = 1e-4,
-    stop_epoch: int | None = None,
-    penalty: str = "loss",
-    growth: float = 1.5,
-    saturated: float = 0.9,
-    cycles: int = 3,
-    slack: float = 0.05,
-    max_step: float = 0.3,
-    overshoot: float = 0.1,
-    noise: float = 0.01,
-) -> GrowPrune:
-    """PruneTrain phases alternating with Net2Net widening towards an inference-MAC target."""
-    return GrowPrune(
-        target_macs,
-        ratio,
-        interval,
-        threshold,
-        stop_epoch,
-        penalty,
-        growth,
-        saturated,
-        cycles,
-        slack,
-        max_step,
-        overshoot,
-        noise,
-    )
