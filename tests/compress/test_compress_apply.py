@@ -215,3 +215,25 @@ def test_finetune_writes_a_run_directory_that_reloads_and_resumes(tiny_config, t
     resumed = resume_run(out, epochs=2, progress=False)
     assert resumed.summary["epochs_finished"] == 2
     assert load_trained_model(out, prefer="last").layer1[0].conv1.out_channels == 4
+
+
+def test_shipped_resnet56_reference_gives_the_published_weights_and_macs():
+    """``resnet56-a2``: 851,504 -> 570,704 conv/linear weights, 46 % fewer dense MACs."""
+
+    def weights(net: torch.nn.Module) -> int:
+        kinds = (torch.nn.Conv2d, torch.nn.Linear)
+        return sum(m.weight.numel() for m in net.modules() if isinstance(m, kinds))
+
+    net = create("resnet56")
+    dense_before = analyze(net, (3, 32, 32), macs="dense").total().forward_macs
+    assert weights(net) == 851_504
+    pruned, report = apply(net, "resnet56-a2")
+    assert weights(pruned) == 570_704
+    kept = {n: m.out_channels for n, m in pruned.named_modules() if n.endswith(".conv1")}
+    assert sorted(kept[f"layer1.{i}.conv1"] for i in range(9)) == [5] * 9
+    assert sorted(kept[f"layer2.{i}.conv1"] for i in range(9)) == [13] * 6 + [32] * 3
+    assert sorted(kept[f"layer3.{i}.conv1"] for i in range(9)) == [39] * 6 + [52] + [64] * 2
+    dense_after = analyze(pruned, (3, 32, 32), macs="dense").total().forward_macs
+    assert dense_before == 125_747_840
+    assert 1 - dense_after / dense_before == pytest.approx(0.461, abs=0.001)
+    assert report.macs_ratio < 0.54  # the border-aware count: 116.0 M -> 62.1 M
