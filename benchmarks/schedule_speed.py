@@ -24,8 +24,11 @@ fitted to the scenario's model in two ways (`edgetrain cost calibrate --model`),
 timed in a plain loop before the schedules run: `anchored` (`--anchor offset`) times the
 conventional step and charges its whole residual as a fixed cost per step; `fitted`
 (`--anchor scale`) times the steps that train the last 1, 2, ..., N of the schedule's
-rows, in turn, and fits a per-step offset plus one factor on every layer term. Steps of
-an `_m` schedule, which are no such suffix, are never timed for either.
+rows, in turn, and fits a per-step offset plus one factor on every layer term; `terms`
+(`--anchor terms`, the default) also times each row alone and all rows but each, and
+fits one factor per group of terms (forward; conv input gradient; conv weight gradient
+and update; the same for linear layers; the backward of activations, pooling and
+normalisation). No schedule's own step is timed for any of them.
 
 glibc's heap trimming is switched off first (`keep_freed_memory`): otherwise, in some runs
 and not others, the 6.4 MB `fc1` gradient that `set_to_none` frees every step is handed
@@ -66,7 +69,10 @@ from edgetrain.models import create
 
 SCENARIOS = {"1 vgg_small": ("vgg_small", {"in_channels": 1}), "2 kws_cnn": ("kws_cnn", {})}
 SCHEDULES = ["4442", "4432", "4422", "4422_m", "4421", "4211_m"]
-ANCHOR_ROWS = ("host", "anchored", "fitted")  # predictions of profiles timed on this CPU
+# predictions of profiles timed on this CPU: the calibrated profile, and it anchored on
+# the scenario's model by each of `edgetrain cost calibrate --anchor`'s methods
+ROW_OF_ANCHOR = {"offset": "anchored", "scale": "fitted", "terms": "terms"}
+ANCHOR_ROWS = ("host", *ROW_OF_ANCHOR.values())
 
 
 class ColumnClock(Callback):
@@ -201,20 +207,18 @@ def main() -> None:
             ref = schedule_cost(model, shape, schedule)
             predicted = {"reference": 1 - ref.relative_ops, **dict.fromkeys(ANCHOR_ROWS, nan)}
             conv_step = statistics.median(c for c, _ in pairs) / t
-            conv_est = conv_anc = conv_fit = nan
+            conv_steps = dict.fromkeys(ANCHOR_ROWS, nan)
             if host is not None:
-                cal = schedule_cost(model, shape, schedule, profile=host)
-                anc = schedule_cost(model, shape, schedule, profile=anchored[layers]["offset"])
-                fit = schedule_cost(model, shape, schedule, profile=anchored[layers]["scale"])
-                predicted.update(
-                    host=1 - cal.relative_estimated_ops,
-                    anchored=1 - anc.relative_estimated_ops,
-                    fitted=1 - fit.relative_estimated_ops,
-                )
-                assert host.peak_macs_per_s is not None
-                conv_est = cal.conventional.estimated_ops / host.peak_macs_per_s
-                conv_anc = anc.conventional.estimated_ops / host.peak_macs_per_s
-                conv_fit = fit.conventional.estimated_ops / host.peak_macs_per_s
+                profiles = {
+                    "host": host,
+                    **{ROW_OF_ANCHOR[m]: p for m, p in anchored[layers].items()},
+                }
+                for row, profile in profiles.items():
+                    cost = schedule_cost(model, shape, schedule, profile=profile)
+                    predicted[row] = 1 - cost.relative_estimated_ops
+                    assert host.peak_macs_per_s is not None
+                    conv_steps[row] = cost.conventional.estimated_ops / host.peak_macs_per_s
+            conv_est = conv_steps["host"]
             realised = {k: measured / v if v > 0 else nan for k, v in predicted.items()}
             # the same comparison in time saved per step
             saved = statistics.median((c - o) / t for c, o in pairs)
@@ -229,9 +233,7 @@ def main() -> None:
                     "predicted_saving": predicted,
                     "realised": realised,
                     "conventional_step_seconds": conv_step,
-                    "conventional_step_seconds_host": conv_est,
-                    "conventional_step_seconds_anchored": conv_anc,
-                    "conventional_step_seconds_fitted": conv_fit,
+                    **{f"conventional_step_seconds_{r}": v for r, v in conv_steps.items()},
                     "saved_seconds_per_step": saved,
                     "saved_seconds_per_step_host": saved_est,
                     "savings": savings,
@@ -245,14 +247,8 @@ def main() -> None:
                     f"{1e3 * conv_step:.2f} / {1e3 * conv_est:.2f}",
                     measured,
                     f"{q1:.3f}-{q3:.3f}",
-                    predicted["reference"],
-                    predicted["host"],
-                    predicted["anchored"],
-                    predicted["fitted"],
-                    realised["reference"],
-                    realised["host"],
-                    realised["anchored"],
-                    realised["fitted"],
+                    *(predicted[r] for r in ("reference", *ANCHOR_ROWS)),
+                    *(realised[r] for r in ("reference", *ANCHOR_ROWS)),
                     f"{1e6 * saved:.0f} / {1e6 * saved_est:.0f}",
                 ]
             )
@@ -265,14 +261,8 @@ def main() -> None:
             "conv. ms/step meas. / host",
             "measured",
             "quartiles",
-            "pred. (ref)",
-            "pred. (host)",
-            "pred. (anchored)",
-            "pred. (fitted)",
-            "realised (ref)",
-            "realised (host)",
-            "realised (anchored)",
-            "realised (fitted)",
+            *(f"pred. ({r})" for r in ("ref", *ANCHOR_ROWS)),
+            *(f"realised ({r})" for r in ("ref", *ANCHOR_ROWS)),
             "us saved/step meas. / host",
         ],
         rows,

@@ -355,11 +355,13 @@ def calibrate_command(
     ),
     batch_size: int = typer.Option(1, min=1, help="Batch size of the anchoring step."),
     anchor: str = typer.Option(
-        "scale",
-        help="How the model's steps anchor the profile: 'scale' (time the steps that "
-        "train the plan's last 1..N layers and fit a per-step offset plus a factor on "
-        "every layer term) or 'offset' (time the plan's step; the difference is a fixed "
-        "cost per step).",
+        "terms",
+        help="How the model's steps anchor the profile: 'terms' (time the steps that "
+        "train the plan's last 1..N layers, each alone and all but each, and fit a "
+        "per-step offset plus one factor per group of terms: forward, conv and linear "
+        "input and weight gradients, the backward of activations and pooling), 'scale' "
+        "(the last 1..N layers' steps, one factor on every layer term) or 'offset' (time "
+        "the plan's step; the difference is a fixed cost per step).",
     ),
     option: list[str] = typer.Option(
         None, "--option", "-o", help="Model option key=value, e.g. -o num_classes=100."
@@ -377,7 +379,7 @@ def calibrate_command(
     if anchor not in ANCHORS:
         raise ConfigError(f"--anchor '{anchor}': choose one of {', '.join(ANCHORS)}")
     if model is None and (
-        input_shape or option or trainable != ALL or batch_size != 1 or anchor != "scale"
+        input_shape or option or trainable != ALL or batch_size != 1 or anchor != "terms"
     ):
         raise ConfigError("--input, --trainable, --batch-size, --anchor and --option need --model")
     net = zoo.create(model, **parse_options(option)) if model else None
@@ -391,13 +393,20 @@ def calibrate_command(
     with console.status("timing layer kinds on this machine ..."):
         fitted = calibrate(quick=quick, name=name, rounds=rounds)
     if net is not None:
-        before, conv = fitted.offset_per_step, fitted.multiplier("forward", "conv")
+        calibrated = fitted
         with console.status(f"timing {model} training steps ..."):
             fitted = anchor_profile(fitted, net, shape, trainable, batch_size, anchor=anchor)
+        pairs = [("forward", "conv"), ("input_grad", "conv"), ("weight_grad", "conv")]
+        pairs += [("input_grad", "linear"), ("weight_grad", "linear")]
+        factors = ", ".join(
+            f"{kind} {term} x{fitted.multiplier(term, kind) / before:.3f}"
+            for term, kind in pairs
+            if (before := calibrated.multiplier(term, kind)) > 0
+        )
         console.print(
             f"anchored on {model} ({trainable}, batch {batch_size}): per-step offset "
-            f"{before:,.0f} -> {fitted.offset_per_step:,.0f} MAC-equivalents, layer terms "
-            f"x{fitted.multiplier('forward', 'conv') / conv:.3f}"
+            f"{calibrated.offset_per_step:,.0f} -> {fitted.offset_per_step:,.0f} "
+            f"MAC-equivalents; layer terms {factors}"
         )
     fitted.save(out)
     table = Table(title=f"profile {fitted.name}: multipliers relative to a forward conv MAC")

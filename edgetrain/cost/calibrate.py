@@ -19,10 +19,13 @@ than inside a step (its weights and inputs stay in cache, nothing else runs betw
 calls) and a step has work no layer term sees (free ops such as dropout, the activation
 and pooling backward between layers, autograd's bookkeeping). Part of that time is fixed
 per step and part ends early with the backward when the lower layers are frozen, so
-both are fitted: ``scale`` anchoring times the steps that train the last 1, 2, ..., N
-layers of the plan, taking turns step by step, and fits
-``measured = offset + s * predicted`` (every layer term times ``s``, the rest a per-step
-offset); ``offset`` anchoring times the plan's step only and charges the whole
+both are fitted: ``terms`` anchoring (the default) times the steps that train the last
+1, 2, ..., N layers of the plan, each of them alone and all but each of them, taking
+turns step by step, and fits a per-step offset plus one factor per group of terms (the
+forward; the input and the weight gradient of convolutions and of linear layers apart;
+the backward of activations, pooling and normalisation); ``scale`` anchoring times the
+suffix steps only and fits ``measured = offset + s * predicted`` (every layer term times
+``s``); ``offset`` anchoring times the plan's step only and charges the whole
 difference as a fixed cost.
 """
 
@@ -57,7 +60,14 @@ __all__ = [
     "model_steps_seconds",
 ]
 
-ANCHORS = ("scale", "offset")
+ANCHORS = ("terms", "scale", "offset")
+# The layer kinds whose backward terms the ``terms`` anchor fits apart; the backward of
+# every other kind (activations, pooling, normalisation, adds) is one more group.
+_PRODUCT_KINDS = ("conv", "linear")
+# How strongly each group's factor is held to the common factor when few steps tell
+# it apart (relative least squares: a group that changes the timed steps by a few
+# percent is fitted from them; one that changes them by far less keeps the common one).
+_RIDGE = 1e-3
 
 
 @dataclass(frozen=True)
@@ -329,7 +339,7 @@ def anchor_profile(
     plan: Plan = ALL,
     batch_size: int = 1,
     min_seconds: float = 1.0,
-    anchor: str = "scale",
+    anchor: str = "terms",
 ) -> DeviceProfile:
     """``profile`` fitted to measured training steps of ``model``.
 
@@ -338,16 +348,27 @@ def anchor_profile(
     term sees: ops the spec counts as free (dropout, reshapes), autograd's bookkeeping.
     Part of that time is fixed per step; part (the backward of activations, pooling and
     dropout between trained layers, the bookkeeping of their nodes) ends early when a
-    schedule freezes the lower layers. ``anchor="scale"`` times the steps that train
-    the plan's last 1, 2, ..., N conv/linear layers (at most 6 of them, evenly spread;
-    with fewer than two such layers in the plan it falls back to ``offset``),
-    taking turns step by step on one copy of the model (:func:`model_steps_seconds`),
-    and fits ``measured = offset + s * predicted`` by
-    relative least squares: every layer term is multiplied by ``s`` and the rest becomes
-    the per-step offset. ``anchor="offset"`` times the plan's step only and charges the
-    whole difference as a fixed cost (a schedule's relative saving is then
-    under-predicted: none of the residual ends early). A profile anchored on one model
-    is a profile for that model.
+    schedule freezes the lower layers. The steps are timed taking turns step by step on
+    one copy of the model (:func:`model_steps_seconds`), at most 6 of the plan's
+    conv/linear layers (evenly spread) marking where plans start.
+
+    - ``"terms"``: times the steps that train the last 1, 2, ..., N of those layers,
+      each of them alone, and all of the plan but each of them, and fits, by relative
+      least squares, a per-step offset plus one factor per group of terms: the forward
+      (with the offset: every step runs all of it), the input gradient and the weight
+      gradient (with the update) of convolutions and of linear layers apart, and the
+      backward of every other kind (activations, pooling, normalisation, adds). A
+      group the timed steps hardly tell apart keeps the common factor of ``"scale"``.
+      Dropout's backward is no term; it ends with the input gradient of the layer
+      above it, whose factor takes it in.
+    - ``"scale"``: times the suffix steps only and fits ``measured = offset + s *
+      predicted`` (every layer term times ``s``, the rest the per-step offset).
+    - ``"offset"``: times the plan's step only and charges the whole difference as a
+      fixed cost (a schedule's relative saving is then under-predicted: none of the
+      residual ends early).
+
+    With fewer than two conv/linear layers in the plan, ``terms`` and ``scale`` fall
+    back to ``offset``. A profile anchored on one model is a profile for that model.
 
     Args:
         profile: a calibrated profile (it needs ``peak_macs_per_s``).
@@ -357,7 +378,7 @@ def anchor_profile(
             fine-tuning the profile will predict.
         batch_size: the steps' batch.
         min_seconds: timing budget.
-        anchor: ``"scale"`` or ``"offset"``.
+        anchor: ``"terms"``, ``"scale"`` or ``"offset"``.
 
     Example:
         >>> from edgetrain.models import create
@@ -371,23 +392,46 @@ def anchor_profile(
     order = analyze(model, input_shape, plans=[], profile=profile).layer_order
     params = resolve_plan(model, plan, order)
     layers = [name for name in order if resolve_plan(model, [name], order) <= params]
-    count = len(layers) if anchor == "scale" else 0
+    count = len(layers) if anchor != "offset" else 0
     depths = sorted({round(1 + k * (count - 1) / 5) for k in range(6)}) if count > 1 else []
     plans: list[Plan] = [plan, *(layers[-d:] for d in depths if d < count)]
+    n_suffix = len(plans)
+    if anchor == "terms" and depths:
+        marks = [layers[-d] for d in depths]
+        plans += [[m] for m in marks]
+        plans += [[n for n in layers if n != m] for m in marks]
+    named = [params, *(resolve_plan(model, p, order) for p in plans[1:])]
+    keep = [i for i, ps in enumerate(named) if ps and ps not in named[:i]]
+    plans, named = [plans[i] for i in keep], [named[i] for i in keep]
+    n_suffix = sum(i < n_suffix for i in keep)
     report = analyze(
         model, input_shape, plans=plans, profile=profile, batch_size=batch_size, memory="layerwise"
     )
     predicted = [step.estimated_seconds or 0.0 for step in report.steps()]
-    named = [params, *(resolve_plan(model, p, order) for p in plans[1:])]
     measured = model_steps_seconds(model, input_shape, named, batch_size, min_seconds)
     label = f"{type(model).__name__} {'x'.join(map(str, input_shape))} {plan_label(plan)}"
-    scale, offset = _fit_anchor(predicted, measured, profile.offset_per_step / rate)
+    base = profile.offset_per_step / rate
+    scale, offset = _fit_anchor(predicted[:n_suffix], measured[:n_suffix], base)
+    head = f"({measured[0] * 1e3:.3f} ms for the plan's step)"
     if scale == 1.0:
         how = f"anchored on a measured {label} step at batch {batch_size}"
-    else:
+    elif anchor == "scale":
         how = (
-            f"fitted to {len(plans)} measured steps of {label} and its last 1-{count} "
+            f"fitted to {n_suffix} measured steps of {label} and its last 1-{count} "
             f"layers at batch {batch_size} (layer terms x{scale:.3f})"
+        )
+    else:
+        groups = _group_seconds(profile, model, input_shape, plans, batch_size)
+        factors, offset = _fit_groups(groups, measured, scale)
+        fitted = _grouped(profile, factors)
+        shown = ", ".join(f"{g} x{f:.3f}" for g, f in factors.items())
+        return fitted.model_copy(
+            update={
+                "offset_per_step": round(max(offset * rate, 0.0), 1),
+                "description": f"{profile.description}; fitted to {len(plans)} measured "
+                f"steps of {label} (last 1-{count} layers, each alone, all but each) at "
+                f"batch {batch_size} ({shown}) {head}",
+            }
         )
     return profile.model_copy(
         update={
@@ -395,10 +439,102 @@ def anchor_profile(
             "multipliers": _scaled(profile.multipliers, scale, default=1.0),
             "per_call": _scaled(profile.per_call, scale),
             "per_param": _scaled(profile.per_param, scale),
-            "description": f"{profile.description}; {how} "
-            f"({measured[0] * 1e3:.3f} ms for the plan's step)",
+            "description": f"{profile.description}; {how} {head}",
         }
     )
+
+
+def _group_of(term: str, kind: str) -> str:
+    """The ``terms`` anchor's group of one term of one layer kind."""
+    if term == "forward":
+        return "forward"
+    if kind in _PRODUCT_KINDS:
+        return f"{kind} {'input_grad' if term == 'input_grad' else 'weight_grad'}"
+    return "other backward"
+
+
+def _group_seconds(
+    profile: DeviceProfile,
+    model: nn.Module,
+    input_shape: Sequence[int],
+    plans: Sequence[Plan],
+    batch_size: int,
+) -> dict[str, list[float]]:
+    """Seconds each group of terms adds to each plan's step under ``profile`` (the
+    profile masked to one group at a time, so the analysis itself splits the step)."""
+    kinds = {row.kind for row in analyze(model, input_shape, plans=[]).by_layer()}
+    groups = sorted({_group_of(t, k) for t in TERMS for k in kinds})
+    out: dict[str, list[float]] = {}
+    for group in groups:
+        masked = _grouped(profile.model_copy(update={"offset_per_step": 0.0}), {}, only=group)
+        steps = analyze(
+            model,
+            input_shape,
+            plans=list(plans),
+            profile=masked,
+            batch_size=batch_size,
+            memory="layerwise",
+        ).steps()
+        out[group] = [s.estimated_seconds or 0.0 for s in steps]
+    return out
+
+
+def _grouped(
+    profile: DeviceProfile, factors: dict[str, float], only: str | None = None
+) -> DeviceProfile:
+    """``profile`` with every term's multiplier, per-call and per-parameter cost times
+    its group's factor (1 where ``factors`` has none); with ``only``, every group but
+    that one set to 0."""
+
+    def factor(term: str, kind: str) -> float:
+        group = _group_of(term, kind if kind in _PRODUCT_KINDS else "other")
+        return factors.get(group, 1.0) if only is None else float(group == only)
+
+    def table(source: dict[str, dict[str, float]], term: str, default: float) -> dict[str, float]:
+        row = dict(source.get(term, {}))
+        row["default"] = row.get("default", default)
+        for kind in _PRODUCT_KINDS:  # explicit: the default is the other kinds' now
+            row.setdefault(kind, row["default"])
+        return {kind: round(value * factor(term, kind), 6) for kind, value in row.items()}
+
+    return profile.model_copy(
+        update={
+            "multipliers": {t: table(profile.multipliers, t, 1.0) for t in TERMS},
+            "per_call": {t: table(profile.per_call, t, 0.0) for t in TERMS},
+            "per_param": {t: table(profile.per_param, t, 0.0) for t in TERMS},
+        }
+    )
+
+
+def _fit_groups(
+    groups: dict[str, list[float]], measured: Sequence[float], common: float
+) -> tuple[dict[str, float], float]:
+    """``({group: factor}, per-step offset in seconds)`` fitting ``measured = offset +
+    sum(factor * group seconds)`` by non-negative relative least squares, each factor
+    held to ``common`` with weight ``_RIDGE``. The forward runs whole in every step, so
+    it cannot be told apart from the offset: it keeps ``common`` and the offset takes
+    the rest (the forward's factor shrinks where the offset would be negative)."""
+    from scipy.optimize import nnls
+
+    secs = np.array(measured, dtype=float)
+    forward = np.array(groups.get("forward", [0.0] * len(secs)), dtype=float)
+    names = [g for g in groups if g != "forward" and max(groups[g]) > 0]
+    columns = [np.array(groups[g], dtype=float) for g in names]
+    design = np.stack([np.ones_like(secs), *columns], 1) / secs[:, None]
+    target = np.ones_like(secs)
+    ridge = np.zeros((len(names), len(names) + 1))
+    ridge[:, 1:] = np.eye(len(names)) * np.sqrt(_RIDGE)
+    solution = nnls(
+        np.vstack([design, ridge]),
+        np.concatenate([target, np.full(len(names), np.sqrt(_RIDGE) * common)]),
+    )[0]
+    fixed = float(solution[0])
+    factors = {"forward": common, **{g: float(f) for g, f in zip(names, solution[1:], strict=True)}}
+    forward_s = float(forward.mean()) if forward.size else 0.0
+    offset = fixed - common * forward_s
+    if offset < 0 and forward_s > 0:
+        factors["forward"], offset = fixed / forward_s, 0.0
+    return factors, max(offset, 0.0)
 
 
 def _fit_anchor(

@@ -119,7 +119,7 @@ def test_calibrate_anchored_on_a_model(cli, tmp_path):
         "--trainable", "last:2",
     ).output  # fmt: skip
     assert "anchored on kws_cnn (last:2, batch 1): per-step offset" in out
-    assert "layer terms x" in out
+    assert "layer terms conv forward x" in out and "linear weight_grad x" in out
     profile = load_profile(tmp_path / "kws.yaml")
     assert "measured steps of KWSCNN 1x32x32 last:2" in profile.description
 
@@ -128,7 +128,7 @@ def test_calibrate_anchored_on_a_model(cli, tmp_path):
     "args, needle",
     [
         (["--input", "1x32x32"], "need --model"),
-        (["--anchor", "both"], "--anchor 'both': choose one of scale, offset"),
+        (["--anchor", "both"], "--anchor 'both': choose one of terms, scale, offset"),
         (["--anchor", "offset"], "need --model"),
         (["--model", "kws_cnn", "--trainable", "last:9"], "last:9"),
         (["--model", "kws_cnn", "--input", "1x0"], "--input '1x0'"),

@@ -186,7 +186,7 @@ def test_a_scale_anchored_profile_fits_steps_that_end_early(monkeypatch, fixed_s
         return out
 
     monkeypatch.setattr(calibration, "model_steps_seconds", fake_steps_seconds)
-    anchored = calibration.anchor_profile(profile, net, shape, plan=ALL)
+    anchored = calibration.anchor_profile(profile, net, shape, plan=ALL, anchor="scale")
     (plans,) = timed
     assert len(plans) == 4 and plans[0] == resolve_plan(net, ALL, order)
     assert sorted(len(p) for p in plans) == [2, 4, 6, 8]  # the last 1..4 layers
@@ -199,6 +199,56 @@ def test_a_scale_anchored_profile_fits_steps_that_end_early(monkeypatch, fixed_s
     assert f"layer terms x{scale:.3f}" in anchored.description
     with pytest.raises(ValueError, match="unknown anchor 'both'"):
         calibration.anchor_profile(profile, net, shape, anchor="both")
+
+
+def test_a_terms_anchored_profile_fits_each_group_of_terms(monkeypatch) -> None:
+    """Steps in which each group of terms runs at its own speed (the conv input gradient
+    faster than timed alone, the linear layers slower, the activation backward slower
+    still): the fit finds the groups from the suffix, single and all-but-one steps and
+    predicts steps it never timed, where one common factor cannot."""
+    profile = DeviceProfile(name="t", peak_macs_per_s=1e8, offset_per_step=1e3)
+    net, shape = _deep(), (1, 10, 10)
+    order = analyze(net, shape, plans=[]).layer_order
+    truth_factors = {
+        "forward": 1.0,
+        "conv input_grad": 0.5,
+        "conv weight_grad": 1.6,
+        "linear weight_grad": 1.5,
+        "linear input_grad": 1.5,
+        "other backward": 2.0,
+    }
+    fixed_s = 3e-4
+    true_profile = calibration._grouped(
+        profile.model_copy(update={"offset_per_step": fixed_s * 1e8}), truth_factors
+    )
+
+    def truth(plan) -> float:
+        return analyze(net, shape, plans=[plan], profile=true_profile).steps()[0].estimated_seconds
+
+    timed: list[list[frozenset[str]]] = []
+
+    def fake_steps_seconds(model, input_shape, plans, batch_size=1, min_seconds=1.0):
+        timed.append([frozenset(p) for p in plans])
+        names = {frozenset(resolve_plan(net, [m], order)): m for m in order}
+        return [truth([m for key, m in names.items() if key <= frozenset(ps)]) for ps in plans]
+
+    monkeypatch.setattr(calibration, "model_steps_seconds", fake_steps_seconds)
+    terms = calibration.anchor_profile(profile, net, shape, plan=ALL)
+    scale = calibration.anchor_profile(profile, net, shape, plan=ALL, anchor="scale")
+    plans = timed[0]
+    assert len(plans) == len(set(plans)) == 10  # 4 suffixes, 3 more singles, 3 all-but-one
+    assert frozenset({"0.weight", "0.bias"}) in plans  # the first layer alone
+    assert "fitted to 10 measured steps" in terms.description
+    assert "conv input_grad x0.5" in terms.description
+    for other in ([order[0], order[-1]], [order[1]], order[1:3]):
+        want = truth(other)
+        got = analyze(net, shape, plans=[other], profile=terms).steps()[0].estimated_seconds
+        common = analyze(net, shape, plans=[other], profile=scale).steps()[0].estimated_seconds
+        assert got == pytest.approx(want, rel=0.01)
+        assert abs(common - want) > 3 * abs(got - want)
+    assert terms.multiplier("input_grad", "conv") == pytest.approx(
+        0.5 * profile.multiplier("input_grad", "conv"), rel=0.05
+    )
 
 
 def test_steps_are_timed_in_turn(single_thread: None) -> None:
