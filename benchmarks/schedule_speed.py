@@ -24,11 +24,11 @@ fitted to the scenario's model in two ways (`edgetrain cost calibrate --model`),
 timed in a plain loop before the schedules run: `anchored` (`--anchor offset`) times the
 conventional step and charges its whole residual as a fixed cost per step; `fitted`
 (`--anchor scale`) times the steps that train the last 1, 2, ..., N of the schedule's
-rows, in turn, and fits a per-step offset plus one factor on every layer term; `terms`
-(`--anchor terms`, the default) also times each row alone and all rows but each, and
-fits one factor per group of terms (forward; conv input gradient; conv weight gradient
-and update; the same for linear layers; the backward of activations, pooling and
-normalisation). No schedule's own step is timed for any of them.
+rows, in turn, and fits a per-step offset plus one factor on every layer term; `layers`
+(`--anchor layers`, the default) also times each row alone and all rows but each, and
+fits one factor per group: the forward, the backward of activations, pooling and
+normalisation, and per row the input gradient and the weight gradient with the update
+of its conv/linear layers. No schedule's own step is timed for any of them.
 
 glibc's heap trimming is switched off first (`keep_freed_memory`): otherwise, in some runs
 and not others, the 6.4 MB `fc1` gradient that `set_to_none` frees every step is handed
@@ -71,7 +71,7 @@ SCENARIOS = {"1 vgg_small": ("vgg_small", {"in_channels": 1}), "2 kws_cnn": ("kw
 SCHEDULES = ["4442", "4432", "4422", "4422_m", "4421", "4211_m"]
 # predictions of profiles timed on this CPU: the calibrated profile, and it anchored on
 # the scenario's model by each of `edgetrain cost calibrate --anchor`'s methods
-ROW_OF_ANCHOR = {"offset": "anchored", "scale": "fitted", "terms": "terms"}
+ROW_OF_ANCHOR = {"offset": "anchored", "scale": "fitted", "layers": "per-layer"}
 ANCHOR_ROWS = ("host", *ROW_OF_ANCHOR.values())
 
 

@@ -355,13 +355,13 @@ def calibrate_command(
     ),
     batch_size: int = typer.Option(1, min=1, help="Batch size of the anchoring step."),
     anchor: str = typer.Option(
-        "terms",
-        help="How the model's steps anchor the profile: 'terms' (time the steps that "
+        "layers",
+        help="How the model's steps anchor the profile: 'layers' (time the steps that "
         "train the plan's last 1..N layers, each alone and all but each, and fit a "
-        "per-step offset plus one factor per group of terms: forward, conv and linear "
-        "input and weight gradients, the backward of activations and pooling), 'scale' "
-        "(the last 1..N layers' steps, one factor on every layer term) or 'offset' (time "
-        "the plan's step; the difference is a fixed cost per step).",
+        "per-step offset plus factors for the forward, the backward of activations and "
+        "pooling, and each layer's input and weight gradient), 'scale' (the last 1..N "
+        "layers' steps, one factor on every layer term) or 'offset' (time the plan's "
+        "step; the difference is a fixed cost per step).",
     ),
     option: list[str] = typer.Option(
         None, "--option", "-o", help="Model option key=value, e.g. -o num_classes=100."
@@ -379,7 +379,7 @@ def calibrate_command(
     if anchor not in ANCHORS:
         raise ConfigError(f"--anchor '{anchor}': choose one of {', '.join(ANCHORS)}")
     if model is None and (
-        input_shape or option or trainable != ALL or batch_size != 1 or anchor != "terms"
+        input_shape or option or trainable != ALL or batch_size != 1 or anchor != "layers"
     ):
         raise ConfigError("--input, --trainable, --batch-size, --anchor and --option need --model")
     net = zoo.create(model, **parse_options(option)) if model else None
@@ -403,10 +403,17 @@ def calibrate_command(
             for term, kind in pairs
             if (before := calibrated.multiplier(term, kind)) > 0
         )
+        per_layer = ", ".join(
+            f"{name} {term} x{factor:.3f}"
+            for name, row in fitted.layer_factors.items()
+            for term, factor in row.items()
+            if term != "update"
+        )
         console.print(
             f"anchored on {model} ({trainable}, batch {batch_size}): per-step offset "
             f"{calibrated.offset_per_step:,.0f} -> {fitted.offset_per_step:,.0f} "
             f"MAC-equivalents; layer terms {factors}"
+            + (f"; per layer, on top: {per_layer}" if per_layer else "")
         )
     fitted.save(out)
     table = Table(title=f"profile {fitted.name}: multipliers relative to a forward conv MAC")

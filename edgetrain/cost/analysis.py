@@ -297,9 +297,12 @@ class _Context:
         t, p = self.trace, self.profile
         forward = sum(r.counts.forward for r in t.records if r.counts)
         ops = sum(
-            r.counts.forward * p.multiplier("forward", r.counts.kind)
-            + p.call_offset("forward", r.counts.kind)
-            + sum(r.param_numel) * p.param_cost("forward", r.counts.kind)
+            (
+                r.counts.forward * p.multiplier("forward", r.counts.kind)
+                + p.call_offset("forward", r.counts.kind)
+                + sum(r.param_numel) * p.param_cost("forward", r.counts.kind)
+            )
+            * p.layer_factor(r.module, "forward")
             for r in t.records
             if r.counts
         )
@@ -362,7 +365,7 @@ class _Context:
                         value * p.multiplier(term, c.kind)
                         + p.call_offset(term, c.kind)
                         + layer_params * p.param_cost(term, c.kind)
-                    )
+                    ) * p.layer_factor(r.module, term)
             # residual adds pass gradients through without storing or allocating anything
             keeps = c.kind != "add"
             stored = r.in_elems if out_dep and keeps else 0

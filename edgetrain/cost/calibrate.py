@@ -19,11 +19,11 @@ than inside a step (its weights and inputs stay in cache, nothing else runs betw
 calls) and a step has work no layer term sees (free ops such as dropout, the activation
 and pooling backward between layers, autograd's bookkeeping). Part of that time is fixed
 per step and part ends early with the backward when the lower layers are frozen, so
-both are fitted: ``terms`` anchoring (the default) times the steps that train the last
-1, 2, ..., N layers of the plan, each of them alone and all but each of them, taking
-turns step by step, and fits a per-step offset plus one factor per group of terms (the
-forward; the input and the weight gradient of convolutions and of linear layers apart;
-the backward of activations, pooling and normalisation); ``scale`` anchoring times the
+both are fitted: ``layers`` anchoring (the default) times the steps that train the last
+1, 2, ..., N segments of the plan's layers, each segment alone and all but each, taking
+turns step by step, and fits a per-step offset plus one factor per group (the forward;
+the backward of activations, pooling and normalisation; per segment, the input and the
+weight gradient of its conv and linear layers); ``scale`` anchoring times the
 suffix steps only and fits ``measured = offset + s * predicted`` (every layer term times
 ``s``); ``offset`` anchoring times the plan's step only and charges the whole
 difference as a fixed cost.
@@ -60,9 +60,10 @@ __all__ = [
     "model_steps_seconds",
 ]
 
-ANCHORS = ("terms", "scale", "offset")
-# The layer kinds whose backward terms the ``terms`` anchor fits apart; the backward of
-# every other kind (activations, pooling, normalisation, adds) is one more group.
+ANCHORS = ("layers", "scale", "offset")
+# The layer kinds whose backward terms the ``layers`` anchor fits per segment of layers;
+# the backward of every other kind (activations, pooling, normalisation, adds) is one
+# more group.
 _PRODUCT_KINDS = ("conv", "linear")
 # How strongly each group's factor is held to the common factor when few steps tell
 # it apart (relative least squares: a group that changes the timed steps by a few
@@ -339,7 +340,7 @@ def anchor_profile(
     plan: Plan = ALL,
     batch_size: int = 1,
     min_seconds: float = 1.0,
-    anchor: str = "terms",
+    anchor: str = "layers",
 ) -> DeviceProfile:
     """``profile`` fitted to measured training steps of ``model``.
 
@@ -352,22 +353,26 @@ def anchor_profile(
     one copy of the model (:func:`model_steps_seconds`), at most 6 of the plan's
     conv/linear layers (evenly spread) marking where plans start.
 
-    - ``"terms"``: times the steps that train the last 1, 2, ..., N of those layers,
-      each of them alone, and all of the plan but each of them, and fits, by relative
-      least squares, a per-step offset plus one factor per group of terms: the forward
-      (with the offset: every step runs all of it), the input gradient and the weight
-      gradient (with the update) of convolutions and of linear layers apart, and the
-      backward of every other kind (activations, pooling, normalisation, adds). A
-      group the timed steps hardly tell apart keeps the common factor of ``"scale"``.
-      Dropout's backward is no term; it ends with the input gradient of the layer
-      above it, whose factor takes it in.
+    - ``"layers"``: the marks cut the plan's layers into at most 6 segments (one layer
+      each on a small network). Times the steps that train the last 1, 2, ..., N
+      segments, each segment alone, and all of the plan but each segment, and fits, by
+      non-negative relative least squares, a per-step offset plus one factor per group:
+      the forward (with the offset: every step runs all of it), the backward of the
+      kinds other than conv/linear (activations, pooling, normalisation, adds), and,
+      per segment, the input gradient and the weight gradient with the update of its
+      conv/linear layers (the profile's ``layer_factors``). A layer's cost inside a
+      step depends on the layer: a memory-bound linear layer, a convolution whose
+      kernel runs faster at this shape than the calibration's. A group the timed steps
+      hardly tell apart keeps the common factor of ``"scale"``. Dropout's backward is
+      no term; it ends with the input gradient of the layer above it, whose factor
+      takes it in.
     - ``"scale"``: times the suffix steps only and fits ``measured = offset + s *
       predicted`` (every layer term times ``s``, the rest the per-step offset).
     - ``"offset"``: times the plan's step only and charges the whole difference as a
       fixed cost (a schedule's relative saving is then under-predicted: none of the
       residual ends early).
 
-    With fewer than two conv/linear layers in the plan, ``terms`` and ``scale`` fall
+    With fewer than two conv/linear layers in the plan, ``layers`` and ``scale`` fall
     back to ``offset``. A profile anchored on one model is a profile for that model.
 
     Args:
@@ -378,7 +383,7 @@ def anchor_profile(
             fine-tuning the profile will predict.
         batch_size: the steps' batch.
         min_seconds: timing budget.
-        anchor: ``"terms"``, ``"scale"`` or ``"offset"``.
+        anchor: ``"layers"``, ``"scale"`` or ``"offset"``.
 
     Example:
         >>> from edgetrain.models import create
@@ -396,10 +401,13 @@ def anchor_profile(
     depths = sorted({round(1 + k * (count - 1) / 5) for k in range(6)}) if count > 1 else []
     plans: list[Plan] = [plan, *(layers[-d:] for d in depths if d < count)]
     n_suffix = len(plans)
-    if anchor == "terms" and depths:
-        marks = [layers[-d] for d in depths]
-        plans += [[m] for m in marks]
-        plans += [[n for n in layers if n != m] for m in marks]
+    # the marks cut the plan's layers into at most 6 segments, each fitted apart
+    starts = sorted(len(layers) - d for d in depths)
+    ends = [*starts[1:], len(layers)] if starts else []
+    segments = [layers[a:b] for a, b in zip(starts, ends, strict=True)]
+    if anchor == "layers":
+        plans += [list(seg) for seg in segments]
+        plans += [[n for n in layers if n not in seg] for seg in segments]
     named = [params, *(resolve_plan(model, p, order) for p in plans[1:])]
     keep = [i for i, ps in enumerate(named) if ps and ps not in named[:i]]
     plans, named = [plans[i] for i in keep], [named[i] for i in keep]
@@ -421,16 +429,16 @@ def anchor_profile(
             f"layers at batch {batch_size} (layer terms x{scale:.3f})"
         )
     else:
-        groups = _group_seconds(profile, model, input_shape, plans, batch_size)
+        groups = _group_seconds(profile, model, input_shape, plans, batch_size, segments)
         factors, offset = _fit_groups(groups, measured, scale)
-        fitted = _grouped(profile, factors)
-        shown = ", ".join(f"{g} x{f:.3f}" for g, f in factors.items())
+        fitted = _segment_profile(profile, factors, segments)
+        shown = ", ".join(f"{g} x{f:.3f}" for g, f in factors.items() if g != "common")
         return fitted.model_copy(
             update={
                 "offset_per_step": round(max(offset * rate, 0.0), 1),
                 "description": f"{profile.description}; fitted to {len(plans)} measured "
-                f"steps of {label} (last 1-{count} layers, each alone, all but each) at "
-                f"batch {batch_size} ({shown}) {head}",
+                f"steps of {label} (the last 1-{count} layers, each of {len(segments)} "
+                f"segments alone, all but each) at batch {batch_size} ({shown}) {head}",
             }
         )
     return profile.model_copy(
@@ -445,12 +453,17 @@ def anchor_profile(
 
 
 def _group_of(term: str, kind: str) -> str:
-    """The ``terms`` anchor's group of one term of one layer kind."""
+    """The kind-level group of one term of one layer kind."""
     if term == "forward":
         return "forward"
     if kind in _PRODUCT_KINDS:
         return f"{kind} {'input_grad' if term == 'input_grad' else 'weight_grad'}"
     return "other backward"
+
+
+# Groups of the product kinds' backward terms, each fitted per segment of layers.
+_PRODUCT_GROUPS = tuple(f"{k} {t}" for k in _PRODUCT_KINDS for t in ("input_grad", "weight_grad"))
+_SEGMENT_TERMS = {"input_grad": ("input_grad",), "weight_grad": ("weight_grad", "update")}
 
 
 def _group_seconds(
@@ -459,14 +472,30 @@ def _group_seconds(
     input_shape: Sequence[int],
     plans: Sequence[Plan],
     batch_size: int,
+    segments: Sequence[Sequence[str]],
 ) -> dict[str, list[float]]:
-    """Seconds each group of terms adds to each plan's step under ``profile`` (the
-    profile masked to one group at a time, so the analysis itself splits the step)."""
-    kinds = {row.kind for row in analyze(model, input_shape, plans=[]).by_layer()}
-    groups = sorted({_group_of(t, k) for t in TERMS for k in kinds})
+    """Seconds each group adds to each plan's step under ``profile`` (the profile masked
+    to one group at a time, so the analysis itself splits the step): the forward, the
+    backward of kinds other than conv/linear, the input gradient and the weight
+    gradient with the update of each segment's conv/linear layers, and those of the
+    conv/linear layers in no segment (``rest``)."""
+    quiet = profile.model_copy(update={"offset_per_step": 0.0})
+    products = dict.fromkeys(["forward", "other backward"], 0.0)
+    masks: dict[str, DeviceProfile] = {
+        "forward": _grouped(quiet, {}, only="forward"),
+        "other backward": _grouped(quiet, {}, only="other backward"),
+    }
+    backward = _grouped(quiet, products)
+    inside = {n for seg in segments for n in seg}
+    names = {row.name.split("#")[0] for row in analyze(model, input_shape, plans=[]).by_layer()}
+    for seg in segments:
+        for group, terms in _SEGMENT_TERMS.items():
+            table = {n: {t: float(n in seg and t in terms) for t in TERMS} for n in names}
+            masks[f"{seg[0]} {group}"] = backward.model_copy(update={"layer_factors": table})
+    rest = {n: dict.fromkeys(TERMS, 0.0) for n in inside}
+    masks["rest"] = backward.model_copy(update={"layer_factors": rest})
     out: dict[str, list[float]] = {}
-    for group in groups:
-        masked = _grouped(profile.model_copy(update={"offset_per_step": 0.0}), {}, only=group)
+    for group, masked in masks.items():
         steps = analyze(
             model,
             input_shape,
@@ -479,12 +508,30 @@ def _group_seconds(
     return out
 
 
+def _segment_profile(
+    profile: DeviceProfile, factors: dict[str, float], segments: Sequence[Sequence[str]]
+) -> DeviceProfile:
+    """``profile`` with the fitted factors: kind-level for the forward, the other kinds'
+    backward and the conv/linear layers in no segment; per layer for the segments'."""
+    rest = factors["rest"] if factors["rest"] > 0 else factors["common"]
+    kinds = {"forward": factors["forward"], "other backward": factors["other backward"]}
+    kinds.update(dict.fromkeys(_PRODUCT_GROUPS, rest))
+    per_layer: dict[str, dict[str, float]] = {}
+    for seg in segments:
+        for group, terms in _SEGMENT_TERMS.items():
+            factor = factors.get(f"{seg[0]} {group}", rest) / rest
+            for name in seg:
+                for term in terms:
+                    per_layer.setdefault(name, {})[term] = round(factor, 6)
+    return _grouped(profile, kinds).model_copy(update={"layer_factors": per_layer})
+
+
 def _grouped(
     profile: DeviceProfile, factors: dict[str, float], only: str | None = None
 ) -> DeviceProfile:
     """``profile`` with every term's multiplier, per-call and per-parameter cost times
-    its group's factor (1 where ``factors`` has none); with ``only``, every group but
-    that one set to 0."""
+    its kind-level group's factor (1 where ``factors`` has none); with ``only``, every
+    group but that one set to 0."""
 
     def factor(term: str, kind: str) -> float:
         group = _group_of(term, kind if kind in _PRODUCT_KINDS else "other")
@@ -529,7 +576,8 @@ def _fit_groups(
         np.concatenate([target, np.full(len(names), np.sqrt(_RIDGE) * common)]),
     )[0]
     fixed = float(solution[0])
-    factors = {"forward": common, **{g: float(f) for g, f in zip(names, solution[1:], strict=True)}}
+    factors = {"common": common, **dict.fromkeys(groups, common)}  # the unfitted keep it
+    factors.update({g: float(f) for g, f in zip(names, solution[1:], strict=True)})
     forward_s = float(forward.mean()) if forward.size else 0.0
     offset = fixed - common * forward_s
     if offset < 0 and forward_s > 0:

@@ -1,14 +1,14 @@
 """Device profiles: data (YAML/JSON) that turn raw counts into a calibrated estimate.
 
-A profile holds per-term multipliers (optionally per layer kind), an additive offset per
-training step, optional per-op-call offsets, optional per-parameter costs (a term that
-reads the weights or writes their gradient moves every parameter once whatever the
-batch: on a cache-based CPU a large linear layer at batch 1 is bound by that traffic, not
-by its MACs), bytes per element, the energy per MAC (and per byte) and the target's peak
-MAC/s for a time estimate. A microcontroller's profile also holds its SRAM and flash
-sizes, where the weights live and what the firmware reserves, so that
-:func:`~edgetrain.cost.fit.memory_fit` can say whether inference or a training step
-fits. Built-ins live in
+A profile holds per-term multipliers (optionally per layer kind, and, fitted to one
+model, per layer), an additive offset per training step, optional per-op-call offsets,
+optional per-parameter costs (a term that reads the weights or writes their gradient
+moves every parameter once whatever the batch: on a cache-based CPU a large linear layer
+at batch 1 is bound by that traffic, not by its MACs), bytes per element, the energy per
+MAC (and per byte) and the target's peak MAC/s for a time estimate. A microcontroller's
+profile also holds its SRAM and flash sizes, where the weights live and what the
+firmware reserves, so that :func:`~edgetrain.cost.fit.memory_fit` can say whether
+inference or a training step fits. Built-ins live in
 ``edgetrain/cost/profiles/``; ``load_profile`` takes a built-in name or a file path.
 
 Example:
@@ -48,6 +48,9 @@ class DeviceProfile(StrictConfig):
     multipliers: dict[str, dict[str, float]] = Field(default_factory=dict)
     per_call: dict[str, dict[str, float]] = Field(default_factory=dict)
     per_param: dict[str, dict[str, float]] = Field(default_factory=dict)
+    # A profile fitted to one model's steps: layer name -> term -> factor on that layer's
+    # cost (its kind's rate, per-call and per-parameter costs); 1 where absent.
+    layer_factors: dict[str, dict[str, float]] = Field(default_factory=dict)
     # Memory of a device with a fixed budget (a microcontroller); None: not limited.
     sram_bytes: int | None = Field(None, gt=0)
     flash_bytes: int | None = Field(None, gt=0)
@@ -62,6 +65,24 @@ class DeviceProfile(StrictConfig):
             if term not in TERMS:
                 raise ValueError(f"unknown term '{term}'; terms are: {', '.join(TERMS)}")
         return v
+
+    @field_validator("layer_factors")
+    @classmethod
+    def _layer_terms(cls, v: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+        for layer, row in v.items():
+            for term, factor in row.items():
+                if term not in TERMS:
+                    raise ValueError(
+                        f"layer '{layer}': unknown term '{term}'; terms are: {', '.join(TERMS)}"
+                    )
+                if factor < 0:
+                    raise ValueError(f"layer '{layer}': factor of {term} must be >= 0")
+        return v
+
+    def layer_factor(self, layer: str, term: str) -> float:
+        """Factor on ``term`` of the layer named ``layer`` (1 unless fitted to a model)."""
+        row = self.layer_factors.get(layer)
+        return 1.0 if row is None else float(row.get(term, 1.0))
 
     def multiplier(self, term: str, kind: str) -> float:
         """Multiplier of ``term`` for a layer ``kind`` (its ``default``, else 1)."""

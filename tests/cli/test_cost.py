@@ -128,7 +128,7 @@ def test_calibrate_anchored_on_a_model(cli, tmp_path):
     "args, needle",
     [
         (["--input", "1x32x32"], "need --model"),
-        (["--anchor", "both"], "--anchor 'both': choose one of terms, scale, offset"),
+        (["--anchor", "both"], "--anchor 'both': choose one of layers, scale, offset"),
         (["--anchor", "offset"], "need --model"),
         (["--model", "kws_cnn", "--trainable", "last:9"], "last:9"),
         (["--model", "kws_cnn", "--input", "1x0"], "--input '1x0'"),

@@ -201,29 +201,30 @@ def test_a_scale_anchored_profile_fits_steps_that_end_early(monkeypatch, fixed_s
         calibration.anchor_profile(profile, net, shape, anchor="both")
 
 
-def test_a_terms_anchored_profile_fits_each_group_of_terms(monkeypatch) -> None:
-    """Steps in which each group of terms runs at its own speed (the conv input gradient
-    faster than timed alone, the linear layers slower, the activation backward slower
-    still): the fit finds the groups from the suffix, single and all-but-one steps and
-    predicts steps it never timed, where one common factor cannot."""
+def test_a_layers_anchored_profile_fits_each_layer_of_the_plan(monkeypatch, tmp_path) -> None:
+    """Steps in which each layer's gradients run at their own speed (one conv's input
+    gradient faster than timed alone, another's weight gradient slower, the linear
+    layer slower, the activation backward slower still): the fit finds them from the
+    suffix, single-layer and all-but-one steps and predicts steps it never timed,
+    where one common factor cannot."""
     profile = DeviceProfile(name="t", peak_macs_per_s=1e8, offset_per_step=1e3)
     net, shape = _deep(), (1, 10, 10)
     order = analyze(net, shape, plans=[]).layer_order
-    truth_factors = {
-        "forward": 1.0,
-        "conv input_grad": 0.5,
-        "conv weight_grad": 1.6,
-        "linear weight_grad": 1.5,
-        "linear input_grad": 1.5,
-        "other backward": 2.0,
-    }
     fixed_s = 3e-4
-    true_profile = calibration._grouped(
-        profile.model_copy(update={"offset_per_step": fixed_s * 1e8}), truth_factors
+    truth_profile = calibration._grouped(
+        profile.model_copy(update={"offset_per_step": fixed_s * 1e8}),
+        {"other backward": 2.0, "linear weight_grad": 1.5, "linear input_grad": 1.5},
+    ).model_copy(
+        update={
+            "layer_factors": {
+                "2": {"input_grad": 0.5, "weight_grad": 1.2, "update": 1.2},
+                "4": {"input_grad": 0.8, "weight_grad": 1.9, "update": 1.9},
+            }
+        }
     )
 
     def truth(plan) -> float:
-        return analyze(net, shape, plans=[plan], profile=true_profile).steps()[0].estimated_seconds
+        return analyze(net, shape, plans=[plan], profile=truth_profile).steps()[0].estimated_seconds
 
     timed: list[list[frozenset[str]]] = []
 
@@ -233,22 +234,24 @@ def test_a_terms_anchored_profile_fits_each_group_of_terms(monkeypatch) -> None:
         return [truth([m for key, m in names.items() if key <= frozenset(ps)]) for ps in plans]
 
     monkeypatch.setattr(calibration, "model_steps_seconds", fake_steps_seconds)
-    terms = calibration.anchor_profile(profile, net, shape, plan=ALL)
+    fitted = calibration.anchor_profile(profile, net, shape, plan=ALL)
     scale = calibration.anchor_profile(profile, net, shape, plan=ALL, anchor="scale")
     plans = timed[0]
     assert len(plans) == len(set(plans)) == 10  # 4 suffixes, 3 more singles, 3 all-but-one
     assert frozenset({"0.weight", "0.bias"}) in plans  # the first layer alone
-    assert "fitted to 10 measured steps" in terms.description
-    assert "conv input_grad x0.5" in terms.description
-    for other in ([order[0], order[-1]], [order[1]], order[1:3]):
+    assert "fitted to 10 measured steps" in fitted.description
+    assert set(fitted.layer_factors) == set(order)
+    for other in ([order[0], order[-1]], [order[1]], order[1:3], [order[0], order[2]]):
         want = truth(other)
-        got = analyze(net, shape, plans=[other], profile=terms).steps()[0].estimated_seconds
+        got = analyze(net, shape, plans=[other], profile=fitted).steps()[0].estimated_seconds
         common = analyze(net, shape, plans=[other], profile=scale).steps()[0].estimated_seconds
         assert got == pytest.approx(want, rel=0.01)
         assert abs(common - want) > 3 * abs(got - want)
-    assert terms.multiplier("input_grad", "conv") == pytest.approx(
-        0.5 * profile.multiplier("input_grad", "conv"), rel=0.05
-    )
+    assert fitted.layer_factor("2", "input_grad") * fitted.multiplier(
+        "input_grad", "conv"
+    ) == pytest.approx(0.5, rel=0.05)
+    # the profile is data: it round-trips through its file
+    assert load_profile(fitted.save(tmp_path / "p.yaml")) == fitted
 
 
 def test_steps_are_timed_in_turn(single_thread: None) -> None:
