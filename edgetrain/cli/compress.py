@@ -268,6 +268,14 @@ def sensitivity_command(
     max_drop: float = typer.Option(
         1.0, min=0.0, help="Top-1 points a layer may lose alone (--recipe-out)."
     ),
+    min_gain: float = typer.Option(
+        0.02,
+        min=0.0,
+        max=1.0,
+        help="Fraction of the unpruned latency a layer's point must save to be pruned "
+        "(--recipe-out with --metric latency; lower it for deep networks, where one layer "
+        "is a small share).",
+    ),
 ) -> None:
     """Prune each layer (or group) alone at several sparsities and evaluate without
     fine-tuning; writes a CSV and a plot. Without --layers/--group: every prunable layer.
@@ -318,13 +326,32 @@ def sensitivity_command(
     console.print(f"[green]written:[/] {csv_path}, {png_path}")
     if recipe_out is not None:
         recipe = recipe_from_sensitivity(
-            rows, max_drop=max_drop, metric="latency" if probe else "macs", method=method
+            rows,
+            max_drop=max_drop,
+            metric="latency" if probe else "macs",
+            min_gain=min_gain,
+            method=method,
         )
+        if not recipe["pruners"]:
+            console.print(
+                f"[yellow]no recipe written:[/] no target kept its top-1 within {max_drop:g} "
+                "points at a point that "
+                + (f"saves {min_gain:.1%} of the latency" if probe else "saves MACs")
+                + "; raise --max-drop"
+                + (" or lower --min-gain" if probe else ""),
+                highlight=False,
+                soft_wrap=True,
+            )
+            return
         header = (
             f"Grouped from the pruning sensitivity of {run_dir} (each layer pruned alone, no "
             f"fine-tuning): every layer at the sparsity whose top-1 stays within {max_drop:g} "
             "points and that is "
-            + (f"fastest on {runtime}" if probe else "cheapest in MACs")
+            + (
+                f"fastest on {runtime} and at least {min_gain:.1%} faster than unpruned"
+                if probe
+                else "cheapest in MACs"
+            )
             + ".\nLayers left out did not pay. Chosen points:"
         )
         path = write_recipe(recipe, recipe_out, header)
