@@ -196,8 +196,10 @@ def test_latency_sensitivity_and_a_recipe_grouped_from_it(cli, trained, tmp_path
         "--sparsities", "0.5", "--metric", "latency", "--runs", "5", "--repeats", "1",
         "--out", str(out), "--recipe-out", str(recipe), "--max-drop", "100", "--min-gain", "1",
     ).output  # fmt: skip
-    assert "no recipe written: no target kept its top-1 within 100 points at a point that " \
+    assert (
+        "no recipe written: no target kept its top-1 within 100 points at a point that "
         "saves 100.0% of the latency" in " ".join(none.split())
+    )
     assert not recipe.exists()
     bad = one_line(
         cli(
