@@ -5,7 +5,8 @@ For each target and each sparsity (0.1 ... 0.9 by default) a copy of the trained
 loses that fraction of the target's filters and is evaluated *without* fine-tuning (Li
 et al., 2017, fig. 2). Layers whose accuracy holds up can be pruned hard; the curves
 help to group layers into a recipe's pruners. With a :class:`LatencyProbe` every point
-is also exported and timed on a runtime: on real kernels removing filters does not
+is also exported and timed on a runtime, each curve's files round-robin with the unpruned
+model, so that drift in the machine's speed cancels: on real kernels removing filters does not
 always make a layer faster (channel blocking, vector widths), so the latency curve says
 where pruning pays. :func:`recipe_from_sensitivity` turns the curves into a recipe:
 each target at the sparsity that keeps its accuracy within ``max_drop`` points and
@@ -20,9 +21,10 @@ from __future__ import annotations
 
 import copy
 import csv
+import statistics
 import tempfile
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -86,7 +88,9 @@ class SensitivityRow:
 @dataclass(frozen=True)
 class LatencyProbe:
     """How sensitivity points are timed: exported in the runtime's format and measured
-    with :func:`~edgetrain.compress.benchmark.benchmark` (median latency at batch 1)."""
+    with :func:`~edgetrain.compress.benchmark.benchmark` (median latency at batch 1).
+    Several files are timed round-robin, ``repeats`` rounds of ``runs`` runs each, so
+    that every file of a curve sees the same machine conditions."""
 
     runtime: str = "onnxruntime"
     threads: int = 1
@@ -95,30 +99,48 @@ class LatencyProbe:
     warmup: int = 10
     options: Mapping[str, Any] = field(default_factory=dict)
 
-    def measure(self, model: nn.Module, folder: Path) -> float:
-        """The median latency (ms) of ``model`` on the runtime."""
-        from edgetrain.compress.benchmark import benchmark
-        from edgetrain.compress.formats import EXPORT_FORMATS, export_model
+    def _runtime(self) -> Any:
         from edgetrain.compress.runtime import RUNTIMES
 
         rt = RUNTIMES.create(self.runtime, **dict(self.options))
         missing = rt.missing()
         if missing:
             raise EdgetrainError(missing)
-        fmt = rt.export_format
-        path = folder / f"model{EXPORT_FORMATS.entry(fmt).meta['suffix']}"
+        return rt
+
+    def export(self, model: nn.Module, stem: Path) -> Path:
+        """``model`` written in the runtime's format next to ``stem`` (its suffix added)."""
+        from edgetrain.compress.formats import EXPORT_FORMATS, export_model
+
+        fmt = self._runtime().export_format
+        path = stem.with_name(stem.name + EXPORT_FORMATS.entry(fmt).meta["suffix"])
         export_model(model, path, fmt, threads=self.threads)
-        result = benchmark(
-            path,
-            runtime=rt,
-            threads=self.threads,
-            warmup=self.warmup,
-            runs=self.runs,
-            repeats=self.repeats,
-            throughput_batch=None,
-            profile=False,
-        )
-        return result.latency_ms
+        return path
+
+    def time(self, paths: Sequence[Path]) -> list[float]:
+        """The median latency (ms) of each file, over ``repeats`` round-robin rounds."""
+        from edgetrain.compress.benchmark import benchmark
+
+        rt = self._runtime()
+        samples: list[list[float]] = [[] for _ in paths]
+        for _ in range(self.repeats):
+            for path, times in zip(paths, samples, strict=True):
+                result = benchmark(
+                    path,
+                    runtime=rt,
+                    threads=self.threads,
+                    warmup=self.warmup,
+                    runs=self.runs,
+                    repeats=1,
+                    throughput_batch=None,
+                    profile=False,
+                )
+                times.append(result.latency_ms)
+        return [statistics.median(times) for times in samples]
+
+    def measure(self, model: nn.Module, folder: Path) -> float:
+        """The median latency (ms) of ``model`` on the runtime."""
+        return self.time([self.export(model, folder / "model")])[0]
 
 
 def _prunable(model: nn.Module, names: Sequence[str], example: torch.Tensor) -> list[str]:
@@ -221,20 +243,18 @@ def sensitivity(
     example = default_input(model, None if example_input is None else example_input.cpu())
     shape = tuple(example.shape[1:])
     resolved = sensitivity_targets(model, targets, example)
+    if latency is not None:
+        latency._runtime()  # a runtime that is missing: one line, before any work
+    base = evaluate_model(copy.deepcopy(model), data, batch_size, device)
+    base_macs = int(analyze(model, shape, memory="layerwise").total().forward_macs)
+    rows: list[SensitivityRow] = []
+    total, done = len(resolved) * len(sparsities), 0
     with tempfile.TemporaryDirectory(prefix="edgetrain-sensitivity-") as tmp:
         folder = Path(tmp)
-
-        def timed(net: nn.Module) -> float | None:
-            return None if latency is None else latency.measure(net, folder)
-
-        base = evaluate_model(copy.deepcopy(model), data, batch_size, device)
-        base_macs = int(analyze(model, shape, memory="layerwise").total().forward_macs)
-        base_latency = timed(model)
-        rows: list[SensitivityRow] = []
-        total, done = len(resolved) * len(sparsities), 0
-        for target in resolved:
+        unpruned = None if latency is None else latency.export(model, folder / "unpruned")
+        for t, target in enumerate(resolved):
             before = target.filters(model)
-            rows.append(
+            curve = [
                 SensitivityRow(
                     target.label,
                     target.layers,
@@ -244,10 +264,10 @@ def sensitivity(
                     base["top1"],
                     base["loss"],
                     base_macs,
-                    base_latency,
                 )
-            )
-            for sparsity in sparsities:
+            ]
+            files: list[Path] = [] if unpruned is None else [unpruned]
+            for k, sparsity in enumerate(sparsities):
                 pruned = copy.deepcopy(model)
                 prune(pruned, list(target.layers), float(sparsity), example_input=example)
                 after, macs = (
@@ -255,7 +275,7 @@ def sensitivity(
                     int(analyze(pruned, shape, memory="layerwise").total().forward_macs),
                 )
                 metrics = evaluate_model(pruned, data, batch_size, device)
-                rows.append(
+                curve.append(
                     SensitivityRow(
                         target.label,
                         target.layers,
@@ -265,12 +285,21 @@ def sensitivity(
                         metrics["top1"],
                         metrics["loss"],
                         macs,
-                        timed(pruned),
                     )
                 )
+                if latency is not None:
+                    files.append(latency.export(pruned, folder / f"t{t}-s{k}"))
                 done += 1
                 if progress is not None:
                     progress(done, total)
+            if latency is not None:
+                # the curve's files round-robin, its own unpruned model among them: the
+                # machine's speed drifts over minutes by more than one layer saves
+                timed = latency.time(files)
+                curve = [replace(r, latency_ms=ms) for r, ms in zip(curve, timed, strict=True)]
+                for f in files[1:]:
+                    f.unlink()
+            rows += curve
     return rows
 
 

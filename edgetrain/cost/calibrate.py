@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import copy
 import platform
+import random
 import statistics
 import time
 from collections.abc import Callable, Collection, Iterator, Sequence
@@ -68,7 +69,7 @@ _PRODUCT_KINDS = ("conv", "linear")
 # How strongly each group's factor is held to the common factor when few steps tell
 # it apart (relative least squares: a group that changes the timed steps by a few
 # percent is fitted from them; one that changes them by far less keeps the common one).
-_RIDGE = 1e-3
+_RIDGE = 1e-5
 
 
 @dataclass(frozen=True)
@@ -294,6 +295,7 @@ def model_steps_seconds(
     plans: Sequence[Collection[str]],
     batch_size: int = 1,
     min_seconds: float = 1.0,
+    copies: int = 1,
 ) -> list[float]:
     """Median seconds of one plain-SGD training step for each parameter set in ``plans``,
     on one copy of ``model``. The plans take turns step by step, as a layer schedule's
@@ -301,9 +303,34 @@ def model_steps_seconds(
     ``requires_grad`` for its plan before the forward and the others keep no gradient,
     so each step pays what follows a step of another plan. Sharing the run also puts
     every plan under the same machine load and memory layout (step times of separate
-    runs on a shared machine move by more than a frozen layer saves)."""
+    runs on a shared machine move by more than a frozen layer saves).
+
+    With ``copies`` > 1 each of that many fresh copies is timed so (``min_seconds``
+    each) and the median is over all their steps: one copy's memory layout can make a
+    plan's step up to a tenth slower or faster for as long as the copy lives, more than
+    some frozen layers save."""
     if not plans or any(not params for params in plans):
         raise ValueError("the plan updates no parameters")
+    samples: list[list[float]] = [[] for _ in plans]
+    for k in range(max(copies, 1)):
+        steps = _plan_steps(model, input_shape, plans, batch_size, min_seconds, seed=k)
+        for i, times in enumerate(steps):
+            samples[i] += times
+    return [statistics.median(s) for s in samples]
+
+
+def _plan_steps(
+    model: nn.Module,
+    input_shape: Sequence[int],
+    plans: Sequence[Collection[str]],
+    batch_size: int,
+    min_seconds: float,
+    seed: int = 0,
+) -> list[list[float]]:
+    """Step seconds of each plan, taking turns step by step on one fresh copy, in a new
+    random order every round: a step runs faster or slower by what the step before it
+    left in the caches and the allocator (up to a twentieth of a step after a short
+    one), so no plan should always follow the same one."""
     net = copy.deepcopy(model).to("cpu").train()
     named = list(net.named_parameters())
     union = set().union(*plans)
@@ -327,10 +354,11 @@ def model_steps_seconds(
     warm = [step(i % len(plans)) for i in range(5 * len(plans))]
     cycles = max(9, int(min_seconds / max(sum(warm) / 5, 1e-9)))
     samples: list[list[float]] = [[] for _ in plans]
+    order = random.Random(seed)
     for _ in range(cycles):
-        for i in range(len(plans)):
+        for i in order.sample(range(len(plans)), len(plans)):
             samples[i].append(step(i))
-    return [statistics.median(s) for s in samples]
+    return samples
 
 
 def anchor_profile(
@@ -341,6 +369,7 @@ def anchor_profile(
     batch_size: int = 1,
     min_seconds: float = 1.0,
     anchor: str = "layers",
+    copies: int = 5,
 ) -> DeviceProfile:
     """``profile`` fitted to measured training steps of ``model``.
 
@@ -350,13 +379,14 @@ def anchor_profile(
     Part of that time is fixed per step; part (the backward of activations, pooling and
     dropout between trained layers, the bookkeeping of their nodes) ends early when a
     schedule freezes the lower layers. The steps are timed taking turns step by step on
-    one copy of the model (:func:`model_steps_seconds`), at most 6 of the plan's
-    conv/linear layers (evenly spread) marking where plans start.
+    ``copies`` fresh copies of the model, one after another (:func:`model_steps_seconds`),
+    at most 6 of the plan's conv/linear layers (evenly spread) marking where plans start.
 
     - ``"layers"``: the marks cut the plan's layers into at most 6 segments (one layer
       each on a small network). Times the steps that train the last 1, 2, ..., N
       segments, each segment alone, and all of the plan but each segment, and fits, by
-      non-negative relative least squares, a per-step offset plus one factor per group:
+      non-negative least squares on what each step saves against the plan's step, one
+      factor per group (the per-step offset then matches the plan's step):
       the forward (with the offset: every step runs all of it), the backward of the
       kinds other than conv/linear (activations, pooling, normalisation, adds), and,
       per segment, the input gradient and the weight gradient with the update of its
@@ -382,8 +412,10 @@ def anchor_profile(
         plan: ``ALL``, ``"last:N"`` or layer names: the conventional step of the
             fine-tuning the profile will predict.
         batch_size: the steps' batch.
-        min_seconds: timing budget.
+        min_seconds: timing budget per copy.
         anchor: ``"layers"``, ``"scale"`` or ``"offset"``.
+        copies: fresh copies of the model timed in turn, the median over all their
+            steps (a copy's memory layout moves some steps by up to a tenth).
 
     Example:
         >>> from edgetrain.models import create
@@ -416,7 +448,7 @@ def anchor_profile(
         model, input_shape, plans=plans, profile=profile, batch_size=batch_size, memory="layerwise"
     )
     predicted = [step.estimated_seconds or 0.0 for step in report.steps()]
-    measured = model_steps_seconds(model, input_shape, named, batch_size, min_seconds)
+    measured = model_steps_seconds(model, input_shape, named, batch_size, min_seconds, copies)
     label = f"{type(model).__name__} {'x'.join(map(str, input_shape))} {plan_label(plan)}"
     base = profile.offset_per_step / rate
     scale, offset = _fit_anchor(predicted[:n_suffix], measured[:n_suffix], base)
@@ -556,32 +588,35 @@ def _grouped(
 def _fit_groups(
     groups: dict[str, list[float]], measured: Sequence[float], common: float
 ) -> tuple[dict[str, float], float]:
-    """``({group: factor}, per-step offset in seconds)`` fitting ``measured = offset +
-    sum(factor * group seconds)`` by non-negative relative least squares, each factor
-    held to ``common`` with weight ``_RIDGE``. The forward runs whole in every step, so
-    it cannot be told apart from the offset: it keeps ``common`` and the offset takes
+    """``({group: factor}, per-step offset in seconds)`` for ``measured = offset +
+    sum(factor * group seconds)``, fitted to what a schedule is predicted from: the time
+    each step saves against the first (the plan's own step). The savings are fitted by
+    non-negative least squares relative to the first step, each factor held to
+    ``common`` with weight ``_RIDGE``; the offset then matches the first step exactly.
+    Fitting the step times themselves spreads a 1 % error over every step, which is
+    10-30 % of what freezing a layer saves. The forward runs whole in every step, so
+    no saving tells it apart from the offset: it keeps ``common`` and the offset takes
     the rest (the forward's factor shrinks where the offset would be negative)."""
     from scipy.optimize import nnls
 
     secs = np.array(measured, dtype=float)
     forward = np.array(groups.get("forward", [0.0] * len(secs)), dtype=float)
     names = [g for g in groups if g != "forward" and max(groups[g]) > 0]
-    columns = [np.array(groups[g], dtype=float) for g in names]
-    design = np.stack([np.ones_like(secs), *columns], 1) / secs[:, None]
-    target = np.ones_like(secs)
-    ridge = np.zeros((len(names), len(names) + 1))
-    ridge[:, 1:] = np.eye(len(names)) * np.sqrt(_RIDGE)
+    columns = np.stack([np.array(groups[g], dtype=float) for g in names], 1)
+    design = (columns[0] - columns[1:]) / secs[0]  # seconds each group saves, per step
+    target = (secs[0] - secs[1:]) / secs[0]
+    ridge = np.eye(len(names)) * np.sqrt(_RIDGE)
     solution = nnls(
         np.vstack([design, ridge]),
         np.concatenate([target, np.full(len(names), np.sqrt(_RIDGE) * common)]),
     )[0]
-    fixed = float(solution[0])
     factors = {"common": common, **dict.fromkeys(groups, common)}  # the unfitted keep it
-    factors.update({g: float(f) for g, f in zip(names, solution[1:], strict=True)})
-    forward_s = float(forward.mean()) if forward.size else 0.0
+    factors.update({g: float(f) for g, f in zip(names, solution, strict=True)})
+    fixed = float(secs[0] - columns[0] @ solution)
+    forward_s = float(forward[0]) if forward.size else 0.0
     offset = fixed - common * forward_s
     if offset < 0 and forward_s > 0:
-        factors["forward"], offset = fixed / forward_s, 0.0
+        factors["forward"], offset = max(fixed, 0.0) / forward_s, 0.0
     return factors, max(offset, 0.0)
 
 

@@ -95,25 +95,41 @@ def test_sparsities_out_of_range_are_refused(net, make_blobs):
 
 
 def test_latency_points_are_the_runtime_latency_of_each_pruned_copy(net, make_blobs, monkeypatch):
-    """Every point (the unpruned model included) is exported and timed once; the row
-    carries that median latency."""
+    """Every point of a curve is exported, and the curve's files (its own unpruned model
+    first) are timed together, round-robin; each row carries its file's latency."""
     import importlib
 
     module = importlib.import_module("edgetrain.compress.sensitivity")
 
-    timed: list[int] = []
+    exported: dict[str, int] = {}
+    rounds: list[list[str]] = []
 
-    def fake_measure(self, model, folder):
-        filters = sum(m.weight.shape[0] for m in model.modules() if isinstance(m, torch.nn.Conv2d))
-        timed.append(filters)
-        return float(filters)  # ms: one per filter, so the rows can be checked
+    def fake_export(self, model, stem):
+        exported[stem.name] = sum(
+            m.weight.shape[0] for m in model.modules() if isinstance(m, torch.nn.Conv2d)
+        )
+        stem.touch()
+        return stem
 
-    monkeypatch.setattr(module.LatencyProbe, "measure", fake_measure)
+    def fake_time(self, paths):
+        rounds.append([p.name for p in paths])
+        return [float(exported[p.name]) for p in paths]  # ms: one per filter
+
+    monkeypatch.setattr(module.LatencyProbe, "export", fake_export)
+    monkeypatch.setattr(module.LatencyProbe, "time", fake_time)
     rows = sensitivity(
-        net, make_blobs(16), ["layer1.0.conv1"], (0.5,), latency=module.LatencyProbe()
+        net,
+        make_blobs(16),
+        ["layer1.0.conv1", "layer1.1.conv1"],
+        (0.25, 0.5),
+        latency=module.LatencyProbe(),
     )
-    assert [r.latency_ms for r in rows] == [float(n) for n in timed]
-    assert rows[1].latency_ms < rows[0].latency_ms
+    assert rounds == [["unpruned", "t0-s0", "t0-s1"], ["unpruned", "t1-s0", "t1-s1"]]
+    assert [r.latency_ms for r in rows[:3]] == [
+        float(exported[n]) for n in ("unpruned", "t0-s0", "t0-s1")
+    ]
+    assert rows[2].latency_ms < rows[1].latency_ms < rows[0].latency_ms
+    assert rows[3].latency_ms == rows[0].latency_ms  # each curve's unpruned point
 
 
 def test_latency_probe_measures_a_real_onnx_runtime_latency(net):

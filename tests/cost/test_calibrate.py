@@ -134,7 +134,7 @@ def _net() -> nn.Module:
 def test_an_offset_anchored_profile_predicts_the_measured_step(monkeypatch, measured_ms) -> None:
     timed: list[list[frozenset[str]]] = []
 
-    def fake_steps_seconds(model, input_shape, plans, batch_size=1, min_seconds=1.0):
+    def fake_steps_seconds(model, input_shape, plans, batch_size=1, min_seconds=1.0, copies=1):
         timed.append([frozenset(p) for p in plans])
         return [measured_ms / 1e3] * len(plans)
 
@@ -176,7 +176,7 @@ def test_a_scale_anchored_profile_fits_steps_that_end_early(monkeypatch, fixed_s
 
     timed: list[list[frozenset[str]]] = []
 
-    def fake_steps_seconds(model, input_shape, plans, batch_size=1, min_seconds=1.0):
+    def fake_steps_seconds(model, input_shape, plans, batch_size=1, min_seconds=1.0, copies=1):
         timed.append([frozenset(p) for p in plans])
         names = {frozenset(resolve_plan(net, [m], order)): m for m in order}
         out = []
@@ -228,7 +228,7 @@ def test_a_layers_anchored_profile_fits_each_layer_of_the_plan(monkeypatch, tmp_
 
     timed: list[list[frozenset[str]]] = []
 
-    def fake_steps_seconds(model, input_shape, plans, batch_size=1, min_seconds=1.0):
+    def fake_steps_seconds(model, input_shape, plans, batch_size=1, min_seconds=1.0, copies=1):
         timed.append([frozenset(p) for p in plans])
         names = {frozenset(resolve_plan(net, [m], order)): m for m in order}
         return [truth([m for key, m in names.items() if key <= frozenset(ps)]) for ps in plans]
@@ -259,6 +259,22 @@ def test_steps_are_timed_in_turn(single_thread: None) -> None:
     last, both = {"8.weight", "8.bias"}, {"0.weight", "0.bias", "8.weight", "8.bias"}
     fast, slow = calibration.model_steps_seconds(net, (1, 10, 10), [last, both], min_seconds=0.1)
     assert 0 < fast < slow
+
+
+def test_copies_are_timed_in_turn_and_pooled(monkeypatch) -> None:
+    """Each copy is a fresh model (its own memory layout); a plan's time is the median
+    over every copy's steps, so one copy whose layout slows a plan does not decide it."""
+    per_copy = iter([[[1.0, 1.0, 1.0], [5.0]], [[2.0], [6.0]], [[9.0], [7.0]]])
+    seen = []
+
+    def fake_plan_steps(model, input_shape, plans, batch_size, min_seconds, seed=0):
+        seen.append(min_seconds)
+        return next(per_copy)
+
+    monkeypatch.setattr(calibration, "_plan_steps", fake_plan_steps)
+    got = calibration.model_steps_seconds(_net(), (1, 8, 8), [{"a"}, {"b"}], 1, 0.5, copies=3)
+    assert got == [1.0, 6.0]  # medians of [1, 1, 1, 2, 9] and [5, 6, 7]
+    assert seen == [0.5, 0.5, 0.5]
 
 
 def test_a_model_step_is_timed_on_a_copy(single_thread: None) -> None:
@@ -309,7 +325,7 @@ class _RootAttention(nn.Module):
 def test_anchoring_a_model_beyond_the_zoo(monkeypatch) -> None:
     timed: list[list[frozenset[str]]] = []
 
-    def fake_steps_seconds(model, input_shape, plans, batch_size=1, min_seconds=1.0):
+    def fake_steps_seconds(model, input_shape, plans, batch_size=1, min_seconds=1.0, copies=1):
         timed.append([frozenset(p) for p in plans])
         return [1e-3 * (1 + len(p) / 10) for p in plans]
 
