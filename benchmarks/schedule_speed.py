@@ -25,10 +25,11 @@ timed in a plain loop before the schedules run: `anchored` (`--anchor offset`) t
 conventional step and charges its whole residual as a fixed cost per step; `fitted`
 (`--anchor scale`) times the steps that train the last 1, 2, ..., N of the schedule's
 rows, in turn, and fits a per-step offset plus one factor on every layer term; `layers`
-(`--anchor layers`, the default) also times each row alone and all rows but each, and
-fits one factor per group: the forward, the backward of activations, pooling and
-normalisation, and per row the input gradient and the weight gradient with the update
-of its conv/linear layers. No schedule's own step is timed for any of them.
+(`--anchor layers`, the default) also times each row alone and all rows but each (on 5
+fresh copies, in a new random order every round), and fits what each step saves with
+one factor per group: the backward of activations, pooling and normalisation, and per
+row the input gradient and the weight gradient with the update of its conv/linear
+layers. No schedule's own step is timed for any of them.
 
 glibc's heap trimming is switched off first (`keep_freed_memory`): otherwise, in some runs
 and not others, the 6.4 MB `fc1` gradient that `set_to_none` frees every step is handed

@@ -357,9 +357,9 @@ def calibrate_command(
     anchor: str = typer.Option(
         "layers",
         help="How the model's steps anchor the profile: 'layers' (time the steps that "
-        "train the plan's last 1..N layers, each alone and all but each, and fit a "
-        "per-step offset plus factors for the forward, the backward of activations and "
-        "pooling, and each layer's input and weight gradient), 'scale' (the last 1..N "
+        "train the plan's last 1..N layers, each alone and all but each, and fit what "
+        "each saves with factors for the backward of activations and pooling and for "
+        "each layer's input and weight gradient, plus a per-step offset), 'scale' (the last 1..N "
         "layers' steps, one factor on every layer term) or 'offset' (time the plan's "
         "step; the difference is a fixed cost per step).",
     ),
