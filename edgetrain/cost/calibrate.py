@@ -67,8 +67,9 @@ ANCHORS = ("layers", "scale", "offset")
 # more group.
 _PRODUCT_KINDS = ("conv", "linear")
 # How strongly each group's factor is held to the common factor when few steps tell
-# it apart (relative least squares: a group that changes the timed steps by a few
-# percent is fitted from them; one that changes them by far less keeps the common one).
+# it apart (savings relative to the plan's step: a group whose removal changes the
+# timed steps by a few tenths of a percent or more is fitted from them; one that
+# changes them by far less keeps the common one).
 _RIDGE = 1e-5
 
 
@@ -298,7 +299,7 @@ def model_steps_seconds(
     copies: int = 1,
 ) -> list[float]:
     """Median seconds of one plain-SGD training step for each parameter set in ``plans``,
-    on one copy of ``model``. The plans take turns step by step, as a layer schedule's
+    on a copy of ``model``. The plans take turns step by step, as a layer schedule's
     steps do: one optimizer holds every parameter of any plan, each step sets
     ``requires_grad`` for its plan before the forward and the others keep no gradient,
     so each step pays what follows a step of another plan. Sharing the run also puts
@@ -602,6 +603,9 @@ def _fit_groups(
     secs = np.array(measured, dtype=float)
     forward = np.array(groups.get("forward", [0.0] * len(secs)), dtype=float)
     names = [g for g in groups if g != "forward" and max(groups[g]) > 0]
+    factors = {"common": common, **dict.fromkeys(groups, common)}  # the unfitted keep it
+    if not names or len(secs) < 2:
+        return factors, max(float(secs[0]) - common * float(forward[0]), 0.0)
     columns = np.stack([np.array(groups[g], dtype=float) for g in names], 1)
     design = (columns[0] - columns[1:]) / secs[0]  # seconds each group saves, per step
     target = (secs[0] - secs[1:]) / secs[0]
@@ -610,7 +614,6 @@ def _fit_groups(
         np.vstack([design, ridge]),
         np.concatenate([target, np.full(len(names), np.sqrt(_RIDGE) * common)]),
     )[0]
-    factors = {"common": common, **dict.fromkeys(groups, common)}  # the unfitted keep it
     factors.update({g: float(f) for g, f in zip(names, solution, strict=True)})
     fixed = float(secs[0] - columns[0] @ solution)
     forward_s = float(forward[0]) if forward.size else 0.0

@@ -261,6 +261,38 @@ def test_steps_are_timed_in_turn(single_thread: None) -> None:
     assert 0 < fast < slow
 
 
+def test_group_factors_are_fitted_to_the_savings_and_match_the_plan_step() -> None:
+    """What each step saves fixes the factors (held only weakly to the common one); the
+    offset then makes the plan's own step (the first) exact, noise or not, so a
+    schedule's relative saving comes out as measured."""
+    groups = {
+        "forward": [1.0, 1.0, 1.0, 1.0],
+        "other backward": [1.0, 0.8, 0.3, 0.0],
+        "a weight_grad": [2.0, 0.0, 2.0, 0.0],
+        "b weight_grad": [3.0, 3.0, 0.0, 0.0],
+    }
+    truth = {"other backward": 2.0, "a weight_grad": 1.5, "b weight_grad": 0.5}
+    fixed = 0.2 + 1.2 * 1.0  # offset plus the forward at the common factor
+
+    def steps(noise: float) -> list[float]:
+        out = [fixed + sum(truth[g] * groups[g][i] for g in truth) for i in range(4)]
+        out[1] *= 1 + noise
+        return out
+
+    factors, offset = calibration._fit_groups(groups, steps(0.0), common=1.2)
+    for group, value in truth.items():
+        assert factors[group] == pytest.approx(value, rel=0.1)
+    assert factors["forward"] == 1.2 and offset == pytest.approx(0.2, rel=0.1)
+    for noise in (0.0, 0.02):
+        measured = steps(noise)
+        factors, offset = calibration._fit_groups(groups, measured, common=1.2)
+        first = offset + sum(factors[g] * groups[g][0] for g in groups)
+        assert first == pytest.approx(measured[0], rel=1e-9)
+    # nothing but the forward to fit: every factor keeps the common one
+    only, rest = calibration._fit_groups({"forward": [2.0, 2.0]}, [3.0, 3.1], common=1.0)
+    assert only == {"common": 1.0, "forward": 1.0} and rest == pytest.approx(1.0)
+
+
 def test_copies_are_timed_in_turn_and_pooled(monkeypatch) -> None:
     """Each copy is a fresh model (its own memory layout); a plan's time is the median
     over every copy's steps, so one copy whose layout slows a plan does not decide it."""
