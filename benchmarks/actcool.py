@@ -260,7 +260,7 @@ def _summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def _plot(rows: list[dict[str, Any]], names: list[str]) -> None:
+def _plot(rows: list[dict[str, Any]], names: list[str], extra: str = "") -> None:
     fig, axes = plt.subplots(2, len(names), figsize=(6.0 * len(names), 7.0), dpi=110)
     axes = axes.reshape(2, len(names))
     for col, name in enumerate(names):
@@ -293,6 +293,7 @@ def _plot(rows: list[dict[str, Any]], names: list[str]) -> None:
     fig.tight_layout()
     RESULTS.mkdir(parents=True, exist_ok=True)
     tag = ("-thesis" if THESIS else "") + ("" if len(names) == 2 else f"-{'-'.join(names)}")
+    tag += extra
     fig.savefig(RESULTS / f"actcool_lr{tag}.png")
     plt.close(fig)
 
@@ -373,8 +374,11 @@ def main() -> None:
             ],
             width=140,
         )
-    _plot(rows, names)
+    # runs with other epochs than the defaults keep their own files
+    extra = "".join(f"-e{n}" for n in (args.epochs_digits, args.epochs_keywords) if n)
+    _plot(rows, names, extra)
     suffix = "" if args.scenarios == "digits,keywords" else "-" + args.scenarios.replace(",", "-")
+    suffix += extra
     path = write_result(
         "actcool" + ("-thesis" if THESIS else "") + suffix,
         {
