@@ -34,9 +34,9 @@ With ``--protocol thesis`` the setup follows the diagnostics thesis (its section
 and appendix A.4): batch-norm networks (``resnet20``, 1 input channel, on the same
 data), every schedule driving SGD with momentum 0.9 and no weight decay (the baselines
 at rate 0.1, the usual ResNet rate), 15 epochs by default, and ActCoolLR's ``T_start``
-lowered from 3.17 (3.17, 2.5, 2.0, 1.5, 1.0, 0.75, 0.5) until a whole run of the first
-seed no longer diverges; that search is reported, and the other seeds use the value
-found. ActCoolLR controls the mean temperature over layers (its default).
+lowered from 3.17 (3.17, 2.5, 2.0, 1.5, 1.0, 0.75, 0.5) until no seed's whole run
+diverges (a value is dropped at its first diverging seed); that search is reported, and
+the seeds' rows are the runs at the value found. ActCoolLR controls the mean temperature over layers (its default).
 
 Run: python benchmarks/actcool.py [--epochs-digits 10 --epochs-keywords 15 --seeds 0,1,2]
      python benchmarks/actcool.py --protocol thesis [--epochs-digits 15 --epochs-keywords 15]
@@ -191,19 +191,33 @@ def run(name: str, method: str, seed: int, lr: float, t_start: float = 3.17) -> 
     return row
 
 
-def _t_start_search(name: str, seed: int, rows: list[dict[str, Any]]) -> tuple[float, list]:
-    """Lower T_start until a whole run of ``seed`` does not diverge; the runs tried are
-    kept (the last one is the seed's row)."""
+def _t_start_search(name: str, seeds: list[int], rows: list[dict[str, Any]]) -> tuple[float, list]:
+    """Lower T_start until no seed's whole run diverges. A T_start is dropped at its first
+    diverging seed; the runs of dropped values are kept as tuning rows, and the runs at
+    the chosen value are the seeds' rows."""
     tried = []
     for t in T_START_SEARCH:
-        row = run(name, "actcool", seed, SCENARIOS[name].optimizer["lr"], t_start=t)
-        tried.append({"t_start": t, "diverged": row["diverged"], "final_top1": row["final_top1"]})
-        if row["diverged"] is None:
-            rows.append(row)
+        runs = []
+        for seed in seeds:
+            row = run(name, "actcool", seed, SCENARIOS[name].optimizer["lr"], t_start=t)
+            runs.append(row)
+            tried.append(
+                {
+                    "t_start": t,
+                    "seed": seed,
+                    "diverged": row["diverged"],
+                    "final_top1": row["final_top1"],
+                }
+            )
+            if row["diverged"] is not None:
+                break
+        if all(r["diverged"] is None for r in runs) or t == T_START_SEARCH[-1]:
+            rows.extend(runs)
             return t, tried
-        row["tuning"] = True
-        rows.append(row)
-    return T_START_SEARCH[-1], tried
+        for row in runs:
+            row["tuning"] = True
+        rows.extend(runs)
+    raise AssertionError("unreachable: the search returns at its last value")
 
 
 def _tuned_lr(name: str, method: str, seed: int, grid: list[float], rows: list[dict]) -> float:
@@ -331,10 +345,8 @@ def main() -> None:
     for name in names:
         for method in methods:
             if method == "actcool" and THESIS and args.t_start is None:
-                t_start, searches[name] = _t_start_search(name, seeds[0], rows)
+                t_start, searches[name] = _t_start_search(name, seeds, rows)
                 print(f"{name}: T_start {t_start:g} after {searches[name]}", flush=True)
-                for seed in seeds[1:]:
-                    rows.append(run(name, method, seed, SCENARIOS[name].optimizer["lr"], t_start))
                 continue
             lr = _tuned_lr(name, method, seeds[0], grid, rows)
             t_start = args.t_start or 3.17
