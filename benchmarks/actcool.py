@@ -36,10 +36,13 @@ data), every schedule driving SGD with momentum 0.9 and no weight decay (the bas
 at rate 0.1, the usual ResNet rate), 15 epochs by default, and ActCoolLR's ``T_start``
 lowered from 3.17 (3.17, 2.5, 2.0, 1.5, 1.0, 0.75, 0.5) until no seed's whole run
 diverges (a value is dropped at its first diverging seed); that search is reported, and
-the seeds' rows are the runs at the value found. ActCoolLR controls the mean temperature over layers (its default).
+the seeds' rows are the runs at the value found. ActCoolLR controls the mean
+temperature over layers (its default). ``--max-rise X`` limits how far one measurement
+may raise ActCoolLR's rate (result files then end in ``-riseX``).
 
 Run: python benchmarks/actcool.py [--epochs-digits 10 --epochs-keywords 15 --seeds 0,1,2]
      python benchmarks/actcool.py --protocol thesis [--epochs-digits 15 --epochs-keywords 15]
+         [--methods actcool --max-rise 2]
 """
 
 from __future__ import annotations
@@ -130,6 +133,7 @@ def _schedule(method: str, scenario: Scenario, lr: float) -> tuple[dict[str, Any
 
 
 THESIS = False  # set by --protocol thesis
+MAX_RISE: float | None = None  # set by --max-rise
 
 
 def run(name: str, method: str, seed: int, lr: float, t_start: float = 3.17) -> dict[str, Any]:
@@ -146,7 +150,7 @@ def run(name: str, method: str, seed: int, lr: float, t_start: float = 3.17) -> 
     callbacks: list[Callback] = [trace]
     controller = None
     if method == "actcool":
-        controller = ActCoolLR(t_start=t_start)
+        controller = ActCoolLR(t_start=t_start, max_rise=MAX_RISE)
         callbacks.insert(0, controller)
     opt_name = opt_cfg.pop("name")
     trainer = Trainer(
@@ -327,8 +331,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--protocol", choices=["default", "thesis"], default="default")
     parser.add_argument("--t-start", type=float, default=None, help="skip the T_start search")
+    parser.add_argument(
+        "--max-rise", type=float, default=None, help="ActCoolLR: rate rise per measurement"
+    )
     args = parser.parse_args()
-    global THESIS
+    global THESIS, MAX_RISE
+    MAX_RISE = args.max_rise
     if args.protocol == "thesis":
         THESIS = True
         SCENARIOS.update(THESIS_SCENARIOS)
@@ -388,6 +396,7 @@ def main() -> None:
         )
     # runs with other epochs than the defaults keep their own files
     extra = "".join(f"-e{n}" for n in (args.epochs_digits, args.epochs_keywords) if n)
+    extra += f"-rise{args.max_rise:g}" if args.max_rise else ""
     _plot(rows, names, extra)
     suffix = "" if args.scenarios == "digits,keywords" else "-" + args.scenarios.replace(",", "-")
     suffix += extra

@@ -48,6 +48,13 @@ send the model's rate to infinity. When a re-fit sees ``D`` level off below 0.75
 (within 0.01 over three doublings), it fits the rising part only and caps the rate at
 the plateau's onset until the next re-fit.
 
+Runaway: each measurement moves ``mu`` by the whole gap between the measured and the
+modelled ``D``. With batch norm and no weight decay a large step grows the weight
+norms, so the next step changes fewer patterns and the rate is raised again; over long
+runs this can run away (6 -> 35 -> 139 in two measurements, BENCHMARKS.md).
+``max_rise`` limits how far one measurement may raise the rate; re-fits, which probe
+the pending step at several rates, are not limited.
+
 Cooling plans (``t / t_max`` is the share of training done, in epochs):
 
 - ``power`` (default): ``T_start * (1 - t/t_max)^gamma``
@@ -209,6 +216,10 @@ class ActCoolLR(Callback):
         probing_step_size: steps between measurements of ``D``.
         mu_jump, max_jumps: re-fit when ``mu`` has moved by more than ``mu_jump``
             ``max_jumps`` times since the last fit.
+        max_rise: when set, one measurement may raise the rate at most this factor
+            (``mu`` moves up at most ``ln max_rise``; re-fits are not limited, and the
+            full move still counts as a jump). None (the default) applies the whole
+            move, as the thesis' controller does; see the module docstring.
         control: ``temperature`` (the mean temperature over layers, the thesis') or
             ``distance`` (the temperature of the mean distance over layers).
         floor_warning: warn when ``D`` at a rate 1000x below every probe stays at this
@@ -236,6 +247,7 @@ class ActCoolLR(Callback):
         probing_step_size: int = 8,
         mu_jump: float = 2.5,
         max_jumps: int = 5,
+        max_rise: float | None = None,
         max_probes: int = 100,
         fit_at_start: bool = True,
         layers: Sequence[str] | None = None,
@@ -253,6 +265,7 @@ class ActCoolLR(Callback):
             "min_lr": (min_lr, 0 < min_lr < max_lr, "> 0 and < max_lr"),
             "probing_step_size": (probing_step_size, probing_step_size >= 1, ">= 1"),
             "max_probes": (max_probes, max_probes >= 3, ">= 3"),
+            "max_rise": (max_rise, max_rise is None or max_rise > 1, "> 1 (or unset)"),
         }
         for name, (value, ok, bound) in checks.items():
             if not ok:
@@ -263,6 +276,7 @@ class ActCoolLR(Callback):
         self.min_lr, self.max_lr = min_lr, max_lr
         self.probing_step_size, self.max_probes = probing_step_size, max_probes
         self.mu_jump, self.max_jumps = mu_jump, max_jumps
+        self.max_rise = max_rise
         self.fit_at_start = fit_at_start
         self.layers = None if layers is None else list(layers)
         self.control, self.floor_warning = control, floor_warning
@@ -418,6 +432,8 @@ class ActCoolLR(Callback):
         mu = math.log(self.lr) - self.sigma * math.sqrt(2.0) * float(special.erfinv(2 * d - 1))
         if abs(mu - self.mu) > self.mu_jump:
             self.jumps += 1
+        if self.max_rise is not None:
+            mu = min(mu, self.mu + math.log(self.max_rise))
         self.mu = mu
         if self.jumps >= self.max_jumps:
             self.refit_due = True

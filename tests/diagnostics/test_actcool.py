@@ -287,3 +287,27 @@ def test_d_floor_at_tiny_rates_warns_once_and_is_left_out_of_the_fit(make_blobs)
         warnings.simplefilter("error", FloorWarning)
         _fit(make_blobs, clean, epochs=1)
     assert clean.floor is not None and clean.floor < 0.02
+
+
+def test_max_rise_limits_how_far_one_measurement_raises_the_rate() -> None:
+    """A measured D far below the model's raises mu by the whole gap; with max_rise the
+    rate rises at most that factor, and the full move still counts as a jump."""
+    free, limited = ActCoolLR(), ActCoolLR(max_rise=2.0)
+    for c in (free, limited):
+        c.mu, c.sigma, c.lr, c.target = -2.0, 1.5, 0.1, 2.0
+    before = lr_for_temperature(2.0, -2.0, 1.5)
+    for c in (free, limited):
+        c._update(0.001, samples=1000)  # far fewer changes than the target's
+    assert lr_for_temperature(2.0, free.mu, free.sigma) > 50 * before
+    assert lr_for_temperature(2.0, limited.mu, limited.sigma) == pytest.approx(2 * before)
+    assert free.jumps == limited.jumps == 1
+    # a measurement above the model's lowers mu in full either way
+    for c in (free, limited):
+        c.mu = -2.0
+        c._update(0.999, samples=1000)
+    assert limited.mu == free.mu < -2.0
+    with pytest.raises(ConfigError, match=r"max_rise must be > 1 \(or unset\), got 1"):
+        ActCoolLR(max_rise=1.0)
+    cfg = load_config({**BASE, "lr_control": {"name": "actcool", "max_rise": 3}})
+    assert cfg.lr_control is not None
+    assert LR_CONTROLLERS.create(cfg.lr_control.name, **cfg.lr_control.options).max_rise == 3
