@@ -219,7 +219,7 @@ class ActCoolLR(Callback):
         max_rise: when set, one measurement may raise the rate at most this factor
             (``mu`` moves up at most ``ln max_rise``; re-fits are not limited, and the
             full move still counts as a jump). None (the default) applies the whole
-            move, as the thesis' controller does; see the module docstring.
+            move; see the module docstring.
         control: ``temperature`` (the mean temperature over layers, the thesis') or
             ``distance`` (the temperature of the mean distance over layers).
         floor_warning: warn when ``D`` at a rate 1000x below every probe stays at this
